@@ -1,0 +1,96 @@
+#include "rn/core.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+
+rn_status rn_err_set(rn_err *e, rn_status code, const char *fmt, ...) {
+  if (!e) return code;
+  e->code = code;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+rn_status rn_err_prefix(rn_err *e, const char *fmt, ...) {
+  if (!e) return RN_OK;
+  char pre[512], old[sizeof e->msg];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(pre, sizeof pre, fmt, ap);
+  va_end(ap);
+  memcpy(old, e->msg, sizeof old);
+  snprintf(e->msg, sizeof e->msg, "%s: %s", pre, old);
+  return e->code;
+}
+
+const char *rn_status_name(rn_status s) {
+  switch (s) {
+    case RN_OK: return "ok";
+    case RN_EINVAL: return "invalid argument";
+    case RN_EIO: return "I/O error";
+    case RN_EFORMAT: return "bad file contents";
+    case RN_ENOMEM: return "out of memory";
+    case RN_EMPI: return "communication error";
+    case RN_ESTOP: return "stop requested";
+  }
+  return "unknown";
+}
+
+void rn_assert_fail(const char *what, const char *file, int line) {
+  fprintf(stderr, "resnet-mpi: internal error: assertion '%s' failed at %s:%d\n", what, file, line);
+  fflush(stderr);
+  abort();
+}
+
+void *rn_alloc(size_t bytes) {
+  if (bytes == 0) bytes = 64;
+  size_t sz = (bytes + 63) & ~(size_t)63;
+  void *p = aligned_alloc(64, sz);
+  if (!p) {
+    fprintf(stderr, "resnet-mpi: out of memory allocating %zu bytes\n", bytes);
+    abort();
+  }
+  memset(p, 0, sz);
+  return p;
+}
+
+void rn_free(void *p) { free(p); }
+
+float rn_rng_normal(rn_rng *r) {
+  float u1 = rn_rng_uniform(r), u2 = rn_rng_uniform(r);
+  if (u1 < 1e-12f) u1 = 1e-12f;
+  return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530717958647692f * u2);
+}
+
+double rn_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+rn_status rn_parse_int(const char *what, const char *s, long lo, long hi, long *out, rn_err *e) {
+  if (!s || !*s) return rn_err_set(e, RN_EINVAL, "%s: empty value (expected an integer)", what);
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end) return rn_err_set(e, RN_EINVAL, "%s: '%s' is not an integer", what, s);
+  if (v < lo || v > hi)
+    return rn_err_set(e, RN_EINVAL, "%s: %ld is out of range [%ld, %ld]", what, v, lo, hi);
+  *out = v;
+  return RN_OK;
+}
+
+rn_status rn_parse_double(const char *what, const char *s, double *out, rn_err *e) {
+  if (!s || !*s) return rn_err_set(e, RN_EINVAL, "%s: empty value (expected a number)", what);
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || *end || !isfinite(v)) return rn_err_set(e, RN_EINVAL, "%s: '%s' is not a finite number", what, s);
+  *out = v;
+  return RN_OK;
+}
