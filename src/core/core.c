@@ -18,13 +18,20 @@ rn_status rn_err_set(rn_err *e, rn_status code, const char *fmt, ...) {
 
 rn_status rn_err_prefix(rn_err *e, const char *fmt, ...) {
   if (!e) return RN_OK;
-  char pre[512], old[sizeof e->msg];
+  char pre[256], old[sizeof e->msg];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(pre, sizeof pre, fmt, ap);
   va_end(ap);
   memcpy(old, e->msg, sizeof old);
-  snprintf(e->msg, sizeof e->msg, "%s: %s", pre, old);
+  size_t lp = strlen(pre);
+  if (lp + 2 >= sizeof e->msg) lp = sizeof e->msg - 3;
+  memcpy(e->msg, pre, lp);
+  e->msg[lp] = ':', e->msg[lp + 1] = ' ';
+  size_t lo = strnlen(old, sizeof old);
+  if (lp + 2 + lo >= sizeof e->msg) lo = sizeof e->msg - lp - 3;
+  memcpy(e->msg + lp + 2, old, lo);
+  e->msg[lp + 2 + lo] = 0;
   return e->code;
 }
 

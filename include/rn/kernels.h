@@ -1,0 +1,41 @@
+/* kernels: the one BLIS wrapper (kernel-set selection, per-shape contexts, K-split), plus
+ * vectorised helpers shared by layers. */
+#ifndef RN_KERNELS_H
+#define RN_KERNELS_H
+#include "rn/core.h"
+
+/* Picks the BLIS kernel set for this CPU (from CPUID) unless `override` names one
+ * ("auto"/NULL, "skx", "haswell", "zen3", "zen2", "zen", "generic"; the environment variable
+ * RN_BLIS_ARCH is used when override is NULL). Must run before any other BLIS call (it sets
+ * BLIS_ARCH_TYPE, then bli_init()). Sets the BLIS thread count. Prints one line to `log` (may be
+ * NULL) naming the sets in use, and a loud warning if the generic C kernels end up in use.
+ * Safe to call again (later calls only change the thread count). */
+rn_status rn_blas_init(const char *override, int threads, FILE *log, rn_err *e);
+const char *rn_blas_arch(void);        /* main kernel set in use, e.g. "skx" */
+const char *rn_blas_narrow_arch(void); /* kernel set used for narrow GEMMs (N <= 32), e.g. "zen3" */
+int rn_blas_is_generic(void);
+int rn_blas_threads(void);
+void rn_blas_set_threads(int threads);
+/* Tuning switches (for the benchmark's A/B figures): per-shape narrow kernels, K splitting. */
+void rn_blas_set_tuning(int narrow_kernels, int ksplit);
+
+/* Row-major single-precision GEMM: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
+ * op(A) = A (lda >= K) or A^T when transa (A stored [K][M], lda >= M); likewise B.
+ * Chooses the kernel set per shape and splits K across threads when K is large and M*N small
+ * (weight gradients), summing the partial products. Uses the calling thread plus the BLIS
+ * thread pool; must not be called from inside an OpenMP parallel region unless `threads`==1
+ * via rn_sgemm_serial. */
+void rn_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+/* The same GEMM on one thread (for use inside a parallel region). */
+void rn_sgemm_serial(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+                     int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* Reserves the K-split scratch for products up to M*N floats (call when planning a model, so no
+ * allocation happens inside a step). */
+void rn_blas_reserve(size_t mn);
+
+/* Naive references for tests: plain triple loop in double accumulation. */
+void rn_ref_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+#endif

@@ -1,0 +1,110 @@
+/* layers: the operations a ResNet needs, float32, activations NHWC.
+ *
+ * Conventions
+ * - Shapes are per sample in the desc; the batch size n is passed per call (n <= planned batch).
+ * - Backward functions take `acc` for the input gradient: 0 = overwrite dx, 1 = add into dx
+ *   (a tensor consumed by two nodes, e.g. a block input feeding conv1 and the shortcut).
+ *   dx may be NULL (no input gradient needed, e.g. the first conv).
+ * - Parameter gradients (dw, dgamma, dbeta, db) always ACCUMULATE; the caller zeroes them.
+ * - Conv weights are stored OHWI: w[cout][kh][kw][cin] (the checkpoint converts to OIHW).
+ * - Linear weights are PyTorch's [out][in]; bias [out].
+ * - `ws` is a workspace of at least the size reported by the *_workspace function, allocated
+ *   once when the model is planned. Nothing here allocates.
+ * - Functions use OpenMP / the BLIS thread pool internally (rn_blas_threads()).
+ */
+#ifndef RN_LAYERS_H
+#define RN_LAYERS_H
+#include <stdint.h>
+#include "rn/core.h"
+
+/* ---------------- conv2d (no bias, zero padding) ---------------- */
+typedef struct {
+  int cin, cout, kh, kw, stride, pad;
+  int h, w;   /* input spatial size */
+  int oh, ow; /* output spatial size: (h + 2*pad - kh)/stride + 1 */
+} rn_conv_desc;
+/* Fills oh/ow; returns RN_EINVAL with message if the shape is impossible. */
+rn_status rn_conv_desc_init(rn_conv_desc *d, int cin, int cout, int kh, int kw, int stride, int pad,
+                            int h, int w, rn_err *e);
+size_t rn_conv_workspace(const rn_conv_desc *d, int n); /* floats */
+/* y[n][oh][ow][cout] = conv(x[n][h][w][cin], w[cout][kh][kw][cin]) */
+void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws);
+/* dw[cout][kh][kw][cin] += ...; dx[n][h][w][cin] (=, or += when acc) ... */
+void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                      float *dx, int acc, float *dw, float *ws);
+/* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
+void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
+void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                          float *dx, float *dw);
+
+/* ---------------- batch norm 2d (PyTorch conventions) ---------------- */
+typedef struct {
+  int c;
+  float momentum; /* 0.1 */
+  float eps;      /* 1e-5 */
+} rn_bn_desc;
+/* Training: batch statistics over m = n*h*w rows of c channels; saves mean and 1/sqrt(var+eps)
+ * (biased var) in save[0..c) and save[c..2c); running_mean/var updated with momentum using the
+ * unbiased variance (m/(m-1)). */
+void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                         const float *beta, float *run_mean, float *run_var, float *save, float *y);
+/* Eval: running statistics. */
+void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                        const float *beta, const float *run_mean, const float *run_var, float *y);
+/* Backward of the training forward (save from it). */
+void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                          const float *save, const float *dy, float *dx, int acc, float *dgamma,
+                          float *dbeta);
+/* Backward of the eval-mode forward (fixed statistics: an affine map). */
+void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                         const float *run_mean, const float *run_var, const float *dy, float *dx,
+                         int acc, float *dgamma, float *dbeta);
+
+/* ---------------- ReLU (count = n*h*w*c); y may alias x ---------------- */
+void rn_relu_forward(int64_t count, const float *x, float *y);
+/* dx = dy * (y > 0); uses the OUTPUT y (so in-place forward is fine). */
+void rn_relu_backward(int64_t count, const float *y, const float *dy, float *dx, int acc);
+
+/* ---------------- max pool (k x k, stride s, pad p; pads never win) ---------------- */
+typedef struct {
+  int c, h, w, k, stride, pad, oh, ow;
+} rn_pool_desc;
+rn_status rn_pool_desc_init(rn_pool_desc *d, int c, int h, int w, int k, int stride, int pad, rn_err *e);
+/* argmax[n][oh][ow][c] stores the flat input index (h*w*c within the sample) of the max. */
+void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax);
+void rn_maxpool_backward(const rn_pool_desc *d, int n, const int32_t *argmax, const float *dy, float *dx, int acc);
+
+/* ---------------- global average pool: x[n][h][w][c] -> y[n][c] ---------------- */
+void rn_avgpool_forward(int n, int hw, int c, const float *x, float *y);
+void rn_avgpool_backward(int n, int hw, int c, const float *dy, float *dx, int acc);
+
+/* ---------------- fully connected: y[n][out] = x[n][in] W^T + b ---------------- */
+void rn_linear_forward(int n, int in, int out, const float *x, const float *w, const float *b, float *y);
+void rn_linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
+                        float *dx, int acc, float *dw, float *db);
+
+/* ---------------- residual add: y = a + scale * b ---------------- */
+/* scale is 1 normally; stochastic depth passes 0 (branch dropped) or 1/p (kept, inverted scaling).
+ * y may alias a. */
+void rn_add_forward(int64_t count, const float *a, const float *b, float scale, float *y);
+/* da (=/+= dy), db (=/+= scale*dy); either may be NULL. */
+void rn_add_backward(int64_t count, const float *dy, float scale, float *da, int acc_a, float *db, int acc_b);
+
+/* ---------------- option-A shortcut: identity, stride subsampling, zero-padded channels ------- */
+/* y[n][oh][ow][co] = x[n][oh*s][ow*s][co - lo] for lo <= co < lo + cin, else 0; lo = (cout-cin)/2
+ * (the padding is split evenly between both ends, as the common PyTorch CIFAR ResNet does). */
+typedef struct {
+  int cin, cout, h, w, stride, oh, ow;
+} rn_shortcut_a_desc;
+rn_status rn_shortcut_a_desc_init(rn_shortcut_a_desc *d, int cin, int cout, int h, int w, int stride, rn_err *e);
+void rn_shortcut_a_forward(const rn_shortcut_a_desc *d, int n, const float *x, float *y);
+void rn_shortcut_a_backward(const rn_shortcut_a_desc *d, int n, const float *dy, float *dx, int acc);
+
+/* ---------------- softmax cross-entropy ---------------- */
+/* Mean over the batch of CE with label smoothing eps (target = (1-eps) one-hot + eps/classes).
+ * Writes dlogits = d(mean loss)/d logits. Counts top-1 and top-5 correct predictions (either
+ * pointer may be NULL). Returns the mean loss (computed in double). */
+double rn_softmax_xent(int n, int classes, const float *logits, const int32_t *labels, float smoothing,
+                       float *dlogits, int *top1, int *top5);
+
+#endif

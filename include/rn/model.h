@@ -1,0 +1,127 @@
+/* model: the ResNet builder and the graph driver.
+ *
+ * A model is a list of nodes (in forward order) over tensors held in one activation arena
+ * planned for a batch size. Parameters live in one arena: trainable parameters first
+ * ([0, ntrain) floats, in forward order, so backward finishes them from the end of the arena to the
+ * start), then the BN running buffers ([ntrain, ntotal)). Gradients and momentum cover [0, ntrain)
+ * with the same offsets. */
+#ifndef RN_MODEL_H
+#define RN_MODEL_H
+#include <stdint.h>
+#include "rn/core.h"
+#include "rn/layers.h"
+
+typedef enum { RN_SHORTCUT_A = 0, RN_SHORTCUT_B = 1, RN_SHORTCUT_C = 2 } rn_shortcut;
+
+typedef struct {
+  char arch[32];          /* "resnet18|34|50|101|152", "cifar-resnet<6n+2>" e.g. cifar-resnet20;
+                             plain twins: "plain18".."plain152", "cifar-plain<6n+2>" */
+  int depth;              /* derived from arch */
+  int bottleneck;         /* derived: 1 for 50/101/152 */
+  int cifar;              /* derived: 1 for the CIFAR family */
+  int plain;              /* derived: 1 = no shortcuts */
+  rn_shortcut shortcut;   /* default: A for CIFAR, B for ImageNet */
+  int preact;             /* pre-activation blocks (He et al. 2016) */
+  int stride_in_1x1;      /* bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision) */
+  float sd_pl;            /* stochastic depth: survival probability of the last block (1 = off) */
+  int zero_init_residual; /* last BN gamma of each residual branch starts at 0 (Goyal et al.) */
+  int in_channels, in_h, in_w, num_classes;
+  float bn_momentum, bn_eps;   /* 0.1, 1e-5 */
+} rn_model_config;
+
+typedef enum {
+  RN_OP_CONV, RN_OP_BN, RN_OP_RELU, RN_OP_MAXPOOL, RN_OP_AVGPOOL, RN_OP_LINEAR, RN_OP_ADD,
+  RN_OP_SHORTCUT_A
+} rn_op;
+
+typedef struct {
+  int h, w, c; /* per sample; flat vectors use h = w = 1 */
+  size_t off;  /* offset (floats) of the tensor in the activation arena (and of its gradient in
+                  the gradient arena), room for the planned batch */
+} rn_tensor;
+
+typedef struct {
+  char name[96];  /* torchvision state_dict key, e.g. "layer1.0.conv1.weight" */
+  int ndim;
+  int dims[4];    /* torchvision shape (OIHW for conv weights) */
+  size_t count;
+  size_t off;     /* offset (floats) in param[] and, if trainable, grad[] and mom[] */
+  int trainable;  /* 1 = weight/bias, 0 = BN running buffer */
+  int no_decay;   /* BN gamma/beta and biases (exempted from weight decay when asked) */
+  int ohwi;       /* stored internally OHWI (conv weight); dims give the OIHW shape */
+} rn_param;
+
+typedef struct {
+  rn_op op;
+  char name[80];    /* torchvision module name, e.g. "layer1.0.conv1", "fc"; "" for param-free */
+  int in, in2, out; /* tensor ids; in2 only for ADD (in = shortcut path, in2 = residual branch) */
+  int param[4];     /* conv: w; bn: gamma, beta, running_mean, running_var; linear: w, b; -1 unused */
+  int block;        /* residual block index (stochastic depth), -1 if none */
+  float survival;   /* ADD: survival probability of the branch (1 = always) */
+  float scale;      /* ADD: branch scale used by the last forward (0, 1 or 1/p) */
+  size_t save_off;  /* per-node saved state (BN mean/invstd, maxpool argmax) in the save arena */
+  union {
+    rn_conv_desc conv;
+    rn_bn_desc bn;
+    rn_pool_desc pool;
+    rn_shortcut_a_desc sa;
+    struct { int in, out; } lin;
+  } u;
+} rn_node;
+
+/* Called during backward when gradients of trainable params [off, off+count) are final. */
+typedef void (*rn_grad_ready_fn)(void *ctx, size_t off, size_t count);
+
+typedef struct {
+  rn_model_config cfg;
+  int batch;                 /* planned (maximum) batch */
+  int nnodes, ntensors, nparams, nblocks;
+  rn_node *nodes;
+  rn_tensor *tensors;
+  rn_param *params;
+  int input, logits;         /* tensor ids */
+  size_t ntrain, ntotal;     /* floats */
+  float *param;              /* [ntotal] */
+  float *grad;               /* [ntrain] */
+  float *mom;                /* [ntrain] momentum buffer (owned here, used by optim) */
+  float *act, *dact;         /* activation arena and its gradient arena */
+  float *save;               /* saved per-node state */
+  float *ws;                 /* shared workspace */
+  float *dlogits;            /* [batch][classes] */
+  size_t act_floats, save_floats, ws_floats;
+  uint64_t sd_key;           /* key of this step's stochastic-depth draws (see rn_model_set_step) */
+  int bn_eval_in_train;      /* 1: BN uses running statistics even in training (equivalence tests) */
+} rn_model;
+
+void rn_model_config_default(rn_model_config *c);
+/* Parses an architecture name into c (arch, depth, bottleneck, cifar, plain, default shortcut).
+ * Unknown names are errors listing the valid ones. */
+rn_status rn_model_config_arch(rn_model_config *c, const char *arch, rn_err *e);
+/* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
+rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
+void rn_model_free(rn_model *m);
+/* He (kaiming normal, fan_out, as torchvision) init of conv weights, BN gamma=1 beta=0 (gamma=0 for
+ * zero_init_residual), running mean 0 var 1, linear like torchvision (uniform +-1/sqrt(in)),
+ * all from `seed` (deterministic). Zeroes grad and momentum. */
+void rn_model_init(rn_model *m, uint64_t seed);
+/* Trainable parameter count (floats). */
+size_t rn_model_param_count(const rn_model *m);
+int rn_model_find_param(const rn_model *m, const char *name); /* index or -1 */
+/* Prints the layer table and parameter counts. */
+void rn_model_summary(const rn_model *m, FILE *f);
+
+/* Input buffer [batch][in_h][in_w][in_channels] to fill before forward. */
+float *rn_model_input(rn_model *m);
+/* Logits [n][classes] after forward. */
+const float *rn_model_logits(const rn_model *m);
+/* Stochastic-depth draws for this step come from rn_key(seed, step, block). */
+void rn_model_set_step(rn_model *m, uint64_t seed, int64_t step);
+void rn_model_forward(rn_model *m, int n, int train);
+/* Loss of the last forward; fills m->dlogits. */
+double rn_model_loss(rn_model *m, int n, const int32_t *labels, float smoothing, int *top1, int *top5);
+/* Backward from m->dlogits; parameter gradients ACCUMULATE into m->grad; cb (may be NULL) is
+ * called as gradient ranges become final (from the end of the arena towards the start). */
+void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx);
+void rn_model_zero_grad(rn_model *m);
+
+#endif

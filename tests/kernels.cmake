@@ -1,0 +1,1 @@
+rn_test(test_blas LABELS unit ref)
