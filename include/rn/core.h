@@ -71,6 +71,11 @@ static inline uint64_t rn_rng_below(rn_rng *r, uint64_t n) { return n ? rn_rng_u
 /* Standard normal (Box-Muller). */
 float rn_rng_normal(rn_rng *r);
 
+/* Debian's parallel HDF5 is not thread-safe: every HDF5 call in the library (data loader threads,
+ * checkpoint writer, tools) is made while holding this process-wide (recursive) lock. */
+void rn_h5_lock(void);
+void rn_h5_unlock(void);
+
 /* ---- timers ---- */
 double rn_now(void); /* monotonic seconds */
 

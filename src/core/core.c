@@ -1,6 +1,7 @@
 #include "rn/core.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -101,3 +102,7 @@ rn_status rn_parse_double(const char *what, const char *s, double *out, rn_err *
   *out = v;
   return RN_OK;
 }
+
+static pthread_mutex_t g_h5_mutex = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+void rn_h5_lock(void) { pthread_mutex_lock(&g_h5_mutex); }
+void rn_h5_unlock(void) { pthread_mutex_unlock(&g_h5_mutex); }
