@@ -32,6 +32,21 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
 /* dw[cout][kh][kw][cin] += ...; dx[n][h][w][cin] (=, or += when acc) ... */
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                       float *dx, int acc, float *dw, float *ws);
+/* Blocking of the k x k path: the M = n*oh*ow output rows are processed in chunks of R rows
+ * (im2col of R rows into ws, one GEMM per chunk), so the workspace is R*kh*kw*cin floats whatever
+ * the batch. R is chosen so a chunk of columns is about 2 MB (at least 256 rows, at most M).
+ * rn_conv_set_chunk_rows(r > 0) forces R = r (tests, benchmarks); 0 restores the automatic choice.
+ * Set it before planning workspaces: it changes rn_conv_workspace. */
+void rn_conv_set_chunk_rows(int rows);
+int rn_conv_chunk_rows(const rn_conv_desc *d, int n);
+/* The building blocks (src/kernels/im2col.c), on the flat output-row index m = (img*oh+oy)*ow+ox:
+ * col[r][(ky*kw+kx)*cin + ci] for rows m0 <= m < m0+rows (zeros where the tap is in the padding). */
+void rn_im2col_rows(const rn_conv_desc *d, const float *x, int64_t m0, int rows, float *col);
+/* Adds dcol (rows m0 .. m0+rows, layout as above) into dx[n][h][w][cin], gathering per input pixel
+ * (threads own whole input lines: no races). Only input lines g = img*h+iy in [g_begin, g_end) are
+ * visited; lines g >= fresh_from are overwritten instead (first chunk to reach them). */
+void rn_col2im_rows(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
+                    int64_t g_begin, int64_t g_end, int64_t fresh_from);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
 void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
 void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

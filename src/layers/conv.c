@@ -1,0 +1,142 @@
+/* conv2d on GEMMs, NHWC activations, OHWI weights.
+ *
+ * forward  y[M][cout]   = col[M][K] * W^T           M = n*oh*ow, K = kh*kw*cin, W = [cout][K]
+ * backward dW[cout][K] += dy^T[cout][M] * col[M][K]
+ *          dcol[M][K]   = dy[M][cout] * W[cout][K]  then col2im (gather-add) into dx
+ *
+ * 1x1 stride-1 pad-0: col is x itself (one GEMM over the whole batch, no workspace).
+ * Otherwise the M rows are processed in chunks of R rows (rn_conv_chunk_rows): im2col of the chunk
+ * into ws (R*K floats, ~2 MB so it stays in L2/L3 between being written and packed by BLIS), then
+ * one rn_sgemm per chunk (BLIS thread pool); im2col/col2im use OpenMP with rn_blas_threads().
+ * In backward one buffer serves both: the chunk's columns feed dW, then the same buffer receives
+ * dcol for dx. With acc = 0, dx lines are overwritten by the first chunk that reaches them (no
+ * separate zeroing pass, except for lines no output reads). */
+#include <limits.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/layers.h"
+
+#define CHUNK_BYTES ((size_t)2 << 20)
+#define CHUNK_MIN_ROWS 256
+
+static int g_chunk_rows; /* 0 = automatic */
+
+void rn_conv_set_chunk_rows(int rows) { g_chunk_rows = rows > 0 ? rows : 0; }
+
+rn_status rn_conv_desc_init(rn_conv_desc *d, int cin, int cout, int kh, int kw, int stride, int pad, int h,
+                            int w, rn_err *e) {
+  memset(d, 0, sizeof *d);
+  if (cin < 1 || cout < 1 || kh < 1 || kw < 1 || kh > 64 || kw > 64 || stride < 1 || pad < 0 || h < 1 ||
+      w < 1)
+    return rn_err_set(e, RN_EINVAL,
+                      "conv: impossible shape cin=%d cout=%d kernel=%dx%d stride=%d pad=%d input=%dx%d", cin,
+                      cout, kh, kw, stride, pad, h, w);
+  if (h + 2 * pad < kh || w + 2 * pad < kw)
+    return rn_err_set(e, RN_EINVAL, "conv: kernel %dx%d larger than padded input %dx%d (pad %d)", kh, kw,
+                      h + 2 * pad, w + 2 * pad, pad);
+  if ((size_t)kh * kw * cin > INT_MAX / 2)
+    return rn_err_set(e, RN_EINVAL, "conv: kernel %dx%dx%d too large", kh, kw, cin);
+  d->cin = cin, d->cout = cout, d->kh = kh, d->kw = kw, d->stride = stride, d->pad = pad;
+  d->h = h, d->w = w;
+  d->oh = (h + 2 * pad - kh) / stride + 1;
+  d->ow = (w + 2 * pad - kw) / stride + 1;
+  return RN_OK;
+}
+
+static int pointwise(const rn_conv_desc *d) { return d->kh == 1 && d->kw == 1 && d->stride == 1 && d->pad == 0; }
+
+int rn_conv_chunk_rows(const rn_conv_desc *d, int n) {
+  int64_t M = (int64_t)n * d->oh * d->ow;
+  size_t K = (size_t)d->kh * d->kw * d->cin;
+  int64_t r;
+  if (g_chunk_rows > 0) {
+    r = g_chunk_rows;
+  } else {
+    r = (int64_t)(CHUNK_BYTES / (K * sizeof(float)));
+    if (r < CHUNK_MIN_ROWS) r = CHUNK_MIN_ROWS;
+    r = (r + 15) & ~(int64_t)15;
+  }
+  if (r > M) r = M;
+  if (r < 1) r = 1;
+  return (int)r;
+}
+
+size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
+  if (pointwise(d)) return 0;
+  /* + one row of slack: BLIS 0.9's haswell/zen3 "rd" sup kernels (used for narrow GEMMs) read up
+   * to one row past the end of A (values unused). Without it a chunk ending at a page boundary
+   * could fault (seen under ASan with M % 3 == 1, transb = 1). */
+  size_t K = (size_t)d->kh * d->kw * d->cin;
+  return ((size_t)rn_conv_chunk_rows(d, n) + 1) * K + 16;
+}
+
+void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws) {
+  const int64_t M = (int64_t)n * d->oh * d->ow;
+  const int K = d->kh * d->kw * d->cin, cout = d->cout;
+  RN_ASSERT(M <= INT_MAX);
+  if (M <= 0) return;
+  if (pointwise(d)) {
+    rn_sgemm(0, 1, (int)M, cout, K, 1.0f, x, K, w, K, 0.0f, y, cout);
+    return;
+  }
+  RN_ASSERT(ws != NULL);
+  const int R = rn_conv_chunk_rows(d, n);
+  for (int64_t m0 = 0; m0 < M; m0 += R) {
+    int rows = (int)(M - m0 < R ? M - m0 : R);
+    rn_im2col_rows(d, x, m0, rows, ws);
+    rn_sgemm(0, 1, rows, cout, K, 1.0f, ws, K, w, K, 0.0f, y + (size_t)m0 * cout, cout);
+  }
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static void zero_lines(const rn_conv_desc *d, float *dx, int64_t g0, int64_t g1) {
+  if (g1 <= g0) return;
+  size_t line = (size_t)d->w * d->cin;
+  int T = (size_t)(g1 - g0) * line >= 65536 ? rn_blas_threads() : 1;
+#pragma omp parallel for num_threads(T) schedule(static)
+  for (int64_t g = g0; g < g1; g++) memset(dx + (size_t)g * line, 0, line * sizeof(float));
+}
+
+void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
+                      int acc, float *dw, float *ws) {
+  const int64_t M = (int64_t)n * d->oh * d->ow;
+  const int K = d->kh * d->kw * d->cin, cout = d->cout;
+  RN_ASSERT(M <= INT_MAX);
+  if (M <= 0) return;
+  if (pointwise(d)) {
+    if (dw) rn_sgemm(1, 0, cout, K, (int)M, 1.0f, dy, cout, x, K, 1.0f, dw, K);
+    if (dx) rn_sgemm(0, 0, (int)M, K, cout, 1.0f, dy, cout, w, K, acc ? 1.0f : 0.0f, dx, K);
+    return;
+  }
+  if (!dw && !dx) return;
+  RN_ASSERT(ws != NULL);
+  const int R = rn_conv_chunk_rows(d, n);
+  const int64_t hlines = (int64_t)n * d->h;
+  int64_t done = 0; /* acc = 0: input lines [0, done) already hold their first contribution */
+  for (int64_t m0 = 0; m0 < M; m0 += R) {
+    int rows = (int)(M - m0 < R ? M - m0 : R);
+    const float *dyc = dy + (size_t)m0 * cout;
+    if (dw) {
+      rn_im2col_rows(d, x, m0, rows, ws);
+      rn_sgemm(1, 0, cout, K, rows, 1.0f, dyc, cout, ws, K, 1.0f, dw, K);
+    }
+    if (dx) {
+      rn_sgemm(0, 0, rows, K, cout, 1.0f, dyc, cout, w, K, 0.0f, ws, K);
+      /* Input lines read by output lines L0..L1 of this chunk. */
+      int64_t L0 = m0 / d->ow, L1 = (m0 + rows - 1) / d->ow;
+      int64_t i0 = L0 / d->oh, oy0 = L0 % d->oh, i1 = L1 / d->oh, oy1 = L1 % d->oh;
+      int64_t g_lo = i0 * d->h + clamp64(oy0 * d->stride - d->pad, 0, d->h);
+      int64_t g_hi = i1 * d->h + clamp64(oy1 * d->stride - d->pad + d->kh, 0, d->h);
+      if (acc) {
+        rn_col2im_rows(d, ws, m0, rows, dx, g_lo, g_hi, INT64_MAX);
+      } else {
+        int64_t b = g_lo < done ? g_lo : done, e = g_hi > done ? g_hi : done;
+        rn_col2im_rows(d, ws, m0, rows, dx, b, e, done);
+        done = e;
+      }
+    }
+  }
+  if (dx && !acc) zero_lines(d, dx, done, hlines);
+}

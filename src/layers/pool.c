@@ -1,0 +1,71 @@
+/* Max pool k x k / stride / pad over NHWC. Padding never wins: only real input pixels are
+ * candidates (every window holds at least one since pad <= k/2). Ties keep the first pixel in
+ * window order; NaN wins and sticks (as PyTorch). argmax holds the flat index h*w*c in the sample. */
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/layers.h"
+
+rn_status rn_pool_desc_init(rn_pool_desc *d, int c, int h, int w, int k, int stride, int pad, rn_err *e) {
+  memset(d, 0, sizeof *d);
+  if (c < 1 || h < 1 || w < 1 || k < 1 || stride < 1 || pad < 0 || pad > k / 2 || h + 2 * pad < k ||
+      w + 2 * pad < k || (int64_t)h * w * c > INT32_MAX)
+    return rn_err_set(e, RN_EINVAL, "maxpool: impossible shape c=%d input=%dx%d kernel=%d stride=%d pad=%d "
+                      "(needs pad <= kernel/2 and kernel <= padded input)", c, h, w, k, stride, pad);
+  d->c = c, d->h = h, d->w = w, d->k = k, d->stride = stride, d->pad = pad;
+  d->oh = (h + 2 * pad - k) / stride + 1;
+  d->ow = (w + 2 * pad - k) / stride + 1;
+  return RN_OK;
+}
+
+void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax) {
+  const int c = d->c, h = d->h, w = d->w, k = d->k, s = d->stride, p = d->pad, oh = d->oh, ow = d->ow;
+  const int64_t lines = (int64_t)n * oh;
+  int T = rn_blas_threads();
+  if (lines * ow * c * k * k < 65536) T = 1;
+#pragma omp parallel for num_threads(T) schedule(static)
+  for (int64_t l = 0; l < lines; l++) {
+    int64_t i = l / oh;
+    int oy = (int)(l - i * oh);
+    const float *xi = x + (size_t)i * h * w * c;
+    int y0 = oy * s - p, y1 = y0 + k;
+    if (y0 < 0) y0 = 0;
+    if (y1 > h) y1 = h;
+    for (int ox = 0; ox < ow; ox++) {
+      int x0 = ox * s - p, x1 = x0 + k;
+      if (x0 < 0) x0 = 0;
+      if (x1 > w) x1 = w;
+      float *yr = y + ((size_t)l * ow + ox) * c;
+      int32_t *ar = argmax + ((size_t)l * ow + ox) * c;
+      int32_t base = (int32_t)(((size_t)y0 * w + x0) * c);
+      const float *xr = xi + base;
+      for (int j = 0; j < c; j++) yr[j] = xr[j], ar[j] = base + j;
+      for (int iy = y0; iy < y1; iy++)
+        for (int ix = x0; ix < x1; ix++) {
+          if (iy == y0 && ix == x0) continue;
+          int32_t b = (int32_t)(((size_t)iy * w + ix) * c);
+          const float *xp = xi + b;
+          for (int j = 0; j < c; j++) {
+            float v = xp[j];
+            int take = (v > yr[j]) | (v != v);
+            yr[j] = take ? v : yr[j];
+            ar[j] = take ? b + j : ar[j];
+          }
+        }
+    }
+  }
+}
+
+void rn_maxpool_backward(const rn_pool_desc *d, int n, const int32_t *argmax, const float *dy, float *dx, int acc) {
+  const size_t in = (size_t)d->h * d->w * d->c, out = (size_t)d->oh * d->ow * d->c;
+  int T = rn_blas_threads();
+  if ((size_t)n * (in + out) < 65536) T = 1;
+#pragma omp parallel for num_threads(T) schedule(static)
+  for (int i = 0; i < n; i++) {
+    float *di = dx + (size_t)i * in;
+    const float *g = dy + (size_t)i * out;
+    const int32_t *a = argmax + (size_t)i * out;
+    if (!acc) memset(di, 0, in * sizeof(float));
+    for (size_t o = 0; o < out; o++) di[a[o]] += g[o];
+  }
+}

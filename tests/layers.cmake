@@ -1,0 +1,4 @@
+# Layers: GEMM convolution against the naive reference (2 threads, and 1 thread), every layer's
+# backward against double-precision central differences of double reference forwards.
+rn_test(test_conv_ref LABELS unit ref TIMEOUT 120)
+rn_test(test_conv_ref LABELS unit ref TIMEOUT 120 TESTNAME test_conv_ref_1thread ARGS 1)
