@@ -77,6 +77,7 @@ static rn_status attr_string(hid_t f, const char *path, const char *name, char *
     char *s = NULL;
     hid_t mt = H5Tcopy(H5T_C_S1);
     H5Tset_size(mt, H5T_VARIABLE);
+    H5Tset_cset(mt, H5Tget_cset(t));
     if (H5Aread(a, mt, &s) < 0 || !s) {
       st = rn_err_set(e, RN_EFORMAT, "%s: attribute '%s' is unreadable", path, name);
     } else {
@@ -89,6 +90,7 @@ static rn_status attr_string(hid_t f, const char *path, const char *name, char *
     char *buf = calloc(1, sz + 1);
     hid_t mt = H5Tcopy(H5T_C_S1);
     H5Tset_size(mt, sz);
+    H5Tset_cset(mt, H5Tget_cset(t));
     if (!buf || H5Aread(a, mt, buf) < 0)
       st = rn_err_set(e, RN_EFORMAT, "%s: attribute '%s' is unreadable", path, name);
     else
@@ -120,6 +122,7 @@ static rn_status attr_names(hid_t f, const char *path, int classes, char ***name
     char **tmp = calloc((size_t)classes, sizeof *tmp);
     hid_t mt = H5Tcopy(H5T_C_S1);
     H5Tset_size(mt, H5T_VARIABLE);
+    H5Tset_cset(mt, H5Tget_cset(t));
     if (H5Aread(a, mt, tmp) < 0) {
       st = rn_err_set(e, RN_EFORMAT, "%s: attribute '%s' is unreadable", path, name);
     } else {
