@@ -25,7 +25,9 @@ typedef struct {
   int stride_in_1x1;      /* bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision) */
   float sd_pl;            /* stochastic depth: survival probability of the last block (1 = off) */
   int zero_init_residual; /* last BN gamma of each residual branch starts at 0 (Goyal et al.) */
-  int in_channels, in_h, in_w, num_classes;
+  int in_channels, in_h, in_w, num_classes; /* 0 = family default (3, 224/32, 1000/10) */
+  int width;              /* stem / first-stage width; 0 = standard (64 ImageNet, 16 CIFAR);
+                             stages use width*{1,2,4,8} (ImageNet) or width*{1,2,4} (CIFAR) */
   float bn_momentum, bn_eps;   /* 0.1, 1e-5 */
 } rn_model_config;
 
@@ -36,8 +38,10 @@ typedef enum {
 
 typedef struct {
   int h, w, c; /* per sample; flat vectors use h = w = 1 */
-  size_t off;  /* offset (floats) of the tensor in the activation arena (and of its gradient in
-                  the gradient arena), room for the planned batch */
+  size_t off;  /* offset (floats) of the tensor in the activation arena, room for the planned
+                  batch (a ReLU output shares its input's buffer: in-place) */
+  size_t goff; /* offset (floats) of its gradient in the gradient arena (liveness-planned: buffers
+                  are reused once dead, so a gradient is valid only during backward) */
 } rn_tensor;
 
 typedef struct {
@@ -60,6 +64,7 @@ typedef struct {
   float survival;   /* ADD: survival probability of the branch (1 = always) */
   float scale;      /* ADD: branch scale used by the last forward (0, 1 or 1/p) */
   size_t save_off;  /* per-node saved state (BN mean/invstd, maxpool argmax) in the save arena */
+  int acc_in, acc_in2; /* backward: 1 = add into d(in)/d(in2) (an earlier backward node wrote it) */
   union {
     rn_conv_desc conv;
     rn_bn_desc bn;
@@ -90,7 +95,12 @@ typedef struct {
   float *dlogits;            /* [batch][classes] */
   size_t act_floats, save_floats, ws_floats;
   uint64_t sd_key;           /* key of this step's stochastic-depth draws (see rn_model_set_step) */
+  uint64_t sd_seed;          /* stochastic depth: block b keeps its branch for this step iff */
+  int64_t sd_step;           /*   uniform(rn_key(sd_seed, sd_step, b, 0)) < survival */
   int bn_eval_in_train;      /* 1: BN uses running statistics even in training (equivalence tests) */
+  int input_grad;            /* 1: backward also computes d loss / d input (rn_model_input_grad) */
+  int last_train;            /* mode of the last forward (selects the BN backward) */
+  size_t dact_floats;        /* gradient arena size */
 } rn_model;
 
 void rn_model_config_default(rn_model_config *c);
@@ -123,5 +133,9 @@ double rn_model_loss(rn_model *m, int n, const int32_t *labels, float smoothing,
  * called as gradient ranges become final (from the end of the arena towards the start). */
 void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx);
 void rn_model_zero_grad(rn_model *m);
+/* d loss / d input [n][in_h][in_w][in_channels] after a backward with m->input_grad = 1. */
+const float *rn_model_input_grad(const rn_model *m);
+/* Human-readable name of an op ("conv", "bn", ...). */
+const char *rn_op_name(rn_op op);
 
 #endif

@@ -1,0 +1,667 @@
+/* model: configuration, graph construction, memory planning, init, summary.
+ *
+ * Graph (post-activation, torchvision):
+ *   stem      conv1 -> bn1 -> relu [-> maxpool (ImageNet)]
+ *   basic     conv1 -> bn1 -> relu -> conv2 -> bn2 -> add(shortcut) -> relu
+ *   bottleneck conv1(1x1) -> bn1 -> relu -> conv2(3x3) -> bn2 -> relu -> conv3(1x1) -> bn3 -> add -> relu
+ *   shortcut  identity | downsample.0 (conv 1x1, stride) -> downsample.1 (bn) | option A (pad/subsample)
+ *   head      avgpool -> fc
+ * Pre-activation (He et al. 2016, "Identity mappings"; fb.resnet.torch preresnet):
+ *   stem      ImageNet: conv1 -> bn1 -> relu -> maxpool; CIFAR: conv1 only
+ *   basic     bn1 -> relu -> conv1 -> bn2 -> relu -> conv2 -> add
+ *   bottleneck bn1 -> relu -> conv1 -> bn2 -> relu -> conv2 -> bn3 -> relu -> conv3 -> add
+ *   shortcut  identity / option A on the block input x; projection "downsample.0" (conv only, no BN)
+ *             on the pre-activated input relu(bn1(x)) as in the paper's code
+ *   head      final_bn -> relu -> avgpool -> fc   (names: "final_bn.weight", ...)
+ * Plain twins drop the shortcut and the add (post-activation: ... bn2 -> relu).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/model.h"
+
+const char *rn_op_name(rn_op op) {
+  switch (op) {
+    case RN_OP_CONV: return "conv";
+    case RN_OP_BN: return "bn";
+    case RN_OP_RELU: return "relu";
+    case RN_OP_MAXPOOL: return "maxpool";
+    case RN_OP_AVGPOOL: return "avgpool";
+    case RN_OP_LINEAR: return "linear";
+    case RN_OP_ADD: return "add";
+    case RN_OP_SHORTCUT_A: return "shortcut_a";
+  }
+  return "?";
+}
+
+void rn_model_config_default(rn_model_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->arch, sizeof c->arch, "resnet50");
+  c->depth = 50;
+  c->bottleneck = 1;
+  c->shortcut = RN_SHORTCUT_B;
+  c->sd_pl = 1.0f;
+  c->bn_momentum = 0.1f;
+  c->bn_eps = 1e-5f;
+}
+
+#define RN_VALID_ARCHS                                                                            \
+  "resnet18, resnet34, resnet50, resnet101, resnet152, plain18, plain34, plain50, plain101, "      \
+  "plain152, cifar-resnet<6n+2> (e.g. cifar-resnet20, 32, 44, 56, 110, 1202), cifar-plain<6n+2>"
+
+static int parse_depth(const char *s, int *out) {
+  if (!*s) return 0;
+  long v = 0;
+  for (const char *p = s; *p; p++) {
+    if (*p < '0' || *p > '9') return 0;
+    v = v * 10 + (*p - '0');
+    if (v > 100000) return 0;
+  }
+  *out = (int)v;
+  return 1;
+}
+
+rn_status rn_model_config_arch(rn_model_config *c, const char *arch, rn_err *e) {
+  if (!arch) arch = "";
+  int depth = 0, cifar = 0, plain = 0;
+  const char *num = NULL;
+  if (!strncmp(arch, "cifar-resnet", 12)) cifar = 1, num = arch + 12;
+  else if (!strncmp(arch, "cifar-plain", 11)) cifar = 1, plain = 1, num = arch + 11;
+  else if (!strncmp(arch, "resnet", 6)) num = arch + 6;
+  else if (!strncmp(arch, "plain", 5)) plain = 1, num = arch + 5;
+  if (!num || !parse_depth(num, &depth))
+    return rn_err_set(e, RN_EINVAL, "model: unknown architecture '%s' (valid: %s)", arch, RN_VALID_ARCHS);
+  if (cifar) {
+    if (depth < 8 || (depth - 2) % 6 != 0)
+      return rn_err_set(e, RN_EINVAL,
+                        "model: architecture '%s': CIFAR depth %d is not of the form 6n+2 with n >= 1 "
+                        "(valid: %s)", arch, depth, RN_VALID_ARCHS);
+  } else if (depth != 18 && depth != 34 && depth != 50 && depth != 101 && depth != 152) {
+    return rn_err_set(e, RN_EINVAL, "model: architecture '%s': ImageNet depth %d is not one of 18, 34, 50, "
+                      "101, 152 (valid: %s)", arch, depth, RN_VALID_ARCHS);
+  }
+  if (strlen(arch) >= sizeof c->arch)
+    return rn_err_set(e, RN_EINVAL, "model: architecture name '%s' too long", arch);
+  snprintf(c->arch, sizeof c->arch, "%s", arch);
+  c->depth = depth;
+  c->cifar = cifar;
+  c->plain = plain;
+  c->bottleneck = !cifar && depth >= 50;
+  c->shortcut = cifar ? RN_SHORTCUT_A : RN_SHORTCUT_B;
+  return RN_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Builder: growable arrays (allocation only at build time). */
+typedef struct {
+  rn_model *m;
+  int cap_nodes, cap_tensors, cap_params;
+  rn_err *e;
+  rn_status st;
+} builder;
+
+static void *grow(void *p, int *cap, int need, size_t elem) {
+  if (need <= *cap) return p;
+  int nc = *cap ? *cap * 2 : 64;
+  while (nc < need) nc *= 2;
+  void *q = realloc(p, (size_t)nc * elem);
+  RN_ASSERT(q);
+  memset((char *)q + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
+  *cap = nc;
+  return q;
+}
+
+static int new_tensor(builder *b, int h, int w, int c) {
+  rn_model *m = b->m;
+  m->tensors = grow(m->tensors, &b->cap_tensors, m->ntensors + 1, sizeof(rn_tensor));
+  rn_tensor *t = &m->tensors[m->ntensors];
+  t->h = h, t->w = w, t->c = c;
+  return m->ntensors++;
+}
+
+static int new_param(builder *b, const char *module, const char *leaf, int ndim, const int *dims,
+                     int trainable, int no_decay, int ohwi) {
+  rn_model *m = b->m;
+  m->params = grow(m->params, &b->cap_params, m->nparams + 1, sizeof(rn_param));
+  rn_param *p = &m->params[m->nparams];
+  snprintf(p->name, sizeof p->name, "%s.%s", module, leaf);
+  p->ndim = ndim;
+  p->count = 1;
+  for (int i = 0; i < ndim; i++) p->dims[i] = dims[i], p->count *= (size_t)dims[i];
+  p->trainable = trainable;
+  p->no_decay = no_decay;
+  p->ohwi = ohwi;
+  return m->nparams++;
+}
+
+static rn_node *new_node(builder *b, rn_op op, const char *name, int in, int in2) {
+  rn_model *m = b->m;
+  m->nodes = grow(m->nodes, &b->cap_nodes, m->nnodes + 1, sizeof(rn_node));
+  rn_node *n = &m->nodes[m->nnodes++];
+  n->op = op;
+  snprintf(n->name, sizeof n->name, "%s", name ? name : "");
+  n->in = in, n->in2 = in2, n->out = -1;
+  for (int i = 0; i < 4; i++) n->param[i] = -1;
+  n->block = -1;
+  n->survival = 1.0f;
+  n->scale = 1.0f;
+  return n;
+}
+
+static int conv(builder *b, const char *name, int x, int cout, int k, int stride, int pad) {
+  if (b->st) return x;
+  rn_tensor t = b->m->tensors[x];
+  rn_conv_desc d;
+  if (rn_conv_desc_init(&d, t.c, cout, k, k, stride, pad, t.h, t.w, b->e)) {
+    b->st = rn_err_prefix(b->e, "model %s: layer %s (input %dx%dx%d)", b->m->cfg.arch, name, t.h, t.w, t.c);
+    return x;
+  }
+  int dims[4] = {cout, t.c, k, k};
+  int w = new_param(b, name, "weight", 4, dims, 1, 0, 1);
+  int y = new_tensor(b, d.oh, d.ow, cout);
+  rn_node *n = new_node(b, RN_OP_CONV, name, x, -1);
+  n->u.conv = d;
+  n->param[0] = w;
+  n->out = y;
+  return y;
+}
+
+static int bn(builder *b, const char *name, int x) {
+  if (b->st) return x;
+  rn_tensor t = b->m->tensors[x];
+  int dims[1] = {t.c};
+  int g = new_param(b, name, "weight", 1, dims, 1, 1, 0);
+  int be = new_param(b, name, "bias", 1, dims, 1, 1, 0);
+  int rm = new_param(b, name, "running_mean", 1, dims, 0, 1, 0);
+  int rv = new_param(b, name, "running_var", 1, dims, 0, 1, 0);
+  int y = new_tensor(b, t.h, t.w, t.c);
+  rn_node *n = new_node(b, RN_OP_BN, name, x, -1);
+  n->u.bn.c = t.c;
+  n->u.bn.momentum = b->m->cfg.bn_momentum;
+  n->u.bn.eps = b->m->cfg.bn_eps;
+  n->param[0] = g, n->param[1] = be, n->param[2] = rm, n->param[3] = rv;
+  n->out = y;
+  return y;
+}
+
+static int relu(builder *b, int x) {
+  if (b->st) return x;
+  rn_tensor t = b->m->tensors[x];
+  int y = new_tensor(b, t.h, t.w, t.c);
+  rn_node *n = new_node(b, RN_OP_RELU, "", x, -1);
+  n->out = y;
+  return y;
+}
+
+static int maxpool(builder *b, int x) {
+  if (b->st) return x;
+  rn_tensor t = b->m->tensors[x];
+  rn_pool_desc d;
+  if (rn_pool_desc_init(&d, t.c, t.h, t.w, 3, 2, 1, b->e)) {
+    b->st = rn_err_prefix(b->e, "model %s: maxpool (input %dx%dx%d)", b->m->cfg.arch, t.h, t.w, t.c);
+    return x;
+  }
+  int y = new_tensor(b, d.oh, d.ow, t.c);
+  rn_node *n = new_node(b, RN_OP_MAXPOOL, "", x, -1);
+  n->u.pool = d;
+  n->out = y;
+  return y;
+}
+
+static int shortcut_a(builder *b, int x, int cout, int stride) {
+  if (b->st) return x;
+  rn_tensor t = b->m->tensors[x];
+  rn_shortcut_a_desc d;
+  if (rn_shortcut_a_desc_init(&d, t.c, cout, t.h, t.w, stride, b->e)) {
+    b->st = rn_err_prefix(b->e, "model %s: option-A shortcut", b->m->cfg.arch);
+    return x;
+  }
+  int y = new_tensor(b, d.oh, d.ow, cout);
+  rn_node *n = new_node(b, RN_OP_SHORTCUT_A, "", x, -1);
+  n->u.sa = d;
+  n->out = y;
+  return y;
+}
+
+static int add(builder *b, int sc, int branch, int block, float survival) {
+  if (b->st) return sc;
+  rn_tensor ts = b->m->tensors[sc], tb = b->m->tensors[branch];
+  if (ts.h != tb.h || ts.w != tb.w || ts.c != tb.c) {
+    b->st = rn_err_set(b->e, RN_EINVAL, "model %s: block %d: shortcut %dx%dx%d does not match branch %dx%dx%d",
+                       b->m->cfg.arch, block, ts.h, ts.w, ts.c, tb.h, tb.w, tb.c);
+    return sc;
+  }
+  int y = new_tensor(b, tb.h, tb.w, tb.c);
+  rn_node *n = new_node(b, RN_OP_ADD, "", sc, branch);
+  n->block = block;
+  n->survival = survival;
+  n->out = y;
+  return y;
+}
+
+/* One residual block. x: block input. Returns the block output. */
+static int block(builder *b, const char *pre, int x, int planes, int stride, int blk, int is_first) {
+  const rn_model_config *c = &b->m->cfg;
+  char nm[96];
+#define NM(s) (snprintf(nm, sizeof nm, "%s.%s", pre, s), nm)
+  int cin = b->m->tensors[x].c;
+  int expansion = c->bottleneck ? 4 : 1;
+  int cout = planes * expansion;
+  int shape_change = stride != 1 || cin != cout;
+  int proj = !c->plain && (c->shortcut == RN_SHORTCUT_C || (c->shortcut == RN_SHORTCUT_B && shape_change));
+  int opt_a = !c->plain && !proj && shape_change; /* option A where shapes change */
+  (void)is_first;
+  float surv = 1.0f;
+  if (c->sd_pl < 1.0f && !c->plain)
+    surv = 1.0f - (float)(blk + 1) / (float)b->m->nblocks * (1.0f - c->sd_pl);
+  int s1 = c->stride_in_1x1 ? stride : 1, s3 = c->stride_in_1x1 ? 1 : stride;
+  int y, sc = x;
+  if (!c->preact) {
+    if (!c->bottleneck) {
+      y = conv(b, NM("conv1"), x, planes, 3, stride, 1);
+      y = relu(b, bn(b, NM("bn1"), y));
+      y = conv(b, NM("conv2"), y, planes, 3, 1, 1);
+      y = bn(b, NM("bn2"), y);
+    } else {
+      y = conv(b, NM("conv1"), x, planes, 1, s1, 0);
+      y = relu(b, bn(b, NM("bn1"), y));
+      y = conv(b, NM("conv2"), y, planes, 3, s3, 1);
+      y = relu(b, bn(b, NM("bn2"), y));
+      y = conv(b, NM("conv3"), y, cout, 1, 1, 0);
+      y = bn(b, NM("bn3"), y);
+    }
+    if (c->plain) return relu(b, y);
+    if (proj) {
+      sc = conv(b, NM("downsample.0"), x, cout, 1, stride, 0);
+      sc = bn(b, NM("downsample.1"), sc);
+    } else if (opt_a) {
+      sc = shortcut_a(b, x, cout, stride);
+    }
+    return relu(b, add(b, sc, y, blk, surv));
+  }
+  /* pre-activation */
+  int a = relu(b, bn(b, NM("bn1"), x));
+  if (!c->bottleneck) {
+    y = conv(b, NM("conv1"), a, planes, 3, stride, 1);
+    y = relu(b, bn(b, NM("bn2"), y));
+    y = conv(b, NM("conv2"), y, planes, 3, 1, 1);
+  } else {
+    y = conv(b, NM("conv1"), a, planes, 1, s1, 0);
+    y = relu(b, bn(b, NM("bn2"), y));
+    y = conv(b, NM("conv2"), y, planes, 3, s3, 1);
+    y = relu(b, bn(b, NM("bn3"), y));
+    y = conv(b, NM("conv3"), y, cout, 1, 1, 0);
+  }
+  if (c->plain) return y;
+  if (proj) sc = conv(b, NM("downsample.0"), a, cout, 1, stride, 0);
+  else if (opt_a) sc = shortcut_a(b, x, cout, stride);
+  return add(b, sc, y, blk, surv);
+#undef NM
+}
+
+static void build_graph(builder *b) {
+  rn_model *m = b->m;
+  const rn_model_config *c = &m->cfg;
+  static const int layers18[4] = {2, 2, 2, 2}, layers34[4] = {3, 4, 6, 3}, layers101[4] = {3, 4, 23, 3},
+                   layers152[4] = {3, 8, 36, 3};
+  int nstages, per[4];
+  if (c->cifar) {
+    nstages = 3;
+    for (int i = 0; i < 3; i++) per[i] = (c->depth - 2) / 6;
+  } else {
+    nstages = 4;
+    const int *l = c->depth == 18 ? layers18 : c->depth == 101 ? layers101 : c->depth == 152 ? layers152 : layers34;
+    memcpy(per, l, sizeof per);
+  }
+  m->nblocks = 0;
+  for (int i = 0; i < nstages; i++) m->nblocks += per[i];
+  int width = c->width;
+
+  int x = new_tensor(b, c->in_h, c->in_w, c->in_channels);
+  m->input = x;
+  if (c->cifar) {
+    x = conv(b, "conv1", x, width, 3, 1, 1);
+    if (!c->preact) x = relu(b, bn(b, "bn1", x));
+  } else {
+    x = conv(b, "conv1", x, width, 7, 2, 3);
+    x = relu(b, bn(b, "bn1", x));
+    x = maxpool(b, x);
+  }
+  int blk = 0;
+  for (int s = 0; s < nstages; s++) {
+    for (int j = 0; j < per[s]; j++) {
+      char pre[32];
+      snprintf(pre, sizeof pre, "layer%d.%d", s + 1, j);
+      x = block(b, pre, x, width << s, (s > 0 && j == 0) ? 2 : 1, blk++, j == 0);
+    }
+  }
+  if (c->preact) x = relu(b, bn(b, "final_bn", x));
+  if (b->st) return;
+  /* global average pool */
+  rn_tensor t = m->tensors[x];
+  int p = new_tensor(b, 1, 1, t.c);
+  rn_node *n = new_node(b, RN_OP_AVGPOOL, "", x, -1);
+  n->out = p;
+  /* fc */
+  int dw[2] = {c->num_classes, t.c}, db[1] = {c->num_classes};
+  int w = new_param(b, "fc", "weight", 2, dw, 1, 0, 0);
+  int bi = new_param(b, "fc", "bias", 1, db, 1, 1, 0);
+  int y = new_tensor(b, 1, 1, c->num_classes);
+  n = new_node(b, RN_OP_LINEAR, "fc", p, -1);
+  n->u.lin.in = t.c;
+  n->u.lin.out = c->num_classes;
+  n->param[0] = w, n->param[1] = bi;
+  n->out = y;
+  m->logits = y;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Planning */
+
+static size_t tsize(const rn_model *m, int t) {
+  const rn_tensor *x = &m->tensors[t];
+  return rn_align16((size_t)m->batch * (size_t)x->h * (size_t)x->w * (size_t)x->c);
+}
+
+/* First-fit allocator over [0, inf) for the gradient arena (liveness-based reuse). */
+typedef struct {
+  size_t off, size;
+  int id;
+} live_blk;
+typedef struct {
+  live_blk *b;
+  int n, cap;
+  size_t peak;
+} ff_alloc;
+
+static size_t ff_get(ff_alloc *a, size_t size, int id) {
+  size_t off = 0;
+  int pos = 0;
+  for (; pos < a->n; pos++) { /* blocks sorted by offset */
+    if (a->b[pos].off >= off + size) break;
+    off = a->b[pos].off + a->b[pos].size;
+  }
+  a->b = grow(a->b, &a->cap, a->n + 1, sizeof(live_blk));
+  memmove(&a->b[pos + 1], &a->b[pos], (size_t)(a->n - pos) * sizeof(live_blk));
+  a->b[pos].off = off, a->b[pos].size = size, a->b[pos].id = id;
+  a->n++;
+  if (off + size > a->peak) a->peak = off + size;
+  return off;
+}
+
+static void ff_put(ff_alloc *a, int id) {
+  for (int i = 0; i < a->n; i++)
+    if (a->b[i].id == id) {
+      memmove(&a->b[i], &a->b[i + 1], (size_t)(a->n - i - 1) * sizeof(live_blk));
+      a->n--;
+      return;
+    }
+  RN_ASSERT(0 && "gradient buffer freed twice");
+}
+
+static void plan(rn_model *m) {
+  int T = m->ntensors;
+  int *nuse = calloc((size_t)T, sizeof(int)), *producer = malloc((size_t)T * sizeof(int));
+  RN_ASSERT(nuse && producer);
+  for (int t = 0; t < T; t++) producer[t] = -1;
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node *n = &m->nodes[k];
+    nuse[n->in]++;
+    if (n->in2 >= 0) nuse[n->in2]++;
+    producer[n->out] = k;
+  }
+
+  /* Activation arena. Every tensor gets its own buffer, except:
+   *  - ReLU runs in place (relu backward needs only its output; its input is a BN or add output
+   *    with no other consumer, and neither BN nor add backward needs its own output);
+   *  - add writes into its shortcut input when that is a private tensor (projection conv/BN output
+   *    or option-A output, consumed by nothing else, not needed by its producer's backward). */
+  size_t off = 0;
+  for (int t = 0; t < T; t++) m->tensors[t].off = (size_t)-1;
+  for (int t = 0; t < T; t++) {
+    int k = producer[t];
+    const rn_node *n = k >= 0 ? &m->nodes[k] : NULL;
+    if (n && n->op == RN_OP_RELU && nuse[n->in] == 1) {
+      m->tensors[t].off = m->tensors[n->in].off;
+    } else if (n && n->op == RN_OP_ADD && nuse[n->in] == 1 && producer[n->in] >= 0 &&
+               m->nodes[producer[n->in]].op != RN_OP_RELU) {
+      m->tensors[t].off = m->tensors[n->in].off;
+    } else {
+      m->tensors[t].off = off;
+      off += tsize(m, t);
+    }
+  }
+  m->act_floats = off;
+
+  /* acc flags: walking backward, the first node to write a tensor's gradient overwrites. */
+  char *written = calloc((size_t)T, 1);
+  RN_ASSERT(written);
+  for (int k = m->nnodes - 1; k >= 0; k--) {
+    rn_node *n = &m->nodes[k];
+    n->acc_in = written[n->in];
+    written[n->in] = 1;
+    if (n->in2 >= 0) {
+      RN_ASSERT(n->in2 != n->in);
+      n->acc_in2 = written[n->in2];
+      written[n->in2] = 1;
+    }
+  }
+  free(written);
+
+  /* Gradient arena: a tensor's gradient lives from the backward step of its last consumer to
+   * the backward step of its producer. The logits gradient is m->dlogits. */
+  ff_alloc fa = {0};
+  for (int t = 0; t < T; t++) m->tensors[t].goff = (size_t)-1;
+  for (int k = m->nnodes - 1; k >= 0; k--) {
+    rn_node *n = &m->nodes[k];
+    int ins[2] = {n->in, n->in2};
+    for (int i = 0; i < 2; i++) {
+      int t = ins[i];
+      if (t >= 0 && m->tensors[t].goff == (size_t)-1) m->tensors[t].goff = ff_get(&fa, tsize(m, t), t);
+    }
+    if (n->out != m->logits) ff_put(&fa, n->out);
+  }
+  m->dact_floats = fa.peak;
+  free(fa.b);
+
+  /* Saved state, workspace, GEMM reservation. */
+  size_t save = 0, ws = 0, mn = 0;
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node *n = &m->nodes[k];
+    n->save_off = save;
+    if (n->op == RN_OP_BN) {
+      save += rn_align16(2 * (size_t)n->u.bn.c);
+    } else if (n->op == RN_OP_MAXPOOL) {
+      save += tsize(m, n->out); /* int32 argmax, one per output element */
+    } else if (n->op == RN_OP_CONV) {
+      size_t w = rn_conv_workspace(&n->u.conv, m->batch);
+      if (w > ws) ws = w;
+      size_t p = (size_t)n->u.conv.cout * n->u.conv.kh * n->u.conv.kw * n->u.conv.cin;
+      if (p > mn) mn = p;
+    } else if (n->op == RN_OP_LINEAR) {
+      size_t p = (size_t)n->u.lin.in * n->u.lin.out;
+      if (p > mn) mn = p;
+    }
+  }
+  m->save_floats = save;
+  m->ws_floats = ws;
+  rn_blas_reserve(mn);
+  free(nuse);
+  free(producer);
+}
+
+rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_err *e) {
+  memset(m, 0, sizeof *m);
+  rn_model_config c = *cfg;
+  /* Re-derive the architecture fields from the name (the name is the source of truth), keeping
+   * the caller's shortcut choice. */
+  rn_model_config tmp = c;
+  if (rn_model_config_arch(&tmp, c.arch, e)) return e ? e->code : RN_EINVAL;
+  c.depth = tmp.depth, c.bottleneck = tmp.bottleneck, c.cifar = tmp.cifar, c.plain = tmp.plain;
+  if (c.in_channels == 0) c.in_channels = 3;
+  if (c.in_h == 0) c.in_h = c.cifar ? 32 : 224;
+  if (c.in_w == 0) c.in_w = c.cifar ? 32 : 224;
+  if (c.num_classes == 0) c.num_classes = c.cifar ? 10 : 1000;
+  if (c.width == 0) c.width = c.cifar ? 16 : 64;
+  if (c.bn_momentum == 0 && c.bn_eps == 0) c.bn_momentum = 0.1f, c.bn_eps = 1e-5f;
+  if (batch < 1) return rn_err_set(e, RN_EINVAL, "model %s: batch size %d must be >= 1", c.arch, batch);
+  if (c.in_channels < 1 || c.in_h < 1 || c.in_w < 1)
+    return rn_err_set(e, RN_EINVAL, "model %s: bad input shape %d channels x %d x %d", c.arch, c.in_channels,
+                      c.in_h, c.in_w);
+  if (c.num_classes < 1) return rn_err_set(e, RN_EINVAL, "model %s: num_classes %d must be >= 1", c.arch, c.num_classes);
+  if (c.width < 1 || c.width > 4096) return rn_err_set(e, RN_EINVAL, "model %s: width %d out of range [1, 4096]", c.arch, c.width);
+  if ((int)c.shortcut < 0 || (int)c.shortcut > 2)
+    return rn_err_set(e, RN_EINVAL, "model %s: shortcut option %d is not A, B or C", c.arch, (int)c.shortcut);
+  if (!(c.sd_pl > 0.0f && c.sd_pl <= 1.0f))
+    return rn_err_set(e, RN_EINVAL, "model %s: stochastic-depth survival p_L = %g must be in (0, 1]", c.arch, (double)c.sd_pl);
+  if (!(c.bn_eps > 0.0f) || !(c.bn_momentum >= 0.0f && c.bn_momentum <= 1.0f))
+    return rn_err_set(e, RN_EINVAL, "model %s: bad BN momentum %g / eps %g", c.arch, (double)c.bn_momentum,
+                      (double)c.bn_eps);
+  m->cfg = c;
+  m->batch = batch;
+  builder b = {.m = m, .e = e};
+  build_graph(&b);
+  if (b.st) {
+    rn_status st = b.st;
+    rn_model_free(m);
+    return st;
+  }
+  /* Parameter layout: trainable first (forward order), then buffers; each 64-byte aligned. */
+  size_t off = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int i = 0; i < m->nparams; i++) {
+      rn_param *p = &m->params[i];
+      if (p->trainable != (pass == 0)) continue;
+      p->off = off;
+      off += rn_align16(p->count);
+    }
+    if (pass == 0) m->ntrain = off;
+  }
+  m->ntotal = off;
+  plan(m);
+  m->param = rn_alloc(m->ntotal * sizeof(float));
+  m->grad = rn_alloc(m->ntrain * sizeof(float));
+  m->mom = rn_alloc(m->ntrain * sizeof(float));
+  m->act = rn_alloc(m->act_floats * sizeof(float));
+  m->dact = rn_alloc(m->dact_floats * sizeof(float));
+  m->save = rn_alloc(m->save_floats * sizeof(float));
+  m->ws = rn_alloc(m->ws_floats * sizeof(float));
+  m->dlogits = rn_alloc(rn_align16((size_t)batch * c.num_classes) * sizeof(float));
+  m->last_train = 1;
+  return RN_OK;
+}
+
+void rn_model_free(rn_model *m) {
+  free(m->nodes);
+  free(m->tensors);
+  free(m->params);
+  rn_free(m->param);
+  rn_free(m->grad);
+  rn_free(m->mom);
+  rn_free(m->act);
+  rn_free(m->dact);
+  rn_free(m->save);
+  rn_free(m->ws);
+  rn_free(m->dlogits);
+  memset(m, 0, sizeof *m);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+void rn_model_init(rn_model *m, uint64_t seed) {
+  const rn_model_config *c = &m->cfg;
+  /* The last BN (post-activation) or last conv (pre-activation: zeroing its BN would kill the
+   * gradient through the ReLU) of each residual branch, for zero_init_residual. */
+  char *zero = calloc((size_t)m->nparams, 1);
+  RN_ASSERT(zero);
+  if (c->zero_init_residual && !c->plain) {
+    for (int k = 0; k < m->nnodes; k++) {
+      const rn_node *n = &m->nodes[k];
+      if (n->op != RN_OP_ADD) continue;
+      for (int j = k - 1; j >= 0; j--) /* producer of the branch input */
+        if (m->nodes[j].out == n->in2) {
+          zero[m->nodes[j].param[0]] = 1;
+          break;
+        }
+    }
+  }
+  for (int i = 0; i < m->nparams; i++) {
+    rn_param *p = &m->params[i];
+    float *v = m->param + p->off;
+    rn_rng r = rn_rng_make(rn_key(seed, 0x6D6F64656Cull /* "model" */, (uint64_t)i, 0));
+    const char *leaf = strrchr(p->name, '.');
+    leaf = leaf ? leaf + 1 : p->name;
+    int is_fc = !strncmp(p->name, "fc.", 3);
+    if (zero[i]) {
+      memset(v, 0, p->count * sizeof(float));
+    } else if (p->ohwi) { /* kaiming normal, fan_out, relu gain */
+      float sd = sqrtf(2.0f / (float)((size_t)p->dims[0] * p->dims[2] * p->dims[3]));
+      for (size_t j = 0; j < p->count; j++) v[j] = sd * rn_rng_normal(&r);
+    } else if (is_fc) {
+      float bound = 1.0f / sqrtf((float)m->nodes[m->nnodes - 1].u.lin.in); /* fc is the last node */
+      for (size_t j = 0; j < p->count; j++) v[j] = bound * (2.0f * rn_rng_uniform(&r) - 1.0f);
+    } else if (!strcmp(leaf, "weight") || !strcmp(leaf, "running_var")) {
+      for (size_t j = 0; j < p->count; j++) v[j] = 1.0f;
+    } else {
+      memset(v, 0, p->count * sizeof(float));
+    }
+  }
+  free(zero);
+  memset(m->grad, 0, m->ntrain * sizeof(float));
+  memset(m->mom, 0, m->ntrain * sizeof(float));
+}
+
+size_t rn_model_param_count(const rn_model *m) {
+  size_t n = 0;
+  for (int i = 0; i < m->nparams; i++)
+    if (m->params[i].trainable) n += m->params[i].count;
+  return n;
+}
+
+int rn_model_find_param(const rn_model *m, const char *name) {
+  for (int i = 0; i < m->nparams; i++)
+    if (!strcmp(m->params[i].name, name)) return i;
+  return -1;
+}
+
+static void fmt_count(char *buf, size_t n, size_t v) {
+  char tmp[32];
+  int len = snprintf(tmp, sizeof tmp, "%zu", v), o = 0;
+  for (int i = 0; i < len && o + 2 < (int)n; i++) {
+    if (i && (len - i) % 3 == 0) buf[o++] = ',';
+    buf[o++] = tmp[i];
+  }
+  buf[o] = 0;
+}
+
+void rn_model_summary(const rn_model *m, FILE *f) {
+  const rn_model_config *c = &m->cfg;
+  static const char *sc[] = {"A", "B", "C"};
+  fprintf(f, "model %s: %s%s, input %dx%dx%d, %d classes, width %d, shortcut %s%s%s, %d blocks\n", c->arch,
+          c->bottleneck ? "bottleneck" : "basic", c->plain ? " (plain)" : "", c->in_channels, c->in_h, c->in_w,
+          c->num_classes, c->width, c->plain ? "none" : sc[c->shortcut], c->preact ? ", pre-activation" : "",
+          c->stride_in_1x1 ? ", stride in 1x1" : "", m->nblocks);
+  if (c->sd_pl < 1.0f) fprintf(f, "  stochastic depth: p_L = %g (linear decay)\n", (double)c->sd_pl);
+  fprintf(f, "  %-4s %-24s %-10s %-16s %12s\n", "#", "layer", "op", "output (HxWxC)", "params");
+  for (int k = 0; k < m->nnodes; k++) {
+    const rn_node *n = &m->nodes[k];
+    const rn_tensor *t = &m->tensors[n->out];
+    size_t np = 0;
+    for (int i = 0; i < 4; i++)
+      if (n->param[i] >= 0 && m->params[n->param[i]].trainable) np += m->params[n->param[i]].count;
+    char shape[40], cnt[32];
+    snprintf(shape, sizeof shape, "%dx%dx%d", t->h, t->w, t->c);
+    fmt_count(cnt, sizeof cnt, np);
+    fprintf(f, "  %-4d %-24s %-10s %-16s %12s", k, n->name[0] ? n->name : "-", rn_op_name(n->op), shape, np ? cnt : "");
+    if (n->op == RN_OP_ADD && n->survival < 1.0f) fprintf(f, "  (survival %.3f)", (double)n->survival);
+    fputc('\n', f);
+  }
+  char cnt[32];
+  fmt_count(cnt, sizeof cnt, rn_model_param_count(m));
+  fprintf(f, "  trainable parameters: %s (%.2fM)\n", cnt, (double)rn_model_param_count(m) / 1e6);
+  fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations %.1f MB, gradients %.1f MB, "
+          "saved %.1f MB, workspace %.1f MB\n", m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_floats * 4 / 1e6,
+          (double)m->dact_floats * 4 / 1e6, (double)m->save_floats * 4 / 1e6, (double)m->ws_floats * 4 / 1e6);
+}

@@ -1,0 +1,143 @@
+/* model: the graph driver (forward, loss, backward). No allocation here. */
+#include <string.h>
+
+#include "rn/model.h"
+
+float *rn_model_input(rn_model *m) { return m->act + m->tensors[m->input].off; }
+const float *rn_model_logits(const rn_model *m) { return m->act + m->tensors[m->logits].off; }
+const float *rn_model_input_grad(const rn_model *m) { return m->dact + m->tensors[m->input].goff; }
+
+void rn_model_set_step(rn_model *m, uint64_t seed, int64_t step) {
+  m->sd_seed = seed;
+  m->sd_step = step;
+  m->sd_key = rn_key(seed, (uint64_t)step, 0, 0);
+}
+
+static float sd_scale(const rn_model *m, const rn_node *n, int train) {
+  if (!train || n->survival >= 1.0f) return 1.0f;
+  rn_rng r = rn_rng_make(rn_key(m->sd_seed, (uint64_t)m->sd_step, (uint64_t)n->block, 0));
+  return rn_rng_uniform(&r) < n->survival ? 1.0f / n->survival : 0.0f;
+}
+
+static inline float *A(rn_model *m, int t) { return m->act + m->tensors[t].off; }
+static inline float *P(rn_model *m, int p) { return m->param + m->params[p].off; }
+static inline float *G(rn_model *m, int p) { return m->grad + m->params[p].off; }
+static inline int64_t numel(const rn_model *m, int t, int n) {
+  const rn_tensor *x = &m->tensors[t];
+  return (int64_t)n * x->h * x->w * x->c;
+}
+
+void rn_model_forward(rn_model *m, int n, int train) {
+  RN_ASSERT(n >= 1 && n <= m->batch);
+  m->last_train = train;
+  int bn_train = train && !m->bn_eval_in_train;
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node *d = &m->nodes[k];
+    const rn_tensor *ti = &m->tensors[d->in];
+    float *x = A(m, d->in), *y = A(m, d->out);
+    switch (d->op) {
+      case RN_OP_CONV:
+        rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
+        break;
+      case RN_OP_BN:
+        if (bn_train)
+          rn_bn_forward_train(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]), P(m, d->param[1]),
+                              P(m, d->param[2]), P(m, d->param[3]), m->save + d->save_off, y);
+        else
+          rn_bn_forward_eval(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]), P(m, d->param[1]),
+                             P(m, d->param[2]), P(m, d->param[3]), y);
+        break;
+      case RN_OP_RELU:
+        rn_relu_forward(numel(m, d->in, n), x, y);
+        break;
+      case RN_OP_MAXPOOL:
+        rn_maxpool_forward(&d->u.pool, n, x, y, (int32_t *)(m->save + d->save_off));
+        break;
+      case RN_OP_AVGPOOL:
+        rn_avgpool_forward(n, ti->h * ti->w, ti->c, x, y);
+        break;
+      case RN_OP_LINEAR:
+        rn_linear_forward(n, d->u.lin.in, d->u.lin.out, x, P(m, d->param[0]), P(m, d->param[1]), y);
+        break;
+      case RN_OP_ADD:
+        d->scale = sd_scale(m, d, train);
+        rn_add_forward(numel(m, d->out, n), x, A(m, d->in2), d->scale, y);
+        break;
+      case RN_OP_SHORTCUT_A:
+        rn_shortcut_a_forward(&d->u.sa, n, x, y);
+        break;
+    }
+  }
+}
+
+double rn_model_loss(rn_model *m, int n, const int32_t *labels, float smoothing, int *top1, int *top5) {
+  RN_ASSERT(n >= 1 && n <= m->batch);
+  return rn_softmax_xent(n, m->cfg.num_classes, rn_model_logits(m), labels, smoothing, m->dlogits, top1, top5);
+}
+
+void rn_model_zero_grad(rn_model *m) { memset(m->grad, 0, m->ntrain * sizeof(float)); }
+
+/* Reports the gradient ranges of node k's trainable params, from the highest offset down. Each
+ * trainable param owns [off, next trainable off) so the ranges tile [0, ntrain) exactly. */
+static void report(rn_model *m, const rn_node *d, rn_grad_ready_fn cb, void *ctx) {
+  if (!cb) return;
+  for (int i = 3; i >= 0; i--) {
+    int p = d->param[i];
+    if (p < 0 || !m->params[p].trainable) continue;
+    size_t off = m->params[p].off, end = m->ntrain;
+    for (int q = p + 1; q < m->nparams; q++)
+      if (m->params[q].trainable) {
+        end = m->params[q].off;
+        break;
+      }
+    cb(ctx, off, end - off);
+  }
+}
+
+void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
+  RN_ASSERT(n >= 1 && n <= m->batch);
+  int bn_train = m->last_train && !m->bn_eval_in_train;
+  for (int k = m->nnodes - 1; k >= 0; k--) {
+    rn_node *d = &m->nodes[k];
+    const rn_tensor *ti = &m->tensors[d->in];
+    const float *x = A(m, d->in), *y = A(m, d->out);
+    const float *dy = d->out == m->logits ? m->dlogits : m->dact + m->tensors[d->out].goff;
+    float *dx = (d->in == m->input && !m->input_grad) ? NULL : m->dact + ti->goff;
+    switch (d->op) {
+      case RN_OP_CONV:
+        rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
+        break;
+      case RN_OP_BN: {
+        int64_t rows = (int64_t)n * ti->h * ti->w;
+        if (bn_train)
+          rn_bn_backward_train(&d->u.bn, rows, x, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
+                               G(m, d->param[0]), G(m, d->param[1]));
+        else
+          rn_bn_backward_eval(&d->u.bn, rows, x, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]), dy, dx,
+                              d->acc_in, G(m, d->param[0]), G(m, d->param[1]));
+        break;
+      }
+      case RN_OP_RELU:
+        if (dx) rn_relu_backward(numel(m, d->in, n), y, dy, dx, d->acc_in);
+        break;
+      case RN_OP_MAXPOOL:
+        if (dx) rn_maxpool_backward(&d->u.pool, n, (const int32_t *)(m->save + d->save_off), dy, dx, d->acc_in);
+        break;
+      case RN_OP_AVGPOOL:
+        if (dx) rn_avgpool_backward(n, ti->h * ti->w, ti->c, dy, dx, d->acc_in);
+        break;
+      case RN_OP_LINEAR:
+        rn_linear_backward(n, d->u.lin.in, d->u.lin.out, x, P(m, d->param[0]), dy, dx, d->acc_in,
+                           G(m, d->param[0]), G(m, d->param[1]));
+        break;
+      case RN_OP_ADD:
+        rn_add_backward(numel(m, d->out, n), dy, d->scale, dx, d->acc_in,
+                        m->dact + m->tensors[d->in2].goff, d->acc_in2);
+        break;
+      case RN_OP_SHORTCUT_A:
+        if (dx) rn_shortcut_a_backward(&d->u.sa, n, dy, dx, d->acc_in);
+        break;
+    }
+    report(m, d, cb, ctx);
+  }
+}

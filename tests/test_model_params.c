@@ -1,0 +1,383 @@
+/* Model builder: parameter counts (torchvision / the papers), names and shapes, plain twins,
+ * option A/B/C shortcuts, pre-activation names, stochastic-depth survival, init statistics,
+ * 1-channel 28x28 inputs, planning invariants, clear errors for unknown architectures. */
+#include <math.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/model.h"
+#include "testutil.h"
+
+static int build(rn_model *m, const char *arch, int shortcut, int in_c, int hw, int classes, int batch) {
+  rn_model_config c;
+  rn_err e = {0};
+  rn_model_config_default(&c);
+  if (rn_model_config_arch(&c, arch, &e)) {
+    fprintf(stderr, "config %s: %s\n", arch, e.msg);
+    return 1;
+  }
+  if (shortcut >= 0) c.shortcut = (rn_shortcut)shortcut;
+  c.in_channels = in_c, c.in_h = c.in_w = hw, c.num_classes = classes;
+  if (rn_model_build(m, &c, batch, &e)) {
+    fprintf(stderr, "build %s: %s\n", arch, e.msg);
+    return 1;
+  }
+  return 0;
+}
+
+static int count_named(const rn_model *m, const char *sub) {
+  int k = 0;
+  for (int i = 0; i < m->nparams; i++) k += strstr(m->params[i].name, sub) != NULL;
+  return k;
+}
+static int count_op(const rn_model *m, rn_op op) {
+  int k = 0;
+  for (int i = 0; i < m->nnodes; i++) k += m->nodes[i].op == op;
+  return k;
+}
+static size_t sum_named(const rn_model *m, const char *sub) {
+  size_t k = 0;
+  for (int i = 0; i < m->nparams; i++)
+    if (m->params[i].trainable && strstr(m->params[i].name, sub)) k += m->params[i].count;
+  return k;
+}
+
+static void check_dims(const rn_model *m, const char *name, int ndim, int d0, int d1, int d2, int d3) {
+  int i = rn_model_find_param(m, name);
+  CHECK(i >= 0, "%s: parameter %s missing", m->cfg.arch, name);
+  if (i < 0) return;
+  const rn_param *p = &m->params[i];
+  int want[4] = {d0, d1, d2, d3};
+  int ok = p->ndim == ndim;
+  for (int k = 0; k < ndim && ok; k++) ok = p->dims[k] == want[k];
+  CHECK(ok, "%s: %s has ndim %d dims %d,%d,%d,%d; want %d: %d,%d,%d,%d", m->cfg.arch, name, p->ndim, p->dims[0],
+        p->dims[1], p->dims[2], p->dims[3], ndim, d0, d1, d2, d3);
+}
+
+/* Planning invariants: params tile the arena in forward order, tensors fit in the arenas. */
+static void check_layout(const rn_model *m) {
+  size_t last = 0, cnt = 0;
+  int seen_buffer = 0, ok = 1;
+  for (int i = 0; i < m->nparams; i++) {
+    const rn_param *p = &m->params[i];
+    if (p->trainable) {
+      ok &= p->off >= last && p->off + p->count <= m->ntrain;
+      last = p->off + p->count;
+      cnt += p->count;
+    } else {
+      ok &= p->off >= m->ntrain && p->off + p->count <= m->ntotal;
+      seen_buffer = 1;
+    }
+    ok &= (p->off % 16) == 0;
+  }
+  CHECK(ok && cnt == rn_model_param_count(m), "%s: parameter layout broken", m->cfg.arch);
+  CHECK(seen_buffer, "%s: no BN buffers", m->cfg.arch);
+  ok = 1;
+  for (int t = 0; t < m->ntensors; t++) {
+    const rn_tensor *x = &m->tensors[t];
+    size_t sz = (size_t)m->batch * x->h * x->w * x->c;
+    ok &= x->off + sz <= m->act_floats && x->goff + sz <= m->dact_floats;
+  }
+  CHECK(ok, "%s: tensor outside its arena", m->cfg.arch);
+  CHECK(m->nodes[m->nnodes - 1].out == m->logits && m->tensors[m->logits].c == m->cfg.num_classes,
+        "%s: logits tensor wrong", m->cfg.arch);
+}
+
+int main(void) {
+  rn_err e = {0};
+  if (rn_blas_init(NULL, 2, stderr, &e)) {
+    fprintf(stderr, "%s\n", e.msg);
+    return 1;
+  }
+  rn_model m;
+
+  /* ---- ImageNet: exact torchvision counts ---- */
+  static const struct { const char *arch; size_t n; } in[] = {
+      {"resnet18", 11689512}, {"resnet34", 21797672}, {"resnet50", 25557032},
+      {"resnet101", 44549160}, {"resnet152", 60192808}};
+  for (int i = 0; i < 5; i++) {
+    int hw = i == 0 || i == 2 ? 224 : 64; /* counts do not depend on the input size */
+    if (build(&m, in[i].arch, -1, 3, hw, 1000, 1)) {
+      CHECK(0, "%s did not build", in[i].arch);
+      continue;
+    }
+    CHECK(rn_model_param_count(&m) == in[i].n, "%s: %zu parameters, torchvision has %zu", in[i].arch,
+          rn_model_param_count(&m), in[i].n);
+    printf("%-12s %zu parameters (torchvision %zu)\n", in[i].arch, rn_model_param_count(&m), in[i].n);
+    check_layout(&m);
+    check_dims(&m, "conv1.weight", 4, 64, 3, 7, 7);
+    check_dims(&m, "bn1.running_var", 1, 64, 0, 0, 0);
+    if (m.cfg.bottleneck) {
+      check_dims(&m, "layer1.0.conv1.weight", 4, 64, 64, 1, 1);
+      check_dims(&m, "layer1.0.conv3.weight", 4, 256, 64, 1, 1);
+      check_dims(&m, "layer1.0.downsample.0.weight", 4, 256, 64, 1, 1);
+      check_dims(&m, "layer2.0.conv2.weight", 4, 128, 128, 3, 3);
+      check_dims(&m, "layer4.0.downsample.1.bias", 1, 2048, 0, 0, 0);
+      check_dims(&m, "fc.weight", 2, 1000, 2048, 0, 0);
+      CHECK(count_named(&m, "downsample.0.weight") == 4, "%s: %d projections, want 4", in[i].arch,
+            count_named(&m, "downsample.0.weight"));
+    } else {
+      check_dims(&m, "layer1.0.conv1.weight", 4, 64, 64, 3, 3);
+      check_dims(&m, "layer2.0.downsample.0.weight", 4, 128, 64, 1, 1);
+      check_dims(&m, "layer4.1.bn2.weight", 1, 512, 0, 0, 0);
+      check_dims(&m, "fc.weight", 2, 1000, 512, 0, 0);
+      CHECK(rn_model_find_param(&m, "layer1.0.downsample.0.weight") < 0, "%s: layer1 has a projection", in[i].arch);
+      CHECK(count_named(&m, "downsample.0.weight") == 3, "%s: %d projections, want 3", in[i].arch,
+            count_named(&m, "downsample.0.weight"));
+    }
+    int q = rn_model_find_param(&m, "layer3.1.bn2.running_mean");
+    CHECK(q >= 0 && !m.params[q].trainable && m.params[q].off >= m.ntrain, "running_mean not a buffer");
+    q = rn_model_find_param(&m, "layer3.1.conv2.weight");
+    CHECK(q >= 0 && m.params[q].trainable && m.params[q].ohwi && !m.params[q].no_decay, "conv weight flags");
+    q = rn_model_find_param(&m, "layer3.1.bn2.bias");
+    CHECK(q >= 0 && m.params[q].trainable && m.params[q].no_decay && !m.params[q].ohwi, "bn bias flags");
+    if (i == 0 || i == 2) {
+      /* summary prints the count with separators; the activation arena is planned (in-place ReLU
+       * saves memory) and the gradient arena reuses dead buffers */
+      char *buf = NULL;
+      size_t len = 0;
+      FILE *f = open_memstream(&buf, &len);
+      rn_model_summary(&m, f);
+      fclose(f);
+      char want[32];
+      snprintf(want, sizeof want, "%zu,%03zu,%03zu", in[i].n / 1000000, in[i].n / 1000 % 1000, in[i].n % 1000);
+      CHECK(strstr(buf, want) != NULL, "summary of %s lacks '%s'", in[i].arch, want);
+      if (i == 0) fputs(buf, stdout);
+      else printf("%s", strstr(buf, "  trainable"));
+      free(buf);
+      size_t naive = 0;
+      for (int t = 0; t < m.ntensors; t++)
+        naive += (size_t)m.tensors[t].h * m.tensors[t].w * m.tensors[t].c;
+      CHECK(m.act_floats < naive * 8 / 10, "%s: activation arena %zu not below 80%% of naive %zu", in[i].arch,
+            m.act_floats, naive);
+      CHECK(m.dact_floats < m.act_floats / 2, "%s: gradient arena %zu not below half the activations %zu",
+            in[i].arch, m.dact_floats, m.act_floats);
+    }
+    rn_model_free(&m);
+  }
+
+  /* ---- CIFAR (option A): 20 -> 269,722 (paper 0.27M), 56 -> 0.85M, 110 -> 1.7M, 1202 -> 19.4M ---- */
+  static const struct { int d; size_t n; double paper_m; double round; } cf[] = {
+      {20, 269722, 0.27, 0.01}, {32, 464154, 0.46, 0.01}, {44, 658586, 0.66, 0.01},
+      {56, 853018, 0.85, 0.01}, {110, 1727962, 1.7, 0.1}, {1202, 19421274, 19.4, 0.1}};
+  for (int i = 0; i < 6; i++) {
+    char arch[32];
+    snprintf(arch, sizeof arch, "cifar-resnet%d", cf[i].d);
+    if (build(&m, arch, -1, 3, 32, 10, 2)) {
+      CHECK(0, "%s did not build", arch);
+      continue;
+    }
+    size_t n = rn_model_param_count(&m);
+    CHECK(n == cf[i].n, "%s: %zu parameters, want %zu", arch, n, cf[i].n);
+    CHECK(fabs(n / 1e6 - cf[i].paper_m) <= cf[i].round / 2 + 1e-9, "%s: %.3fM does not round to the paper's %.2fM",
+          arch, n / 1e6, cf[i].paper_m);
+    printf("%-18s %zu parameters (%.2fM; paper %.2fM)\n", arch, n, n / 1e6, cf[i].paper_m);
+    CHECK(m.cfg.shortcut == RN_SHORTCUT_A && count_named(&m, "downsample") == 0 &&
+              count_op(&m, RN_OP_SHORTCUT_A) == 2 && m.nblocks == 3 * (cf[i].d - 2) / 6,
+          "%s: option A structure", arch);
+    if (i == 0) {
+      check_layout(&m);
+      check_dims(&m, "conv1.weight", 4, 16, 3, 3, 3);
+      check_dims(&m, "layer1.0.conv1.weight", 4, 16, 16, 3, 3);
+      check_dims(&m, "layer2.0.conv1.weight", 4, 32, 16, 3, 3);
+      check_dims(&m, "layer3.2.bn2.running_mean", 1, 64, 0, 0, 0);
+      check_dims(&m, "fc.weight", 2, 10, 64, 0, 0);
+      CHECK(rn_model_find_param(&m, "layer4.0.conv1.weight") < 0, "cifar has a layer4");
+      CHECK(count_op(&m, RN_OP_MAXPOOL) == 0, "cifar has a maxpool");
+    }
+    rn_model_free(&m);
+  }
+  /* option B: projections only where shapes change; C: on every block */
+  if (!build(&m, "cifar-resnet20", RN_SHORTCUT_B, 3, 32, 10, 2)) {
+    check_dims(&m, "layer2.0.downsample.0.weight", 4, 32, 16, 1, 1);
+    check_dims(&m, "layer3.0.downsample.1.weight", 1, 64, 0, 0, 0);
+    CHECK(count_named(&m, "downsample.0.weight") == 2 && count_op(&m, RN_OP_SHORTCUT_A) == 0, "cifar B structure");
+    CHECK(rn_model_param_count(&m) == 269722 + 16 * 32 + 64 + 32 * 64 + 128, "cifar-resnet20 B: %zu",
+          rn_model_param_count(&m));
+    rn_model_free(&m);
+  } else CHECK(0, "cifar B did not build");
+  if (!build(&m, "cifar-resnet20", RN_SHORTCUT_C, 3, 32, 10, 2)) {
+    CHECK(count_named(&m, "downsample.0.weight") == 9, "cifar C: %d projections", count_named(&m, "downsample.0.weight"));
+    check_dims(&m, "layer1.0.downsample.0.weight", 4, 16, 16, 1, 1);
+    rn_model_free(&m);
+  } else CHECK(0, "cifar C did not build");
+  if (!build(&m, "resnet50", RN_SHORTCUT_A, 3, 64, 1000, 1)) {
+    CHECK(count_named(&m, "downsample") == 0 && count_op(&m, RN_OP_SHORTCUT_A) == 4, "resnet50 A structure");
+    rn_model_free(&m);
+  } else CHECK(0, "resnet50 A did not build");
+
+  /* ---- plain twins ---- */
+  size_t r18, r50ds, r50;
+  build(&m, "resnet18", -1, 3, 64, 1000, 1);
+  r18 = rn_model_param_count(&m);
+  size_t r18ds = sum_named(&m, "downsample");
+  rn_model_free(&m);
+  build(&m, "resnet50", -1, 3, 64, 1000, 1);
+  r50 = rn_model_param_count(&m);
+  r50ds = sum_named(&m, "downsample");
+  rn_model_free(&m);
+  static const char *plains[] = {"plain18", "plain34", "plain50", "plain101", "plain152", "cifar-plain20", "cifar-plain56"};
+  for (int i = 0; i < 7; i++) {
+    if (build(&m, plains[i], -1, 3, i < 5 ? 64 : 32, i < 5 ? 1000 : 10, 1)) {
+      CHECK(0, "%s did not build", plains[i]);
+      continue;
+    }
+    CHECK(m.cfg.plain && count_named(&m, "downsample") == 0 && count_op(&m, RN_OP_ADD) == 0 &&
+              count_op(&m, RN_OP_SHORTCUT_A) == 0, "%s has shortcuts", plains[i]);
+    size_t n = rn_model_param_count(&m);
+    if (i == 0) CHECK(n == r18 - r18ds && n == 11515688, "plain18: %zu", n);
+    if (i == 2) CHECK(n == r50 - r50ds, "plain50: %zu vs %zu", n, r50 - r50ds);
+    if (i == 5) CHECK(n == 269722, "cifar-plain20: %zu", n);
+    printf("%-18s %zu parameters\n", plains[i], n);
+    rn_model_free(&m);
+  }
+
+  /* ---- 1-channel 28x28 (Fashion-MNIST) for both families ---- */
+  if (!build(&m, "resnet18", -1, 1, 28, 10, 4)) {
+    check_dims(&m, "conv1.weight", 4, 64, 1, 7, 7);
+    check_dims(&m, "fc.weight", 2, 10, 512, 0, 0);
+    int last_conv = -1;
+    for (int k = 0; k < m.nnodes; k++) if (m.nodes[k].op == RN_OP_CONV) last_conv = k;
+    CHECK(m.tensors[m.nodes[last_conv].out].h == 1, "resnet18 28x28: layer4 is %dx%d",
+          m.tensors[m.nodes[last_conv].out].h, m.tensors[m.nodes[last_conv].out].w);
+    rn_model_free(&m);
+  } else CHECK(0, "resnet18 1x28x28 did not build");
+  if (!build(&m, "cifar-resnet20", -1, 1, 28, 10, 4)) {
+    check_dims(&m, "conv1.weight", 4, 16, 1, 3, 3);
+    CHECK(m.tensors[m.nodes[m.nnodes - 3].out].h == 7, "cifar 28x28: last stage %d", m.tensors[m.nodes[m.nnodes - 3].out].h);
+    rn_model_free(&m);
+  } else CHECK(0, "cifar-resnet20 1x28x28 did not build");
+
+  /* ---- pre-activation names, stride placement, stochastic depth survival ---- */
+  {
+    rn_model_config c;
+    rn_model_config_default(&c);
+    rn_model_config_arch(&c, "cifar-resnet110", &e);
+    c.preact = 1;
+    c.sd_pl = 0.5f;
+    CHECK(rn_model_build(&m, &c, 2, &e) == RN_OK, "preact build: %s", e.msg);
+    check_dims(&m, "final_bn.weight", 1, 64, 0, 0, 0);
+    check_dims(&m, "layer2.0.bn1.weight", 1, 16, 0, 0, 0); /* BN on the block input */
+    CHECK(rn_model_find_param(&m, "bn1.weight") < 0, "preact CIFAR stem has a BN");
+    /* no stem BN (-32), a final BN (+128), and the first BN of layer2.0/layer3.0 is on the narrower
+     * block input (-32, -64) */
+    CHECK(rn_model_param_count(&m) == 1727962 - 32 + 128 - 32 - 64, "preact-110 count %zu", rn_model_param_count(&m));
+    int nadd = 0, ok = 1;
+    for (int k = 0; k < m.nnodes; k++) {
+      const rn_node *d = &m.nodes[k];
+      if (d->op != RN_OP_ADD) continue;
+      double want = 1.0 - (double)(d->block + 1) / m.nblocks * 0.5;
+      ok &= d->block == nadd && fabs(d->survival - want) < 1e-6;
+      nadd++;
+    }
+    CHECK(ok && nadd == 54 && m.nblocks == 54, "survival probabilities wrong (%d adds)", nadd);
+    rn_model_free(&m);
+    rn_model_config_default(&c);
+    rn_model_config_arch(&c, "resnet50", &e);
+    c.stride_in_1x1 = 1;
+    c.in_h = c.in_w = 64;
+    CHECK(rn_model_build(&m, &c, 1, &e) == RN_OK, "stride_in_1x1 build: %s", e.msg);
+    int k1 = -1, k2 = -1;
+    for (int k = 0; k < m.nnodes; k++) {
+      if (!strcmp(m.nodes[k].name, "layer2.0.conv1")) k1 = k;
+      if (!strcmp(m.nodes[k].name, "layer2.0.conv2")) k2 = k;
+    }
+    CHECK(k1 >= 0 && k2 >= 0 && m.nodes[k1].u.conv.stride == 2 && m.nodes[k2].u.conv.stride == 1, "stride_in_1x1");
+    CHECK(rn_model_param_count(&m) == 25557032, "stride_in_1x1 count");
+    rn_model_free(&m);
+    c.stride_in_1x1 = 0;
+    CHECK(rn_model_build(&m, &c, 1, &e) == RN_OK, "build: %s", e.msg);
+    for (int k = 0; k < m.nnodes; k++) {
+      if (!strcmp(m.nodes[k].name, "layer2.0.conv1")) k1 = k;
+      if (!strcmp(m.nodes[k].name, "layer2.0.conv2")) k2 = k;
+    }
+    CHECK(m.nodes[k1].u.conv.stride == 1 && m.nodes[k2].u.conv.stride == 2, "torchvision stride placement");
+    rn_model_free(&m);
+  }
+
+  /* ---- init: deterministic, He fan_out std, BN 1/0, fc bound, zero_init_residual ---- */
+  {
+    rn_model m2;
+    rn_model_config c;
+    rn_model_config_default(&c);
+    rn_model_config_arch(&c, "resnet50", &e);
+    c.in_h = c.in_w = 64;
+    rn_model_build(&m, &c, 1, &e);
+    rn_model_build(&m2, &c, 1, &e);
+    rn_model_init(&m, 42);
+    rn_model_init(&m2, 42);
+    CHECK(!memcmp(m.param, m2.param, m.ntotal * sizeof(float)), "init not deterministic");
+    rn_model_init(&m2, 43);
+    CHECK(memcmp(m.param, m2.param, m.ntrain * sizeof(float)), "seed ignored");
+    int p = rn_model_find_param(&m, "layer3.0.conv2.weight");
+    double s = 0, s2 = 0;
+    const float *v = m.param + m.params[p].off;
+    for (size_t j = 0; j < m.params[p].count; j++) s += v[j], s2 += (double)v[j] * v[j];
+    double n = (double)m.params[p].count, sd = sqrt(s2 / n - (s / n) * (s / n)), want = sqrt(2.0 / (256 * 9));
+    CHECK(fabs(sd / want - 1) < 0.02 && fabs(s / n) < 0.05 * want, "He std %g want %g (mean %g)", sd, want, s / n);
+    p = rn_model_find_param(&m, "fc.weight");
+    v = m.param + m.params[p].off;
+    double mx = 0;
+    for (size_t j = 0; j < m.params[p].count; j++) mx = fmax(mx, fabs(v[j]));
+    CHECK(mx <= 1 / sqrt(2048.0) && mx > 0.99 / sqrt(2048.0), "fc bound %g", mx);
+    p = rn_model_find_param(&m, "fc.bias");
+    v = m.param + m.params[p].off;
+    mx = 0;
+    for (size_t j = 0; j < m.params[p].count; j++) mx = fmax(mx, fabs(v[j]));
+    CHECK(mx <= 1 / sqrt(2048.0) && mx > 0.9 / sqrt(2048.0), "fc bias bound %g", mx);
+    int ok = 1;
+    for (int i = 0; i < m.nparams; i++) {
+      const rn_param *q = &m.params[i];
+      const char *leaf = strrchr(q->name, '.') + 1;
+      int bnp = !q->ohwi && strncmp(q->name, "fc.", 3);
+      if (!bnp) continue;
+      float want1 = (!strcmp(leaf, "weight") || !strcmp(leaf, "running_var")) ? 1.0f : 0.0f;
+      for (size_t j = 0; j < q->count; j++) ok &= m.param[q->off + j] == want1;
+    }
+    CHECK(ok, "BN init not gamma 1 beta 0 mean 0 var 1");
+    rn_model_free(&m2);
+    c.zero_init_residual = 1;
+    rn_model_build(&m2, &c, 1, &e);
+    rn_model_init(&m2, 42);
+    int zeros = 0, ones = 0;
+    for (int i = 0; i < m2.nparams; i++) {
+      const rn_param *q = &m2.params[i];
+      if (!strstr(q->name, ".weight") || q->ohwi || !strncmp(q->name, "fc", 2)) continue;
+      float v0 = m2.param[q->off];
+      if (strstr(q->name, "bn3.weight")) zeros += v0 == 0.0f;
+      else ones += v0 == 1.0f;
+    }
+    CHECK(zeros == 16 && ones == 53 - 16, "zero_init_residual: %d zero bn3, %d others one", zeros, ones);
+    rn_model_free(&m2);
+    rn_model_free(&m);
+  }
+
+  /* ---- errors ---- */
+  static const char *bad[] = {"resnet19", "cifar-resnet21", "vgg16", "", "resnet", "cifar-resnet2", "resnet18x"};
+  for (int i = 0; i < 7; i++) {
+    rn_model_config c;
+    rn_model_config_default(&c);
+    rn_err e2 = {0};
+    rn_status st = rn_model_config_arch(&c, bad[i], &e2);
+    CHECK(st == RN_EINVAL && strstr(e2.msg, bad[i]) && strstr(e2.msg, "resnet50") && strstr(e2.msg, "cifar-resnet"),
+          "arch '%s': status %d msg '%s'", bad[i], st, e2.msg);
+    if (i == 0) printf("error example: %s\n", e2.msg);
+    snprintf(c.arch, sizeof c.arch, "%s", bad[i]);
+    CHECK(rn_model_build(&m, &c, 1, &e2) == RN_EINVAL, "build accepted arch '%s'", bad[i]);
+  }
+  {
+    rn_model_config c;
+    rn_model_config_default(&c);
+    rn_model_config_arch(&c, "resnet18", &e);
+    c.in_channels = -1;
+    rn_err e2 = {0};
+    CHECK(rn_model_build(&m, &c, 1, &e2) == RN_EINVAL && strstr(e2.msg, "-1 channels"), "bad input: '%s'", e2.msg);
+    c.in_channels = 3;
+    CHECK(rn_model_build(&m, &c, 0, &e2) == RN_EINVAL && strstr(e2.msg, "batch"), "batch 0: '%s'", e2.msg);
+    printf("error example: %s\n", e2.msg);
+    c.in_h = c.in_w = 32;
+    c.sd_pl = 0.0f;
+    CHECK(rn_model_build(&m, &c, 1, &e2) == RN_EINVAL && strstr(e2.msg, "survival"), "sd_pl 0: '%s'", e2.msg);
+  }
+  return tu_done("test_model_params");
+}
