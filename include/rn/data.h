@@ -181,9 +181,10 @@ typedef struct rn_loader rn_loader;
 /* Validates the config against the dataset (local_batch > 0, G = B*nranks <= n for training,
  * rank in [0,nranks), ...), allocates every buffer and starts the threads. d must outlive L. */
 rn_status rn_loader_open(rn_loader **L, rn_dataset *d, const rn_loader_config *c, rn_err *e);
-/* Starts (or restarts) an epoch at global position global_offset (training: a multiple of the
- * current global batch, <= n; resuming continues the same global order even with a different G;
- * evaluation: must be 0). Abandons any batches of the previous epoch still in flight. */
+/* Starts (or restarts) an epoch at global position global_offset (training: in [0, n], normally
+ * the number of samples the interrupted run consumed = steps done x the global batch of that run;
+ * the rest of the epoch continues the same global order in steps of the current G, even if G
+ * changed; evaluation: must be 0). Abandons any batches of the previous epoch still in flight. */
 rn_status rn_loader_start_epoch(rn_loader *L, int epoch, int64_t global_offset, rn_err *e);
 /* Training: floor(n/G) (full epoch); evaluation: ceil(slice/B) for this rank. */
 int64_t rn_loader_steps_per_epoch(const rn_loader *L);

@@ -244,10 +244,9 @@ rn_status rn_loader_start_epoch(rn_loader *L, int epoch, int64_t global_offset, 
   int64_t G = (int64_t)L->c.local_batch * L->c.nranks;
   if (epoch < 0) return rn_err_set(e, RN_EINVAL, "loader for %s: epoch = %d must be >= 0", d->manifest, epoch);
   if (L->c.train) {
-    if (global_offset < 0 || global_offset > d->n || global_offset % G)
-      return rn_err_set(e, RN_EINVAL,
-                        "loader for %s: resume offset %lld must be a multiple of the global batch %lld in [0, %lld]",
-                        d->manifest, (long long)global_offset, (long long)G, (long long)d->n);
+    if (global_offset < 0 || global_offset > d->n)
+      return rn_err_set(e, RN_EINVAL, "loader for %s: resume offset %lld outside [0, %lld]", d->manifest,
+                        (long long)global_offset, (long long)d->n);
   } else if (global_offset != 0) {
     return rn_err_set(e, RN_EINVAL, "loader for %s: evaluation offset %lld must be 0", d->manifest,
                       (long long)global_offset);
