@@ -1,0 +1,639 @@
+/* Every layer's backward against double-precision central differences.
+ *
+ * For each layer a small reference forward is written here in double. The scalar loss is
+ * L = sum(y * r) for a fixed random r (softmax CE: the mean loss itself). Inputs are floats; the
+ * double reference sees exactly the same values. dL/dv for every input and parameter is taken by
+ * central differences of the double forward (h = 1e-5: error ~1e-10), and compared with the float
+ * backward fed dy = r: max|g - fd| / max|fd| must stay below 1e-5 (float rounding gives ~1e-7).
+ * The float forward is checked against the double forward as well, input-gradient overwrite
+ * (acc=0 onto NaN) and accumulate (acc=1 onto random values) modes are both checked, parameter
+ * gradients must accumulate onto prefilled values. BN: running statistics (unbiased variance,
+ * momentum 0.1), saved mean/invstd, eval forward against the direct formula, and bitwise
+ * independence of the thread count. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/layers.h"
+#include "testutil.h"
+
+#define TOL 1e-5
+#define FD_H 1e-5
+
+static double g_worst;
+static char g_worst_what[80];
+
+/* ---------- helpers ---------- */
+static float *randf(size_t n, uint64_t seed, float lo, float hi) {
+  float *p = malloc((n ? n : 1) * sizeof(float));
+  rn_rng r = rn_rng_make(seed);
+  for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * rn_rng_uniform(&r);
+  return p;
+}
+static float *nanbuf(size_t n) {
+  float *p = malloc((n ? n : 1) * sizeof(float));
+  for (size_t i = 0; i < n; i++) p[i] = NAN;
+  return p;
+}
+static double *tod(const float *f, size_t n) {
+  double *d = malloc((n ? n : 1) * sizeof(double));
+  for (size_t i = 0; i < n; i++) d[i] = f[i];
+  return d;
+}
+/* max|a-b| / max(max|b|, floor); any non-finite difference gives +Inf */
+static double relerr_fd(const float *a, const double *b, size_t n, double floor) {
+  double md = 0, mb = floor;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - b[i]);
+    if (!isfinite(d)) return INFINITY;
+    if (d > md) md = d;
+    if (fabs(b[i]) > mb) mb = fabs(b[i]);
+  }
+  return md / mb;
+}
+
+typedef double (*loss_fn)(void);
+/* Compare gradient g (float backward) with central differences of f w.r.t. v[0..n). */
+static void check_grad(const char *what, const float *g, double *v, size_t n, loss_fn f) {
+  double *fd = malloc(n * sizeof(double));
+  for (size_t i = 0; i < n; i++) {
+    double s = v[i];
+    v[i] = s + FD_H;
+    double lp = f();
+    v[i] = s - FD_H;
+    double lm = f();
+    v[i] = s;
+    fd[i] = (lp - lm) / (2 * FD_H);
+  }
+  double err = relerr_fd(g, fd, n, 1e-6);
+  CHECK(err < TOL, "%s: gradient vs central differences rel err %.3g", what, err);
+  printf("  %-34s n=%-5zu rel err %.2e\n", what, n, err);
+  if (!(err <= g_worst)) g_worst = err, snprintf(g_worst_what, sizeof g_worst_what, "%s", what);
+  free(fd);
+}
+/* Forward check: float y vs double reference yd. */
+static void check_fwd(const char *what, const float *y, const double *yd, size_t n, double tol) {
+  double err = relerr_fd(y, yd, n, 1e-6);
+  CHECK(err <= tol, "%s: forward rel err %.3g", what, err);
+}
+/* acc semantics: out1 (acc=1 onto base) must equal base + out0 (acc=0). */
+static void check_acc(const char *what, const float *out0, const float *base, const float *out1, size_t n) {
+  double md = 0;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)out1[i] - ((double)base[i] + out0[i]));
+    if (!isfinite(d) || d > md) md = isfinite(d) ? d : INFINITY;
+  }
+  CHECK(md < 1e-5, "%s: acc=1 differs from base + (acc=0 result) by %.3g", what, md);
+}
+/* sum(y*r) in double */
+static double dotr(const double *y, const double *r, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += y[i] * r[i];
+  return s;
+}
+
+/* ---------- conv ---------- */
+static rn_conv_desc CD;
+static int CN;
+static double *Cx, *Cw, *Cr;
+static double conv_loss(void) {
+  const rn_conv_desc *d = &CD;
+  double L = 0;
+  for (int i = 0; i < CN; i++)
+    for (int oy = 0; oy < d->oh; oy++)
+      for (int ox = 0; ox < d->ow; ox++)
+        for (int co = 0; co < d->cout; co++) {
+          double a = 0;
+          for (int ky = 0; ky < d->kh; ky++)
+            for (int kx = 0; kx < d->kw; kx++) {
+              int iy = oy * d->stride - d->pad + ky, ix = ox * d->stride - d->pad + kx;
+              if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) continue;
+              for (int ci = 0; ci < d->cin; ci++)
+                a += Cx[(((size_t)i * d->h + iy) * d->w + ix) * d->cin + ci] *
+                     Cw[(((size_t)co * d->kh + ky) * d->kw + kx) * d->cin + ci];
+            }
+          L += a * Cr[(((size_t)i * d->oh + oy) * d->ow + ox) * d->cout + co];
+        }
+  return L;
+}
+static void test_conv(int cin, int cout, int k, int s, int p, int h, int w, int n, int chunk) {
+  rn_err e;
+  RN_ASSERT(rn_conv_desc_init(&CD, cin, cout, k, k, s, p, h, w, &e) == RN_OK);
+  rn_conv_set_chunk_rows(chunk);
+  CN = n;
+  size_t nx = (size_t)n * h * w * cin, nw = (size_t)cout * k * k * cin, ny = (size_t)n * CD.oh * CD.ow * cout;
+  size_t nws = rn_conv_workspace(&CD, n);
+  float *ws = nanbuf(nws), *x = randf(nx, 11, -1, 1), *wt = randf(nw, 12, -1, 1), *r = randf(ny, 13, -1, 1);
+  float *y = nanbuf(ny), *dx = nanbuf(nx), *dw0 = randf(nw, 14, -1, 1), *dw = malloc(nw * 4);
+  float *base = randf(nx, 15, -1, 1), *dx1 = malloc(nx * 4);
+  memcpy(dw, dw0, nw * 4), memcpy(dx1, base, nx * 4);
+  Cx = tod(x, nx), Cw = tod(wt, nw), Cr = tod(r, ny);
+  rn_conv_forward(&CD, n, x, wt, y, ws);
+  double s1 = 0;
+  for (size_t i = 0; i < ny; i++) s1 += (double)y[i] * r[i];
+  double L = conv_loss();
+  CHECK(fabs(s1 - L) < 1e-5 * (1 + fabs(L)), "conv forward: sum(y*r) %.9g vs double %.9g", s1, L);
+  rn_conv_backward(&CD, n, x, wt, r, dx, 0, dw, ws);
+  rn_conv_backward(&CD, n, x, wt, r, dx1, 1, NULL, ws);
+  for (size_t i = 0; i < nw; i++) dw[i] -= dw0[i];
+  char what[64];
+  snprintf(what, sizeof what, "conv %dx%d/%d p%d %d->%d dx", k, k, s, p, cin, cout);
+  check_grad(what, dx, Cx, nx, conv_loss);
+  snprintf(what, sizeof what, "conv %dx%d/%d p%d %d->%d dw", k, k, s, p, cin, cout);
+  check_grad(what, dw, Cw, nw, conv_loss);
+  check_acc("conv dx", dx, base, dx1, nx);
+  rn_conv_set_chunk_rows(0);
+  free(ws), free(x), free(wt), free(r), free(y), free(dx), free(dw0), free(dw), free(base), free(dx1);
+  free(Cx), free(Cw), free(Cr);
+}
+
+/* ---------- batch norm ---------- */
+static int BM, BC, BEVAL;
+static double *Bx, *Bg, *Bb, *Br, *Brm, *Brv;
+static const double BEPS = 1e-5;
+static void bn_ref(double *y, double *mean_out, double *var_out) {
+  for (int j = 0; j < BC; j++) {
+    double mean, var;
+    if (BEVAL) {
+      mean = Brm[j], var = Brv[j];
+    } else {
+      double s = 0, q = 0;
+      for (int i = 0; i < BM; i++) s += Bx[(size_t)i * BC + j];
+      mean = s / BM;
+      for (int i = 0; i < BM; i++) q += (Bx[(size_t)i * BC + j] - mean) * (Bx[(size_t)i * BC + j] - mean);
+      var = q / BM;
+    }
+    if (mean_out) mean_out[j] = mean, var_out[j] = var;
+    for (int i = 0; i < BM; i++)
+      y[(size_t)i * BC + j] = (Bx[(size_t)i * BC + j] - mean) / sqrt(var + BEPS) * Bg[j] + Bb[j];
+  }
+}
+static double bn_loss(void) {
+  size_t n = (size_t)BM * BC;
+  double *y = malloc(n * sizeof(double));
+  bn_ref(y, NULL, NULL);
+  double L = dotr(y, Br, n);
+  free(y);
+  return L;
+}
+static void test_bn(int m, int c, int eval, float xoff) {
+  rn_bn_desc d = {c, 0.1f, 1e-5f};
+  BM = m, BC = c, BEVAL = eval;
+  size_t n = (size_t)m * c;
+  float *x = randf(n, 21 + eval, -1 + xoff, 1 + xoff), *g = randf(c, 22, 0.5f, 1.5f), *b = randf(c, 23, -1, 1);
+  float *r = randf(n, 24, -1, 1), *rm = randf(c, 25, -0.5f + xoff, 0.5f + xoff), *rv = randf(c, 26, 0.5f, 2);
+  float *rm0 = malloc(c * 4), *rv0 = malloc(c * 4), *save = nanbuf(2 * c), *y = nanbuf(n), *dx = nanbuf(n);
+  float *dg0 = randf(c, 27, -1, 1), *db0 = randf(c, 28, -1, 1), *dg = malloc(c * 4), *dbt = malloc(c * 4);
+  float *base = randf(n, 29, -1, 1), *dx1 = malloc(n * 4);
+  memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(dg, dg0, c * 4), memcpy(dbt, db0, c * 4);
+  memcpy(dx1, base, n * 4);
+  Bx = tod(x, n), Bg = tod(g, c), Bb = tod(b, c), Br = tod(r, n), Brm = tod(rm, c), Brv = tod(rv, c);
+  double *yd = malloc(n * sizeof(double)), *mean = malloc(c * sizeof(double)), *var = malloc(c * sizeof(double));
+  bn_ref(yd, mean, var);
+  if (eval) {
+    rn_bn_forward_eval(&d, m, x, g, b, rm, rv, y);
+    check_fwd("bn eval forward", y, yd, n, 1e-5);
+    rn_bn_backward_eval(&d, m, x, g, rm, rv, r, dx, 0, dg, dbt);
+    rn_bn_backward_eval(&d, m, x, g, rm, rv, r, dx1, 1, NULL, NULL);
+  } else {
+    rn_bn_forward_train(&d, m, x, g, b, rm, rv, save, y);
+    check_fwd("bn train forward", y, yd, n, 1e-5);
+    /* saved statistics and running-statistic update (unbiased variance, momentum 0.1) */
+    double em = 0, ei = 0, erm = 0, erv = 0;
+    for (int j = 0; j < c; j++) {
+      double unb = var[j] * m / (m - 1);
+      em = fmax(em, fabs(save[j] - mean[j]) / (1 + fabs(mean[j])));
+      ei = fmax(ei, fabs(save[c + j] - 1 / sqrt(var[j] + BEPS)) * sqrt(var[j] + BEPS));
+      double xrm = 0.9 * rm0[j] + 0.1 * mean[j], xrv = 0.9 * rv0[j] + 0.1 * unb;
+      erm = fmax(erm, fabs(rm[j] - xrm) / (1 + fabs(xrm)));
+      erv = fmax(erv, fabs(rv[j] - xrv) / xrv);
+    }
+    CHECK(em < 1e-6 && ei < 1e-6, "bn saved mean err %.3g invstd rel err %.3g", em, ei);
+    CHECK(erm < 1e-6 && erv < 1e-6, "bn running mean err %.3g running var rel err %.3g (unbiased)", erm, erv);
+    rn_bn_backward_train(&d, m, x, g, save, r, dx, 0, dg, dbt);
+    rn_bn_backward_train(&d, m, x, g, save, r, dx1, 1, NULL, NULL);
+  }
+  for (int j = 0; j < c; j++) dg[j] -= dg0[j], dbt[j] -= db0[j];
+  char what[64];
+  snprintf(what, sizeof what, "bn %s m=%d c=%d xoff=%g dx", eval ? "eval" : "train", m, c, xoff);
+  check_grad(what, dx, Bx, n, bn_loss);
+  snprintf(what, sizeof what, "bn %s dgamma", eval ? "eval" : "train");
+  check_grad(what, dg, Bg, c, bn_loss);
+  snprintf(what, sizeof what, "bn %s dbeta", eval ? "eval" : "train");
+  check_grad(what, dbt, Bb, c, bn_loss);
+  check_acc("bn dx", dx, base, dx1, n);
+  free(x), free(g), free(b), free(r), free(rm), free(rv), free(rm0), free(rv0), free(save), free(y), free(dx);
+  free(dg0), free(db0), free(dg), free(dbt), free(base), free(dx1), free(yd), free(mean), free(var);
+  free(Bx), free(Bg), free(Bb), free(Br), free(Brm), free(Brv);
+}
+
+/* BN results must not depend on the thread count (fixed reduction partition). */
+static void test_bn_threads(void) {
+  const int m = 8192, c = 48;
+  rn_bn_desc d = {c, 0.1f, 1e-5f};
+  size_t n = (size_t)m * c;
+  float *x = randf(n, 31, -2, 3), *g = randf(c, 32, 0.5f, 1.5f), *b = randf(c, 33, -1, 1), *dy = randf(n, 34, -1, 1);
+  float *out[2][6];
+  for (int t = 0; t < 2; t++) {
+    rn_blas_set_threads(t + 1);
+    float *rm = calloc(c, 4), *rv = malloc(c * 4), *save = malloc(2 * c * 4), *y = malloc(n * 4), *dx = malloc(n * 4);
+    float *dg = calloc(c, 4), *db = calloc(c, 4);
+    for (int j = 0; j < c; j++) rv[j] = 1;
+    rn_bn_forward_train(&d, m, x, g, b, rm, rv, save, y);
+    rn_bn_backward_train(&d, m, x, g, save, dy, dx, 0, dg, db);
+    out[t][0] = y, out[t][1] = dx, out[t][2] = dg, out[t][3] = db, out[t][4] = rm, out[t][5] = rv;
+    free(save);
+  }
+  rn_blas_set_threads(2);
+  size_t sz[6] = {n, n, c, c, c, c};
+  int same = 1;
+  for (int k = 0; k < 6; k++) same &= !memcmp(out[0][k], out[1][k], sz[k] * 4);
+  CHECK(same, "bn train forward/backward differ between 1 and 2 threads");
+  for (int t = 0; t < 2; t++)
+    for (int k = 0; k < 6; k++) free(out[t][k]);
+  free(x), free(g), free(b), free(dy);
+}
+
+/* ---------- relu ---------- */
+static size_t RN;
+static double *Rx, *Rr;
+static double relu_loss(void) {
+  double L = 0;
+  for (size_t i = 0; i < RN; i++) L += (Rx[i] > 0 ? Rx[i] : 0) * Rr[i];
+  return L;
+}
+static void test_relu(void) {
+  size_t n = 1000;
+  float *x = randf(n, 41, -1, 1), *r = randf(n, 42, -1, 1);
+  for (size_t i = 0; i < n; i++)
+    if (fabsf(x[i]) < 1e-3f) x[i] = 0.5f; /* away from the kink */
+  float *y = nanbuf(n), *dx = nanbuf(n), *base = randf(n, 43, -1, 1), *dx1 = malloc(n * 4);
+  memcpy(dx1, base, n * 4);
+  RN = n, Rx = tod(x, n), Rr = tod(r, n);
+  rn_relu_forward((int64_t)n, x, y);
+  double *yd = malloc(n * sizeof(double));
+  for (size_t i = 0; i < n; i++) yd[i] = Rx[i] > 0 ? Rx[i] : 0;
+  check_fwd("relu forward", y, yd, n, 0);
+  rn_relu_backward((int64_t)n, y, r, dx, 0);
+  rn_relu_backward((int64_t)n, y, r, dx1, 1);
+  check_grad("relu dx", dx, Rx, n, relu_loss);
+  check_acc("relu dx", dx, base, dx1, n);
+  /* in place */
+  float *z = malloc(n * 4);
+  memcpy(z, x, n * 4);
+  rn_relu_forward((int64_t)n, z, z);
+  CHECK(!memcmp(z, y, n * 4), "relu in place differs");
+  free(x), free(r), free(y), free(dx), free(base), free(dx1), free(Rx), free(Rr), free(yd), free(z);
+}
+
+/* ---------- max pool ---------- */
+static rn_pool_desc PD;
+static int PN;
+static double *Px, *Pr;
+static void pool_ref(double *y) {
+  const rn_pool_desc *d = &PD;
+  for (int i = 0; i < PN; i++)
+    for (int oy = 0; oy < d->oh; oy++)
+      for (int ox = 0; ox < d->ow; ox++)
+        for (int j = 0; j < d->c; j++) {
+          double mx = -INFINITY;
+          for (int ky = 0; ky < d->k; ky++)
+            for (int kx = 0; kx < d->k; kx++) {
+              int iy = oy * d->stride - d->pad + ky, ix = ox * d->stride - d->pad + kx;
+              if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) continue;
+              double v = Px[(((size_t)i * d->h + iy) * d->w + ix) * d->c + j];
+              if (v > mx) mx = v;
+            }
+          y[(((size_t)i * d->oh + oy) * d->ow + ox) * d->c + j] = mx;
+        }
+}
+static double pool_loss(void) {
+  size_t n = (size_t)PN * PD.oh * PD.ow * PD.c;
+  double *y = malloc(n * sizeof(double));
+  pool_ref(y);
+  double L = dotr(y, Pr, n);
+  free(y);
+  return L;
+}
+static void test_maxpool(int c, int h, int w, int k, int s, int p, int n, float lo, float hi) {
+  rn_err e;
+  RN_ASSERT(rn_pool_desc_init(&PD, c, h, w, k, s, p, &e) == RN_OK);
+  PN = n;
+  size_t nx = (size_t)n * h * w * c, ny = (size_t)n * PD.oh * PD.ow * c;
+  /* distinct values: a random permutation of an even grid, so no ties within FD_H */
+  float *x = malloc(nx * 4);
+  rn_rng rg = rn_rng_make(51);
+  for (size_t i = 0; i < nx; i++) x[i] = lo + (hi - lo) * (float)i / (float)nx;
+  for (size_t i = nx - 1; i > 0; i--) {
+    size_t j = rn_rng_below(&rg, i + 1);
+    float t = x[i];
+    x[i] = x[j], x[j] = t;
+  }
+  float *r = randf(ny, 52, -1, 1), *y = nanbuf(ny), *dx = nanbuf(nx), *base = randf(nx, 53, -1, 1);
+  float *dx1 = malloc(nx * 4);
+  int32_t *am = malloc(ny * sizeof(int32_t));
+  memcpy(dx1, base, nx * 4);
+  Px = tod(x, nx), Pr = tod(r, ny);
+  double *yd = malloc(ny * sizeof(double));
+  pool_ref(yd);
+  rn_maxpool_forward(&PD, n, x, y, am);
+  char what[80];
+  snprintf(what, sizeof what, "maxpool %d/%d p%d %dx%d c=%d [%g,%g] dx", k, s, p, h, w, c, lo, hi);
+  check_fwd(what, y, yd, ny, 0);
+  int amok = 1;
+  for (size_t o = 0; o < ny; o++) {
+    size_t i = o / ((size_t)PD.oh * PD.ow * c);
+    amok &= am[o] >= 0 && (size_t)am[o] < (size_t)h * w * c && x[i * h * w * c + am[o]] == y[o] &&
+            (size_t)am[o] % c == o % c;
+  }
+  CHECK(amok, "%s: argmax does not point at the max", what);
+  rn_maxpool_backward(&PD, n, am, r, dx, 0);
+  rn_maxpool_backward(&PD, n, am, r, dx1, 1);
+  check_grad(what, dx, Px, nx, pool_loss);
+  check_acc("maxpool dx", dx, base, dx1, nx);
+  free(x), free(r), free(y), free(dx), free(base), free(dx1), free(am), free(Px), free(Pr), free(yd);
+}
+
+/* Ties keep the first pixel of the window (row-major), as PyTorch; padding is never chosen. */
+static void test_maxpool_ties(void) {
+  rn_pool_desc d;
+  rn_err e;
+  RN_ASSERT(rn_pool_desc_init(&d, 2, 5, 5, 3, 2, 1, &e) == RN_OK);
+  float x[50], y[18];
+  int32_t am[18];
+  for (int i = 0; i < 50; i++) x[i] = -7.0f;
+  rn_maxpool_forward(&d, 1, x, y, am);
+  int ok = 1;
+  for (int oy = 0; oy < d.oh; oy++)
+    for (int ox = 0; ox < d.ow; ox++)
+      for (int j = 0; j < 2; j++) {
+        int iy = oy * 2 - 1 < 0 ? 0 : oy * 2 - 1, ix = ox * 2 - 1 < 0 ? 0 : ox * 2 - 1;
+        int o = (oy * d.ow + ox) * 2 + j;
+        ok &= y[o] == -7.0f && am[o] == (iy * 5 + ix) * 2 + j;
+      }
+  CHECK(ok, "maxpool ties: argmax is not the first window pixel, or padding won");
+  CHECK(rn_pool_desc_init(&d, 2, 5, 5, 3, 2, 2, &e) == RN_EINVAL, "maxpool pad > k/2 accepted");
+}
+
+/* ---------- global average pool ---------- */
+static int AN, AHW, AC;
+static double *Ax, *Ar;
+static double avg_loss(void) {
+  double L = 0;
+  for (int i = 0; i < AN; i++)
+    for (int j = 0; j < AC; j++) {
+      double s = 0;
+      for (int p = 0; p < AHW; p++) s += Ax[((size_t)i * AHW + p) * AC + j];
+      L += s / AHW * Ar[(size_t)i * AC + j];
+    }
+  return L;
+}
+static void test_avgpool(void) {
+  AN = 3, AHW = 49, AC = 37;
+  size_t nx = (size_t)AN * AHW * AC, ny = (size_t)AN * AC;
+  float *x = randf(nx, 61, -1, 1), *r = randf(ny, 62, -1, 1), *y = nanbuf(ny), *dx = nanbuf(nx);
+  float *base = randf(nx, 63, -1, 1), *dx1 = malloc(nx * 4);
+  memcpy(dx1, base, nx * 4);
+  Ax = tod(x, nx), Ar = tod(r, ny);
+  double *yd = malloc(ny * sizeof(double));
+  for (int i = 0; i < AN; i++)
+    for (int j = 0; j < AC; j++) {
+      double s = 0;
+      for (int p = 0; p < AHW; p++) s += Ax[((size_t)i * AHW + p) * AC + j];
+      yd[(size_t)i * AC + j] = s / AHW;
+    }
+  rn_avgpool_forward(AN, AHW, AC, x, y);
+  check_fwd("avgpool forward", y, yd, ny, 1e-6);
+  rn_avgpool_backward(AN, AHW, AC, r, dx, 0);
+  rn_avgpool_backward(AN, AHW, AC, r, dx1, 1);
+  check_grad("avgpool dx", dx, Ax, nx, avg_loss);
+  check_acc("avgpool dx", dx, base, dx1, nx);
+  free(x), free(r), free(y), free(dx), free(base), free(dx1), free(Ax), free(Ar), free(yd);
+}
+
+/* ---------- linear ---------- */
+static int LN, LI, LO;
+static double *Lx, *Lw, *Lb, *Lr;
+static double lin_loss(void) {
+  double L = 0;
+  for (int i = 0; i < LN; i++)
+    for (int o = 0; o < LO; o++) {
+      double s = Lb[o];
+      for (int k = 0; k < LI; k++) s += Lx[(size_t)i * LI + k] * Lw[(size_t)o * LI + k];
+      L += s * Lr[(size_t)i * LO + o];
+    }
+  return L;
+}
+static void test_linear(int n, int in, int out) {
+  LN = n, LI = in, LO = out;
+  size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+  float *x = randf(nx, 71, -1, 1), *w = randf(nw, 72, -1, 1), *b = randf(out, 73, -1, 1), *r = randf(ny, 74, -1, 1);
+  float *y = nanbuf(ny), *dx = nanbuf(nx), *dw0 = randf(nw, 75, -1, 1), *db0 = randf(out, 76, -1, 1);
+  float *dw = malloc(nw * 4), *db = malloc(out * 4), *base = randf(nx, 77, -1, 1), *dx1 = malloc(nx * 4);
+  memcpy(dw, dw0, nw * 4), memcpy(db, db0, out * 4), memcpy(dx1, base, nx * 4);
+  Lx = tod(x, nx), Lw = tod(w, nw), Lb = tod(b, out), Lr = tod(r, ny);
+  rn_linear_forward(n, in, out, x, w, b, y);
+  double *yd = malloc(ny * sizeof(double));
+  for (int i = 0; i < n; i++)
+    for (int o = 0; o < out; o++) {
+      double s = Lb[o];
+      for (int k = 0; k < in; k++) s += Lx[(size_t)i * in + k] * Lw[(size_t)o * in + k];
+      yd[(size_t)i * out + o] = s;
+    }
+  check_fwd("linear forward", y, yd, ny, 1e-5);
+  rn_linear_backward(n, in, out, x, w, r, dx, 0, dw, db);
+  rn_linear_backward(n, in, out, x, w, r, dx1, 1, NULL, NULL);
+  for (size_t i = 0; i < nw; i++) dw[i] -= dw0[i];
+  for (int o = 0; o < out; o++) db[o] -= db0[o];
+  check_grad("linear dx", dx, Lx, nx, lin_loss);
+  check_grad("linear dw", dw, Lw, nw, lin_loss);
+  check_grad("linear db", db, Lb, out, lin_loss);
+  check_acc("linear dx", dx, base, dx1, nx);
+  free(x), free(w), free(b), free(r), free(y), free(dx), free(dw0), free(db0), free(dw), free(db), free(base);
+  free(dx1), free(Lx), free(Lw), free(Lb), free(Lr), free(yd);
+}
+
+/* ---------- residual add ---------- */
+static size_t DN;
+static double DS, *Da, *Db, *Dr;
+static double add_loss(void) {
+  double L = 0;
+  for (size_t i = 0; i < DN; i++) L += (Da[i] + DS * Db[i]) * Dr[i];
+  return L;
+}
+static void test_add(float scale) {
+  size_t n = 777;
+  DN = n, DS = scale;
+  float *a = randf(n, 81, -1, 1), *b = randf(n, 82, -1, 1), *r = randf(n, 83, -1, 1), *y = nanbuf(n);
+  float *da = nanbuf(n), *db = nanbuf(n), *ba = randf(n, 84, -1, 1), *bb = randf(n, 85, -1, 1);
+  float *da1 = malloc(n * 4), *db1 = malloc(n * 4);
+  memcpy(da1, ba, n * 4), memcpy(db1, bb, n * 4);
+  Da = tod(a, n), Db = tod(b, n), Dr = tod(r, n);
+  double *yd = malloc(n * sizeof(double));
+  for (size_t i = 0; i < n; i++) yd[i] = Da[i] + DS * Db[i];
+  rn_add_forward((int64_t)n, a, b, scale, y);
+  check_fwd("add forward", y, yd, n, 1e-6);
+  rn_add_backward((int64_t)n, r, scale, da, 0, db, 0);
+  rn_add_backward((int64_t)n, r, scale, da1, 1, db1, 1);
+  char what[64];
+  snprintf(what, sizeof what, "add scale=%g da", scale);
+  check_grad(what, da, Da, n, add_loss);
+  snprintf(what, sizeof what, "add scale=%g db", scale);
+  check_grad(what, db, Db, n, add_loss);
+  check_acc("add da", da, ba, da1, n);
+  check_acc("add db", db, bb, db1, n);
+  /* y aliasing a */
+  float *z = malloc(n * 4);
+  memcpy(z, a, n * 4);
+  rn_add_forward((int64_t)n, z, b, scale, z);
+  CHECK(!memcmp(z, y, n * 4), "add with y == a differs");
+  free(a), free(b), free(r), free(y), free(da), free(db), free(ba), free(bb), free(da1), free(db1);
+  free(Da), free(Db), free(Dr), free(yd), free(z);
+}
+
+/* ---------- option-A shortcut ---------- */
+static rn_shortcut_a_desc SD;
+static int SN;
+static double *Sx, *Sr;
+static void sc_ref(double *y) {
+  const rn_shortcut_a_desc *d = &SD;
+  int lo = (d->cout - d->cin) / 2;
+  for (int i = 0; i < SN; i++)
+    for (int oy = 0; oy < d->oh; oy++)
+      for (int ox = 0; ox < d->ow; ox++)
+        for (int co = 0; co < d->cout; co++)
+          y[(((size_t)i * d->oh + oy) * d->ow + ox) * d->cout + co] =
+              co >= lo && co < lo + d->cin
+                  ? Sx[(((size_t)i * d->h + (size_t)oy * d->stride) * d->w + (size_t)ox * d->stride) * d->cin + co - lo]
+                  : 0.0;
+}
+static double sc_loss(void) {
+  size_t n = (size_t)SN * SD.oh * SD.ow * SD.cout;
+  double *y = malloc(n * sizeof(double));
+  sc_ref(y);
+  double L = dotr(y, Sr, n);
+  free(y);
+  return L;
+}
+static void test_shortcut(int cin, int cout, int h, int w, int s, int n) {
+  rn_err e;
+  RN_ASSERT(rn_shortcut_a_desc_init(&SD, cin, cout, h, w, s, &e) == RN_OK);
+  SN = n;
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * SD.oh * SD.ow * cout;
+  float *x = randf(nx, 91, -1, 1), *r = randf(ny, 92, -1, 1), *y = nanbuf(ny), *dx = nanbuf(nx);
+  float *base = randf(nx, 93, -1, 1), *dx1 = malloc(nx * 4);
+  memcpy(dx1, base, nx * 4);
+  Sx = tod(x, nx), Sr = tod(r, ny);
+  double *yd = malloc(ny * sizeof(double));
+  sc_ref(yd);
+  rn_shortcut_a_forward(&SD, n, x, y);
+  check_fwd("shortcut A forward", y, yd, ny, 0);
+  rn_shortcut_a_backward(&SD, n, r, dx, 0);
+  rn_shortcut_a_backward(&SD, n, r, dx1, 1);
+  char what[64];
+  snprintf(what, sizeof what, "shortcutA %d->%d %dx%d/%d dx", cin, cout, h, w, s);
+  check_grad(what, dx, Sx, nx, sc_loss);
+  check_acc("shortcut A dx", dx, base, dx1, nx);
+  free(x), free(r), free(y), free(dx), free(base), free(dx1), free(Sx), free(Sr), free(yd);
+}
+
+/* ---------- softmax cross-entropy ---------- */
+static int XN, XC;
+static double XS, *Xz;
+static const int32_t *Xl;
+static double xent_ref(void) {
+  double L = 0;
+  for (int i = 0; i < XN; i++) {
+    const double *z = Xz + (size_t)i * XC;
+    double mx = z[0], se = 0;
+    for (int j = 1; j < XC; j++) mx = fmax(mx, z[j]);
+    for (int j = 0; j < XC; j++) se += exp(z[j] - mx);
+    double lse = mx + log(se);
+    for (int j = 0; j < XC; j++) {
+      double t = (j == Xl[i] ? 1 - XS : 0) + XS / XC;
+      L -= t * (z[j] - lse);
+    }
+  }
+  return L / XN;
+}
+static void test_xent(int n, int classes, float smoothing) {
+  XN = n, XC = classes, XS = smoothing;
+  size_t nz = (size_t)n * classes;
+  float *z = randf(nz, 101, -4, 4), *g = nanbuf(nz);
+  int32_t *lab = malloc(n * sizeof(int32_t));
+  rn_rng r = rn_rng_make(102);
+  for (int i = 0; i < n; i++) lab[i] = (int32_t)rn_rng_below(&r, classes);
+  Xz = tod(z, nz), Xl = lab;
+  int t1 = -1, t5 = -1;
+  double L = rn_softmax_xent(n, classes, z, lab, smoothing, g, &t1, &t5);
+  double Lr = xent_ref();
+  CHECK(fabs(L - Lr) < 1e-9 * (1 + fabs(Lr)), "xent loss %.12g vs ref %.12g", L, Lr);
+  int e1 = 0, e5 = 0;
+  for (int i = 0; i < n; i++) {
+    int rank = 0;
+    for (int j = 0; j < classes; j++) rank += z[(size_t)i * classes + j] > z[(size_t)i * classes + lab[i]];
+    e1 += rank < 1, e5 += rank < 5;
+  }
+  CHECK(t1 == e1 && t5 == e5, "xent top1 %d (want %d) top5 %d (want %d)", t1, e1, t5, e5);
+  char what[64];
+  snprintf(what, sizeof what, "softmax CE n=%d C=%d eps=%g dlogits", n, classes, smoothing);
+  check_grad(what, g, Xz, nz, xent_ref);
+  free(z), free(g), free(lab), free(Xz);
+}
+static void test_xent_counts(void) {
+  /* hand-made: row 0 label is the max, row 1 label 3rd, row 2 label 6th, row 3 label last */
+  float z[4][7] = {{0, 5, 1, 2, 3, 4, -1}, {9, 8, 7, 6, 5, 4, 3}, {9, 8, 7, 6, 5, 4, 3}, {1, 2, 3, 4, 5, 6, 7}};
+  int32_t lab[4] = {1, 2, 5, 0};
+  int t1, t5;
+  float g[28];
+  rn_softmax_xent(4, 7, &z[0][0], lab, 0, g, &t1, &t5);
+  CHECK(t1 == 1 && t5 == 2, "hand-made top1 %d (want 1) top5 %d (want 2)", t1, t5);
+  /* uniform logits: loss = log(C) whatever the smoothing */
+  float u[3 * 10] = {0};
+  int32_t l3[3] = {0, 4, 9};
+  double L = rn_softmax_xent(3, 10, u, l3, 0.1f, NULL, NULL, NULL);
+  CHECK(fabs(L - log(10.0)) < 1e-12, "uniform logits loss %.15g, want log 10", L);
+}
+
+int main(int argc, char **argv) {
+  rn_err e;
+  int threads = argc > 1 ? atoi(argv[1]) : 2;
+  if (rn_blas_init(NULL, threads, stderr, &e)) {
+    fprintf(stderr, "%s\n", e.msg);
+    return 1;
+  }
+  rn_blas_reserve(1 << 16);
+  test_conv(3, 4, 3, 2, 1, 7, 7, 2, 0);
+  test_conv(5, 6, 3, 1, 1, 5, 6, 2, 7); /* several chunks */
+  test_conv(4, 3, 1, 1, 0, 4, 5, 2, 0); /* pointwise: one GEMM */
+  test_conv(5, 3, 1, 2, 0, 5, 5, 2, 3); /* 1x1 stride 2 */
+  test_conv(2, 3, 7, 2, 3, 9, 9, 1, 0);
+  test_bn(60, 7, 0, 0);
+  test_bn(60, 7, 1, 0);
+  test_bn(2 * 5 * 5, 19, 0, 3); /* mean far from 0 */
+  test_bn(3, 5, 0, 0);          /* tiny batch */
+  test_bn_threads();
+  test_relu();
+  test_maxpool(5, 9, 9, 3, 2, 1, 2, -1, 1);
+  test_maxpool(3, 7, 8, 3, 2, 1, 2, -3, -1); /* all negative: padding must never win */
+  test_maxpool(4, 6, 6, 2, 2, 0, 2, -1, 1);
+  test_maxpool(3, 5, 5, 3, 1, 1, 1, -1, 1);
+  test_maxpool_ties();
+  test_avgpool();
+  test_linear(5, 33, 10);
+  test_linear(1, 7, 3);
+  test_add(1.0f);
+  test_add(0.5f);
+  test_add(2.0f);
+  test_add(0.0f);
+  test_shortcut(4, 8, 7, 7, 2, 2);
+  test_shortcut(5, 8, 6, 5, 1, 2);
+  test_shortcut(16, 32, 8, 8, 2, 1);
+  test_xent(6, 10, 0.0f);
+  test_xent(6, 10, 0.1f);
+  test_xent(3, 1000, 0.1f);
+  test_xent_counts();
+  printf("test_layers_fd: worst gradient rel err %.3g (%s), tolerance %.0e\n", g_worst, g_worst_what, TOL);
+  return tu_done("test_layers_fd");
+}
