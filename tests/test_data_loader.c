@@ -396,7 +396,11 @@ int main(void) {
   for (int i = 0; i < N; i++) g_lab[i] = (i * 3) % CLS;
   const char *dir = tu_tmpdir("data-loader");
   make_raw(dir, "train", 16);
-  test_loader(dir);
+  test_loader(dir); /* small raw split: served from the in-memory copy */
+  setenv("RN_DATA_CACHE_MB", "0", 1);
+  test_loader(dir); /* per-sample HDF5 reads */
   test_bad(tu_tmpdir("data-bad"));
+  unsetenv("RN_DATA_CACHE_MB");
+  test_bad(tu_tmpdir("data-bad2"));
   return tu_done("test_data_loader");
 }
