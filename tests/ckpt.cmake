@@ -1,0 +1,2 @@
+# Checkpoint module tests (label ckpt).
+rn_test(test_ckpt LABELS ckpt)
