@@ -6,3 +6,20 @@ set(RN_TRAIN_TEST_ENV "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 foreach(np 1 2 3 4)
   rn_test(test_mpi_sampler LABELS mpi RANKS ${np} TESTNAME mpi_sampler_np${np} TIMEOUT 60)
 endforeach()
+
+# Script tests: bash tests/<name>.sh BUILD SRC ${RN_MPIRUN}
+function(rn_train_test name script)
+  cmake_parse_arguments(T "" "TIMEOUT" "LABELS;ENV" ${ARGN})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 120)
+  endif()
+  add_test(NAME ${name} COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${script} ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR} ${RN_MPIRUN})
+  set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+    ENVIRONMENT "${RN_TRAIN_TEST_ENV};${T_ENV}")
+endfunction()
+
+# 1. P ranks x B == 1 rank x P*B (bn-eval, aug none) within 1e-5, overlap on/off, many buckets.
+rn_train_test(train_mpi_equiv train_mpi_equiv.sh LABELS mpi TIMEOUT 120)
+# 2. replicas bitwise identical (--check-replicas-every 1), and injected divergence is caught.
+rn_train_test(train_mpi_replicas train_mpi_replicas.sh LABELS mpi TIMEOUT 120 ENV RN_REPLICA_MODE=bn-eval)
+rn_train_test(train_mpi_replicas_default train_mpi_replicas.sh LABELS mpi TIMEOUT 120 ENV RN_REPLICA_MODE=default)
