@@ -23,3 +23,5 @@ rn_train_test(train_mpi_equiv train_mpi_equiv.sh LABELS mpi TIMEOUT 120)
 # 2. replicas bitwise identical (--check-replicas-every 1), and injected divergence is caught.
 rn_train_test(train_mpi_replicas train_mpi_replicas.sh LABELS mpi TIMEOUT 120 ENV RN_REPLICA_MODE=bn-eval)
 rn_train_test(train_mpi_replicas_default train_mpi_replicas.sh LABELS mpi TIMEOUT 120 ENV RN_REPLICA_MODE=default)
+# 4. kill -9 of one rank, and a corrupt JPEG read by one rank: the job stops (no hang), clear message.
+rn_train_test(train_mpi_failure train_mpi_failure.sh LABELS mpi TIMEOUT 200)
