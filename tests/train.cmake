@@ -25,3 +25,6 @@ rn_train_test(train_mpi_replicas train_mpi_replicas.sh LABELS mpi TIMEOUT 120 EN
 rn_train_test(train_mpi_replicas_default train_mpi_replicas.sh LABELS mpi TIMEOUT 120 ENV RN_REPLICA_MODE=default)
 # 4. kill -9 of one rank, and a corrupt JPEG read by one rank: the job stops (no hang), clear message.
 rn_train_test(train_mpi_failure train_mpi_failure.sh LABELS mpi TIMEOUT 200)
+# 5. bitwise resume (--steps N/2 + resume; SIGUSR1 -> exit 75 + resume), 1 rank and 2 ranks.
+rn_train_test(train_ckpt_resume_np1 train_ckpt_resume.sh LABELS ckpt TIMEOUT 120 ENV RN_RESUME_NP=1)
+rn_train_test(train_ckpt_resume_np2 train_ckpt_resume.sh LABELS ckpt mpi TIMEOUT 120 ENV RN_RESUME_NP=2)

@@ -73,7 +73,13 @@ latest_ckpt() {
 same_ckpt() {
   local out rc=0
   out=$("$DIFF" "$1" "$2" 2>&1) || rc=$?
-  if [ $rc -eq 0 ]; then ok "$3: bitwise identical"; else fail "$3: rn-ckpt-diff $1 $2 -> exit $rc: $out"; fi
+  if [ $rc -eq 0 ]; then
+    ok "$3: bitwise identical"
+  else
+    local tr
+    tr=$("$PY" "$SRC/tests/train_compare.py" "$1" "$2" 0 --no-buffers 2>&1)
+    fail "$3: rn-ckpt-diff $1 $2 -> exit $rc: $out; without BN running statistics: $tr"
+  fi
 }
 
 # close_ckpt A B TOL WHAT: max relative error of params + momentum below TOL (train_compare.py).

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""train_compare.py A.h5 B.h5 TOL [--params-only]: compares two checkpoints with a tolerance.
+"""train_compare.py A.h5 B.h5 TOL [--params-only] [--no-buffers]: compares two checkpoints.
 
 For every dataset under /model (floating point; integer counters must be equal) and, unless
---params-only, /optim/momentum: relative error max|a-b| / max(max|b|, 1e-3) per dataset.
+--params-only, /optim/momentum (--no-buffers: skip BN running_mean/running_var/num_batches_tracked): relative error max|a-b| / max(max|b|, 1e-3) per dataset.
 Prints the worst dataset and its error; exit 0 iff the two files hold the same dataset names and
 shapes and every error <= TOL; 1 otherwise; 2 on unreadable files.
 """
@@ -12,13 +12,18 @@ import h5py
 import numpy as np
 
 
-def collect(f, params_only):
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def collect(f, params_only, no_buffers=False):
     out = {}
     groups = ["model"] + ([] if params_only else ["optim/momentum"])
     for g in groups:
         if g not in f:
             continue
         for name, ds in f[g].items():
+            if no_buffers and name.endswith(BUFFERS):
+                continue
             if isinstance(ds, h5py.Dataset):
                 out[g + "/" + name] = ds[()]
     return out
@@ -33,8 +38,9 @@ def main():
     a_path, b_path, tol = args[0], args[1], float(args[2])
     try:
         with h5py.File(a_path, "r") as fa, h5py.File(b_path, "r") as fb:
-            a = collect(fa, params_only)
-            b = collect(fb, params_only)
+            nb = "--no-buffers" in sys.argv
+            a = collect(fa, params_only, nb)
+            b = collect(fb, params_only, nb)
     except OSError as ex:
         print("cannot read: %s" % ex)
         return 2
