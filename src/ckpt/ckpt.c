@@ -137,7 +137,7 @@ static const cfg_field cfg_fields[] = {
     CF(plain, FI, 1),        CF(preact, FI, 1),             CF(stride_in_1x1, FI, 1),
     CF(zero_init_residual, FI, 0), /* init only: irrelevant once weights are loaded */
     CF(in_channels, FI, 1),  CF(in_h, FI, 1),               CF(in_w, FI, 1),
-    CF(num_classes, FI, 1),  CF(sd_pl, FF, 1),              CF(bn_momentum, FF, 1),
+    CF(num_classes, FI, 1),  CF(width, FI, 1),              CF(sd_pl, FF, 1),              CF(bn_momentum, FF, 1),
     CF(bn_eps, FF, 1),
 };
 #define NCFG ((int)(sizeof cfg_fields / sizeof cfg_fields[0]))
@@ -1339,9 +1339,9 @@ rn_status rn_ckpt_info(const char *path, FILE *out, rn_err *e) {
           (long long)st.epoch, (long long)st.step, (long long)st.epoch_offset, (long long)st.samples, st.nranks,
           st.global_batch, (unsigned long long)st.seed, st.lr, st.val_err, st.best_val_err, (unsigned)st.flags);
   fprintf(out, "model: arch %s depth %d bottleneck %d cifar %d plain %d shortcut %s preact %d stride_in_1x1 %d\n"
-               "       zero_init_residual %d sd_pl %g input %dx%dx%d classes %d bn_momentum %g bn_eps %g\n",
+               "       zero_init_residual %d sd_pl %g input %dx%dx%d classes %d width %d bn_momentum %g bn_eps %g\n",
           c.arch, c.depth, c.bottleneck, c.cifar, c.plain, shortcut_name((int)c.shortcut), c.preact, c.stride_in_1x1,
-          c.zero_init_residual, (double)c.sd_pl, c.in_channels, c.in_h, c.in_w, c.num_classes, (double)c.bn_momentum,
+          c.zero_init_residual, (double)c.sd_pl, c.in_channels, c.in_h, c.in_w, c.num_classes, c.width, (double)c.bn_momentum,
           (double)c.bn_eps);
   h5guard g;
   h5_begin(&g);
