@@ -28,3 +28,5 @@ rn_train_test(train_mpi_failure train_mpi_failure.sh LABELS mpi TIMEOUT 200)
 # 5. bitwise resume (--steps N/2 + resume; SIGUSR1 -> exit 75 + resume), 1 rank and 2 ranks.
 rn_train_test(train_ckpt_resume_np1 train_ckpt_resume.sh LABELS ckpt TIMEOUT 120 ENV RN_RESUME_NP=1)
 rn_train_test(train_ckpt_resume_np2 train_ckpt_resume.sh LABELS ckpt mpi TIMEOUT 120 ENV RN_RESUME_NP=2)
+# 6. elastic resume 2->1, 1->2, 1->4 ranks (same result within 1e-5) and LR rescaling for another global batch.
+rn_train_test(train_ckpt_elastic train_ckpt_elastic.sh LABELS ckpt mpi TIMEOUT 120)
