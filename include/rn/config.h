@@ -15,6 +15,8 @@
   X("stride-in-1x1", stride_in_1x1, B, "0", "bottleneck stride on the first 1x1 (paper) not the 3x3")    \
   X("sd-pl", sd_pl, F, "1", "stochastic depth: survival probability of the last block (1 = off)")      \
   X("zero-init-residual", zero_init_residual, B, "0", "last BN gamma of each residual branch = 0")      \
+  X("width", width, I, "0", "first-stage width (0 = standard: 16 CIFAR, 64 ImageNet); small for tests") \
+  X("bn-eval", bn_eval, B, "0", "BN uses running statistics also in training (equivalence tests)")     \
   X("data", data, S, "datasets/fashion-mnist", "data set directory (HDF5 shards)")                    \
   X("train-split", train_split, S, "train", "training split name")                                     \
   X("val-split", val_split, S, "test", "validation split name (empty: no validation)")                 \
@@ -50,7 +52,7 @@
   X("overlap", overlap, B, "1", "overlap gradient allreduce with backward")                           \
   X("check-replicas-every", check_replicas_every, I, "0", "compare parameter checksums across ranks every N steps") \
   X("blis-arch", blis_arch, S, "auto", "BLIS kernel set: auto, skx, haswell, zen3, zen2, zen, generic") \
-  X("progress", progress, S, "auto", "progress display: auto (bar on a terminal), bar, lines")
+  X("progress", progress, S, "auto", "progress display: bar, lines, or auto (bar on a terminal outside mpirun)")
 
 typedef struct {
 #define RN_CFG_FIELD_S(f) char f[256];
