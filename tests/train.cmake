@@ -30,3 +30,5 @@ rn_train_test(train_ckpt_resume_np1 train_ckpt_resume.sh LABELS ckpt TIMEOUT 120
 rn_train_test(train_ckpt_resume_np2 train_ckpt_resume.sh LABELS ckpt mpi TIMEOUT 120 ENV RN_RESUME_NP=2)
 # 6. elastic resume 2->1, 1->2, 1->4 ranks (same result within 1e-5) and LR rescaling for another global batch.
 rn_train_test(train_ckpt_elastic train_ckpt_elastic.sh LABELS ckpt mpi TIMEOUT 120)
+# 7. resume edge cases (fresh start, fallback past a corrupt newest checkpoint, garbage --resume) and bad options, 2 ranks.
+rn_train_test(train_ckpt_bad train_ckpt_bad.sh LABELS ckpt mpi TIMEOUT 180)
