@@ -81,16 +81,19 @@ void rn_col2im_rows(const rn_conv_desc *d, const float *dcol, int64_t m0, int ro
     for (int ix = 0; ix < w; ix++) {
       float *dp = dl + (size_t)ix * cin;
       if (fresh) memset(dp, 0, (size_t)cin * sizeof(float));
+      if (!nky) continue;
+      /* taps kx = kx0, kx0 + s, ... reach ix from output column ox = (ix + p - kx) / s */
+      int u0 = ix + p, kx0 = u0 % s, kx_end = u0 + 1 < kw ? u0 + 1 : kw;
+      int ox_hi = ow - 1;
       for (int a = 0; a < nky; a++) {
         int64_t lm0 = (img * oh + oys[a]) * (int64_t)ow;
-        for (int kx = 0; kx < kw; kx++) {
-          int u = ix + p - kx;
-          if (u < 0 || u % s) continue;
-          int ox = u / s;
-          if (ox >= ow) continue;
+        const float *srow = dcol + ((size_t)kys[a] * kw) * cin;
+        for (int kx = kx0; kx < kx_end; kx += s) {
+          int ox = (u0 - kx) / s;
+          if (ox > ox_hi) continue;
           int64_t m = lm0 + ox;
           if (m < m0 || m >= m1) continue;
-          const float *src = dcol + (size_t)(m - m0) * K + ((size_t)kys[a] * kw + kx) * cin;
+          const float *src = srow + (size_t)(m - m0) * K + (size_t)kx * cin;
           for (int c = 0; c < cin; c++) dp[c] += src[c];
         }
       }
