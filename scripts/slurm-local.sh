@@ -16,7 +16,8 @@
 #   srun -N1 -n2 hostname
 #
 # Environment knobs (all optional):
-#   RN_SLURM_CPUS         CPUs of the node               (default: nproc)
+#   RN_SLURM_CPUS         CPUs of the node (default: as slurmd -C detects); when set, slurmd
+#                         accepts it even if the machine has fewer (SlurmdParameters=config_overrides)
 #   RN_SLURM_MEM_MB       RealMemory of the node, MB     (default: MemTotal minus 5%)
 #   RN_SLURM_PORT         first port to try for slurmctld; slurmd uses the next one (default 6817;
 #                         ports in use are skipped in steps of 2)
@@ -168,7 +169,12 @@ do_start() {
   [ -n "$host" ] || die "empty short hostname"
   getent hosts "$host" >/dev/null 2>&1 ||
     log "warning: '$host' does not resolve (add it to /etc/hosts); slurmd may fail to register"
-  cpus=${RN_SLURM_CPUS:-$(nproc)}
+  # CPUs as slurmd sees them (slurmd -C); not plain nproc, which honours OMP_NUM_THREADS
+  # (ctest sets it to 1) and the caller's affinity mask.
+  local detected
+  detected=$("$SLURMD" -C 2>/dev/null | head -n 1)
+  cpus=${RN_SLURM_CPUS:-$(echo "$detected" | sed -n 's/.* CPUs=\([0-9]*\) .*/\1/p')}
+  [ -n "$cpus" ] || cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   if [ -n "${RN_SLURM_MEM_MB:-}" ]; then
     mem=$RN_SLURM_MEM_MB
   else
@@ -178,9 +184,7 @@ do_start() {
   # Use the topology slurmd detects when the CPU count agrees (avoids a drained node with
   # "Low socket*core*thread count"); otherwise just CPUs=.
   topo="CPUs=$cpus"
-  local detected
-  detected=$("$SLURMD" -C 2>/dev/null | head -n 1)
-  if [ -z "${RN_SLURM_CPUS:-}" ] && echo "$detected" | grep -q " CPUs=$cpus "; then
+  if echo "$detected" | grep -q " CPUs=$cpus "; then
     topo=$(echo "$detected" | grep -o 'CPUs=[0-9]* Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*')
     [ -n "$topo" ] || topo="CPUs=$cpus"
   fi
@@ -230,6 +234,7 @@ MinJobAge=600
 InactiveLimit=0
 SchedulerParameters=sched_interval=5
 MailProg=/bin/true
+$( [ -n "${RN_SLURM_CPUS:-}" ] && echo "SlurmdParameters=config_overrides" )
 NodeName=$host $topo RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
@@ -251,6 +256,10 @@ EOF
   while :; do
     state=$("$SINFO" -h -n "$host" -o '%t' 2>/dev/null | head -n 1)
     [ "$state" = idle ] && break
+    case "$state" in
+      inval*|drain*|fail*)
+        fail_start "node $host is '$state': $("$SINFO" -h -R -o '%E' 2>/dev/null | head -n 1)" ;;
+    esac
     if [ $(($(date +%s) - start_t)) -ge "$wait" ]; then
       fail_start "node $host not idle after ${wait}s (sinfo state: '${state:-none}')"
     fi

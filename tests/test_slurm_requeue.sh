@@ -147,7 +147,8 @@ job_state() { job_field JobState; }
 say "submitting $JOB_SCRIPT"
 J=$(cd "$TMP" && RN_ROOT=$SRC RN_BUILD=$TRAIN_BUILD RN_DATA=$DATA RN_OUT=$TMP/job \
       RN_PRESET=$PRESET RN_ARGS="$TRAIN_ARGS" RN_LAUNCHER=${RN_TEST_LAUNCHER:-srun} \
-      sbatch --parsable -O --output="$TMP/job.log" "$JOB_SCRIPT") || fail "sbatch failed"
+      sbatch --parsable -O --output="$TMP/job.log" "$JOB_SCRIPT" 2>"$TMP/sbatch.err") ||
+  fail "sbatch failed: $(cat "$TMP/sbatch.err")"
 J=${J%%;*}
 [ -n "$J" ] || fail "sbatch printed no job id"
 say "job $J submitted"
@@ -195,7 +196,9 @@ while :; do
   fi
   if [ -n "$T_REQ" ]; then
     case "$st" in
-      RUNNING|COMPLETED) break ;;
+      # Restarts is incremented while the first run is still winding down (RUNNING): the
+      # restarted run is the one whose batch script logged restart=1.
+      RUNNING|COMPLETED) grep -q "restart=1 " "$TMP/job.log" 2>/dev/null && break ;;
       PENDING)
         if [ $((now - T_REQ)) -ge 2 ] && [ $((now - last_release)) -ge 3 ] && [ "$releases" -lt 5 ]; then
           reason=$(job_field Reason)
@@ -228,7 +231,7 @@ while :; do
   st=$(job_state)
   case "$st" in
     COMPLETED) break ;;
-    RUNNING|COMPLETING|PENDING|CONFIGURING) ;;
+    RUNNING|COMPLETING|PENDING|CONFIGURING|REQUEUED) ;;
     *) fail "job $J ended as $st after the restart (see $TMP/job.log)" ;;
   esac
   [ "$(date +%s)" -lt "$deadline" ] || fail "job $J not COMPLETED within ${WAIT_FINISH}s of its restart (state $st)"
