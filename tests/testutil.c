@@ -6,24 +6,29 @@
 
 int tu_pass, tu_fail;
 
+/* A NaN or infinity anywhere makes the result NaN (which fails every `err < tol` check). */
 double tu_max_rel_err(const float *a, const float *b, size_t n, double floor) {
   double md = 0, mb = floor;
+  int bad = 0;
   for (size_t i = 0; i < n; i++) {
     double d = fabs((double)a[i] - (double)b[i]);
-    if (!(d <= md)) md = d; /* NaN propagates as failure */
+    if (!isfinite(d)) bad = 1;
+    else if (d > md) md = d;
     if (fabs((double)b[i]) > mb) mb = fabs((double)b[i]);
   }
-  return md / mb;
+  return bad ? NAN : md / mb;
 }
 
 double tu_max_rel_err_d(const double *a, const double *b, size_t n, double floor) {
   double md = 0, mb = floor;
+  int bad = 0;
   for (size_t i = 0; i < n; i++) {
     double d = fabs(a[i] - b[i]);
-    if (!(d <= md)) md = d;
+    if (!isfinite(d)) bad = 1;
+    else if (d > md) md = d;
     if (fabs(b[i]) > mb) mb = fabs(b[i]);
   }
-  return md / mb;
+  return bad ? NAN : md / mb;
 }
 
 const char *tu_tmpdir(const char *tag) {

@@ -55,9 +55,14 @@ void rn_assert_fail(const char *what, const char *file, int line) {
   abort();
 }
 
+/* Every allocation carries 16 KiB of zeroed slack after its end: BLIS's narrow (6x16) kernels may
+ * read up to one row of A past the last row they use (measured in Debian's BLIS 0.9), which must
+ * not fault at a page boundary. */
+#define RN_ALLOC_SLACK 16384
+
 void *rn_alloc(size_t bytes) {
   if (bytes == 0) bytes = 64;
-  size_t sz = (bytes + 63) & ~(size_t)63;
+  size_t sz = ((bytes + 63) & ~(size_t)63) + RN_ALLOC_SLACK;
   void *p = aligned_alloc(64, sz);
   if (!p) {
     fprintf(stderr, "resnet-mpi: out of memory allocating %zu bytes\n", bytes);

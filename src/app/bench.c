@@ -1,0 +1,226 @@
+/* rn-bench: forward/backward timings per layer and for the whole training step (forward, loss,
+ * backward, SGD), GFLOP/s, images/s, peak RSS, for a chosen model, batch and thread count, on
+ * synthetic data. Under mpirun with P > 1 ranks it also measures the bucketed gradient allreduce
+ * at the model's bucket size (bandwidth) and a full data-parallel step. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "rn/dist.h"
+#include "rn/kernels.h"
+#include "rn/model.h"
+#include "rn/optim.h"
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_d);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Multiply-adds of one node's forward for a batch of n. */
+static double node_macs(const rn_model *m, const rn_node *d, int n) {
+  if (d->op == RN_OP_CONV) {
+    const rn_conv_desc *c = &d->u.conv;
+    return (double)n * c->oh * c->ow * c->cout * (double)c->kh * c->kw * c->cin;
+  }
+  if (d->op == RN_OP_LINEAR) return (double)n * d->u.lin.in * d->u.lin.out;
+  (void)m;
+  return 0;
+}
+
+static const char *op_name(rn_op op) {
+  switch (op) {
+    case RN_OP_CONV: return "conv";
+    case RN_OP_BN: return "bn";
+    case RN_OP_RELU: return "relu";
+    case RN_OP_MAXPOOL: return "maxpool";
+    case RN_OP_AVGPOOL: return "avgpool";
+    case RN_OP_LINEAR: return "fc";
+    case RN_OP_ADD: return "add";
+    case RN_OP_SHORTCUT_A: return "shortcutA";
+  }
+  return "?";
+}
+
+static void usage(void) {
+  printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
+         "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
+         "                [--bucket-mb MB]\n"
+         "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
+         "backward ms and GFLOP/s, and the whole step (median of --steps after --warmup): images/s,\n"
+         "GFLOP/s (training FLOPs = 3 x forward), peak RSS. --narrow/--ksplit turn the per-shape BLIS\n"
+         "kernel choice and the K split of weight-gradient GEMMs off for comparison. Under mpirun with\n"
+         "several ranks it adds the bucketed allreduce time and bandwidth.\n"
+         "Defaults: --model resnet50 --batch 32 --threads <cores> --size 224 (32 for cifar-*).\n");
+}
+
+int main(int argc, char **argv) {
+  rn_dist d;
+  rn_err e = {0};
+  if (rn_dist_init(&argc, &argv, &d, &e)) {
+    fprintf(stderr, "rn-bench: %s\n", e.msg);
+    return 1;
+  }
+  const char *model = "resnet50", *arch = NULL;
+  long batch = 32, threads = 0, size = 0, channels = 3, classes = 0, steps = 10, warmup = 3, layers = 1;
+  long narrow = 1, ksplit = 1;
+  double bucket_mb = 25;
+  rn_status st = RN_OK;
+  for (int i = 1; i < argc && !st; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      if (d.rank == 0) usage();
+      rn_dist_finalize();
+      return 0;
+    }
+    if (!v) {
+      st = rn_err_set(&e, RN_EINVAL, "option %s needs a value", a);
+      break;
+    }
+    i++;
+    if (!strcmp(a, "--model")) model = v;
+    else if (!strcmp(a, "--blis-arch")) arch = v;
+    else if (!strcmp(a, "--batch")) st = rn_parse_int("option batch", v, 1, 100000, &batch, &e);
+    else if (!strcmp(a, "--threads")) st = rn_parse_int("option threads", v, 0, 1024, &threads, &e);
+    else if (!strcmp(a, "--size")) st = rn_parse_int("option size", v, 0, 10000, &size, &e);
+    else if (!strcmp(a, "--channels")) st = rn_parse_int("option channels", v, 1, 64, &channels, &e);
+    else if (!strcmp(a, "--classes")) st = rn_parse_int("option classes", v, 0, 100000, &classes, &e);
+    else if (!strcmp(a, "--steps")) st = rn_parse_int("option steps", v, 1, 100000, &steps, &e);
+    else if (!strcmp(a, "--warmup")) st = rn_parse_int("option warmup", v, 0, 100000, &warmup, &e);
+    else if (!strcmp(a, "--layers")) st = rn_parse_int("option layers", v, 0, 1, &layers, &e);
+    else if (!strcmp(a, "--narrow")) st = rn_parse_int("option narrow", v, 0, 1, &narrow, &e);
+    else if (!strcmp(a, "--ksplit")) st = rn_parse_int("option ksplit", v, 0, 1, &ksplit, &e);
+    else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
+    else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
+  }
+  if (threads == 0) {
+    const char *s = getenv("OMP_NUM_THREADS");
+    threads = s && atoi(s) > 0 ? atoi(s) : 2;
+  }
+  if (!st) st = rn_blas_init(arch, (int)threads, d.rank == 0 ? stdout : NULL, &e);
+  if (!st) rn_blas_set_tuning((int)narrow, (int)ksplit);
+  rn_model_config mc;
+  rn_model_config_default(&mc);
+  if (!st) st = rn_model_config_arch(&mc, model, &e);
+  rn_model m;
+  memset(&m, 0, sizeof m);
+  if (!st) {
+    mc.in_channels = (int)channels;
+    mc.in_h = mc.in_w = (int)(size ? size : mc.cifar ? 32 : 224);
+    mc.num_classes = (int)(classes ? classes : mc.cifar ? 10 : 1000);
+    st = rn_model_build(&m, &mc, (int)batch, &e);
+  }
+  if (st) {
+    if (d.rank == 0) fprintf(stderr, "rn-bench: error: %s\n", e.msg);
+    rn_dist_finalize();
+    return 2;
+  }
+  rn_model_init(&m, 1);
+  int n = (int)batch;
+  rn_rng r = rn_rng_make(7);
+  float *x = rn_model_input(&m);
+  for (size_t i = 0; i < (size_t)n * mc.in_h * mc.in_w * mc.in_channels; i++) x[i] = rn_rng_normal(&r);
+  int32_t *labels = rn_alloc(sizeof(int32_t) * (size_t)n);
+  for (int i = 0; i < n; i++) labels[i] = (int32_t)rn_rng_below(&r, (uint64_t)mc.num_classes);
+  double *fw = rn_alloc(sizeof(double) * (size_t)m.nnodes), *bw = rn_alloc(sizeof(double) * (size_t)m.nnodes);
+  double *tstep = rn_alloc(sizeof(double) * (size_t)steps), *tf = rn_alloc(sizeof(double) * (size_t)steps),
+         *tb = rn_alloc(sizeof(double) * (size_t)steps), *to = rn_alloc(sizeof(double) * (size_t)steps),
+         *tc = rn_alloc(sizeof(double) * (size_t)steps);
+  rn_allreducer *ar = rn_ar_create(&d, m.grad, m.ntrain, (size_t)(bucket_mb * 1048576.0), 1);
+  double macs = 0;
+  for (int k = 0; k < m.nnodes; k++) macs += node_macs(&m, &m.nodes[k], n);
+  for (long it = 0; it < warmup + steps; it++) {
+    int timed = it >= warmup;
+    m.prof_fwd = timed ? fw : NULL;
+    m.prof_bwd = timed ? bw : NULL;
+    double t0 = rn_now();
+    rn_model_set_step(&m, 1, it);
+    rn_model_forward(&m, n, 1);
+    rn_model_loss(&m, n, labels, 0, NULL, NULL);
+    double t1 = rn_now();
+    rn_model_zero_grad(&m);
+    rn_ar_begin(ar);
+    rn_model_backward(&m, n, rn_ar_ready, ar);
+    double t2 = rn_now();
+    rn_ar_finish(ar);
+    double t3 = rn_now();
+    rn_sgd_step(&m, 1e-4f, 0.9f, 1e-4f, 0);
+    double t4 = rn_now();
+    if (timed) {
+      long j = it - warmup;
+      tstep[j] = t4 - t0, tf[j] = t1 - t0, tb[j] = t2 - t1, tc[j] = t3 - t2, to[j] = t4 - t3;
+    }
+  }
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  if (d.rank == 0) {
+    double S = (double)steps;
+    if (layers) {
+      printf("\n%-34s %-9s %-16s %9s %9s %8s %8s\n", "layer", "op", "out (HxWxC)", "fwd ms", "bwd ms", "fwd GF/s",
+             "bwd GF/s");
+      double conv_t = 0, other_t = 0;
+      for (int k = 0; k < m.nnodes; k++) {
+        const rn_node *nd = &m.nodes[k];
+        const rn_tensor *t = &m.tensors[nd->out];
+        double f = fw[k] / S, b = bw[k] / S, mc2 = node_macs(&m, nd, n);
+        /* Backward of a conv: dx and dw products (2x forward), the first conv only dw. */
+        double bmacs = mc2 * ((nd->op == RN_OP_CONV && nd->in == m.input) ? 1 : 2);
+        char shape[32];
+        snprintf(shape, sizeof shape, "%dx%dx%d", t->h, t->w, t->c);
+        char fg[16] = "", bg[16] = "";
+        if (mc2 > 0) {
+          snprintf(fg, sizeof fg, "%.1f", 2 * mc2 / f * 1e-9);
+          snprintf(bg, sizeof bg, "%.1f", 2 * bmacs / b * 1e-9);
+        }
+        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s\n", nd->name[0] ? nd->name : "-", op_name(nd->op), shape,
+               f * 1e3, b * 1e3, fg, bg);
+        if (nd->op == RN_OP_CONV || nd->op == RN_OP_LINEAR) conv_t += f + b;
+        else other_t += f + b;
+      }
+      printf("\nconv+fc %.1f ms, other layers (bn, relu, add, pool, shortcut) %.1f ms = %.1f%% of the layer time\n",
+             conv_t * 1e3, other_t * 1e3, 100 * other_t / (conv_t + other_t));
+    }
+    double ms = median(tstep, (int)steps), mf = median(tf, (int)steps), mb = median(tb, (int)steps),
+           mcm = median(tc, (int)steps), mo = median(to, (int)steps);
+    double gflop = 3 * 2 * macs * 1e-9; /* training FLOPs = 3 x forward */
+    printf("\nmodel %s, input %dx%dx%d, batch %d per rank, %d rank(s), %ld thread(s), BLIS %s (narrow: %s%s%s)\n",
+           model, mc.in_h, mc.in_w, mc.in_channels, n, d.size, threads, rn_blas_arch(),
+           narrow ? rn_blas_narrow_arch() : "off", ksplit ? "" : ", K split off", "");
+    printf("parameters %zu, forward %.3f GMAC/image\n", rn_model_param_count(&m), macs / n * 1e-9);
+    printf("step median %.2f ms: forward+loss %.2f, backward %.2f, allreduce wait %.2f, sgd %.2f\n", ms * 1e3,
+           mf * 1e3, mb * 1e3, mcm * 1e3, mo * 1e3);
+    printf("ours %s batch %d threads %ld: median_step_s %.4f img_s %.1f gflops %.1f peak_rss_mb %.0f\n", model, n,
+           threads, ms, n * d.size / ms, gflop / ms, ru.ru_maxrss / 1024.0);
+    if (d.size > 1)
+      printf("allreduce: %d bucket(s) of %.1f MB, %.1f MB of gradients, exposed wait %.2f ms\n", rn_ar_nbuckets(ar),
+             bucket_mb, m.ntrain * 4.0 / 1048576.0, mcm * 1e3);
+    fflush(stdout);
+  }
+  /* Bandwidth of the gradient allreduce alone (no compute to hide behind). */
+  if (d.size > 1) {
+    double *ta = rn_alloc(sizeof(double) * 5);
+    for (int it = 0; it < 5; it++) {
+      rn_dist_barrier(&d);
+      double t0 = rn_now();
+      rn_ar_begin(ar);
+      rn_ar_ready(ar, 0, m.ntrain);
+      rn_ar_finish(ar);
+      ta[it] = rn_now() - t0;
+    }
+    double t = median(ta, 5);
+    if (d.rank == 0)
+      printf("allreduce alone: %.1f MB in %.2f ms = %.2f GB/s algorithm bandwidth (%d ranks)\n",
+             m.ntrain * 4.0 / 1048576.0, t * 1e3, m.ntrain * 4.0 / t * 1e-9, d.size);
+    rn_free(ta);
+  }
+  rn_ar_free(ar);
+  rn_model_free(&m);
+  rn_free(labels), rn_free(fw), rn_free(bw), rn_free(tstep), rn_free(tf), rn_free(tb), rn_free(to), rn_free(tc);
+  rn_dist_finalize();
+  return 0;
+}
