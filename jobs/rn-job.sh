@@ -8,7 +8,7 @@
 # rn_job_main. Everything else comes from the environment (sbatch exports it by default):
 #   RN_ROOT      source tree (default: found from this file's location)
 #   RN_BUILD     build dir holding rn-train            (default $RN_ROOT/build)
-#   RN_DATA      dataset dir                           (default per job)
+#   RN_DATA      dataset dir              (default $RN_ROOT/$RN_DEFAULT_DATA or datasets/<job>)
 #   RN_OUT       output dir: checkpoints, metrics.jsonl (default $RN_ROOT/checkpoints/<job>)
 #   RN_ARGS      extra trainer options, word-split     (default empty)
 #   RN_LAUNCHER  srun (default: srun --mpi=pmix) or mpirun (Open MPI's mpirun in the allocation)
@@ -66,8 +66,9 @@ rn_job_main() {
   rn_find_root
   local job_name=${RN_JOB_NAME:-$RN_PRESET}
   RN_BUILD=${RN_BUILD:-$RN_ROOT/build}
-  RN_DATA=${RN_DATA:-${RN_DEFAULT_DATA:-$RN_ROOT/datasets/$job_name}}
-  RN_OUT=${RN_OUT:-${RN_DEFAULT_OUT:-$RN_ROOT/checkpoints/$job_name}}
+  # Defaults are relative to the source tree.
+  RN_DATA=${RN_DATA:-$RN_ROOT/${RN_DEFAULT_DATA:-datasets/$job_name}}
+  RN_OUT=${RN_OUT:-$RN_ROOT/${RN_DEFAULT_OUT:-checkpoints/$job_name}}
   RN_LAUNCHER=${RN_LAUNCHER:-srun}
   RN_ARGS=${RN_ARGS:-}
   local threads=${RN_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
@@ -113,10 +114,11 @@ rn_job_main() {
       if [ "$(id -u)" -eq 0 ]; then
         export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
       fi
-      # Open MPI reads the allocation from Slurm (hosts, slots = tasks per node) and starts its
-      # daemons with srun; ranks are placed like srun's tasks, one PE of T cores each.
-      cmd=(mpirun -np "${SLURM_NTASKS:-1}" --map-by "slot:PE=${SLURM_CPUS_PER_TASK:-1}"
-           --bind-to none -x OMP_NUM_THREADS ${RN_MPIRUN_ARGS:-} "$train" "${args[@]}")
+      # Open MPI reads the allocation from Slurm (hosts; slots per node = tasks per node) and
+      # starts its daemons with srun; ranks fill each node's slots in order, like srun's block
+      # distribution. No binding: each rank runs T threads (RN_MPIRUN_ARGS adds options).
+      cmd=(mpirun -np "${SLURM_NTASKS:-1}" --bind-to none -x OMP_NUM_THREADS
+           ${RN_MPIRUN_ARGS:-} "$train" "${args[@]}")
       ;;
     *)
       rn_log "error: RN_LAUNCHER must be srun or mpirun, not '$RN_LAUNCHER'"
