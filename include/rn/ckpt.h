@@ -89,4 +89,15 @@ rn_status rn_ckpt_diff(const char *a, const char *b, int params_only, FILE *out,
 /* Name of the checkpoint file for a step: "ckpt-%08lld.h5". */
 void rn_ckpt_filename(int64_t step, char *buf, size_t len);
 
+/* Optional per-rank BN running statistics ([nranks][nbuf] floats, rank-major, in the order of the
+ * model's non-trainable parameters) written by the next rn_ckpt_save as /rank_buffers. /model holds
+ * their average (what evaluation and torchvision use); a resume on the same rank count restores
+ * each rank's own statistics from here, so it continues bit for bit. data must stay valid until
+ * the save; NULL turns it off. */
+void rn_ckpt_set_rank_buffers(const float *data, int nranks, size_t nbuf);
+/* Reads rank `rank`'s row when the file has /rank_buffers of exactly [nranks][nbuf]; *found = 0
+ * otherwise (another rank count, or an older file): not an error. Checksum verified. */
+rn_status rn_ckpt_read_rank_buffers(const char *path, int rank, int nranks, float *out, size_t nbuf, int *found,
+                                    rn_err *e);
+
 #endif

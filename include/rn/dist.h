@@ -24,7 +24,8 @@ rn_status rn_dist_agree(const rn_dist *d, rn_status st, rn_err *e);
 
 /* Parameters (all floats incl. BN buffers) and momentum from rank 0 to all. */
 rn_status rn_dist_bcast_model(const rn_dist *d, rn_model *m, rn_err *e);
-/* Order-independent checksum of all parameters (64-bit hash of the bits). */
+/* Checksum of the bits of the trainable parameters and momentum (not the BN running statistics,
+ * which differ between ranks by design). */
 uint64_t rn_dist_param_checksum(const rn_model *m);
 /* Compares checksums across ranks; RN_EFORMAT with the ranks that differ if replicas diverged. */
 rn_status rn_dist_check_replicas(const rn_dist *d, const rn_model *m, const char *when, rn_err *e);
@@ -34,12 +35,18 @@ void rn_dist_average_buffers(const rn_dist *d, rn_model *m);
 void rn_dist_sum(const rn_dist *d, double *v, int n);
 void rn_dist_max(const rn_dist *d, double *v, int n);
 void rn_dist_barrier(const rn_dist *d);
+/* n floats from every rank to rank 0 (rank-major), and back. */
+void rn_dist_gather_floats(const rn_dist *d, const float *src, size_t n, float *dst_root);
+void rn_dist_scatter_floats(const rn_dist *d, const float *src_root, size_t n, float *dst);
 void rn_dist_bcast_bytes(const rn_dist *d, void *buf, size_t n, int root);
 
 /* ---- bucketed gradient allreduce ---- */
 typedef struct rn_allreducer rn_allreducer;
 /* Buckets of bucket_bytes over grad[0, n) taken from the END of the array (backward finishes the
- * last parameters first). overlap=0: one pass of allreduces after backward (for comparison). */
+ * last parameters first). overlap: 0 = all allreduces after backward (for comparison);
+ * 1 = each bucket's MPI_Iallreduce starts as soon as backward has produced it and progress is
+ * driven by MPI_Testall between layers (Open MPI has no asynchronous progress here);
+ * 2 = the same, started and driven by a communication thread (MPI_THREAD_MULTIPLE). */
 rn_allreducer *rn_ar_create(const rn_dist *d, float *grad, size_t n, size_t bucket_bytes, int overlap);
 void rn_ar_free(rn_allreducer *a);
 int rn_ar_nbuckets(const rn_allreducer *a);

@@ -97,6 +97,7 @@ typedef struct {
   uint64_t sd_key;           /* key of this step's stochastic-depth draws (see rn_model_set_step) */
   uint64_t sd_seed;          /* stochastic depth: block b keeps its branch for this step iff */
   int64_t sd_step;           /*   uniform(rn_key(sd_seed, sd_step, b, 0)) < survival */
+  double *prof_fwd, *prof_bwd; /* [nnodes] seconds per node, accumulated when non-NULL (rn-bench) */
   int bn_eval_in_train;      /* 1: BN uses running statistics even in training (equivalence tests) */
   int input_grad;            /* 1: backward also computes d loss / d input (rn_model_input_grad) */
   int last_train;            /* mode of the last forward (selects the BN backward) */

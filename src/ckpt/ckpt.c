@@ -646,6 +646,17 @@ static void remove_stale(const char *dir) {
   closedir(d);
 }
 
+/* Optional per-rank BN running statistics for the next save (see ckpt.h). */
+static const float *g_rank_buf;
+static int g_rank_buf_ranks;
+static size_t g_rank_buf_n;
+
+void rn_ckpt_set_rank_buffers(const float *data, int nranks, size_t nbuf) {
+  g_rank_buf = data;
+  g_rank_buf_ranks = nranks;
+  g_rank_buf_n = nbuf;
+}
+
 static rn_status write_file(wctx *w, const rn_model *m, const rn_ckpt_state *st, const char *config_text,
                             const char *metrics_text, rn_err *e) {
   char det[512];
@@ -706,6 +717,11 @@ static rn_status write_file(wctx *w, const rn_model *m, const rn_ckpt_state *st,
     }
   }
   free(buf);
+  if (!s && g_rank_buf && g_rank_buf_n > 0) {
+    hsize_t dims[2] = {(hsize_t)g_rank_buf_ranks, (hsize_t)g_rank_buf_n};
+    s = w_dataset(w, "", "rank_buffers", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, dims, g_rank_buf,
+                  (size_t)g_rank_buf_ranks * g_rank_buf_n * sizeof(float), e);
+  }
   if (s) return s;
   fault_kill(&w->ft, "dataset", w->ndata);
 
@@ -1046,17 +1062,24 @@ static rn_status verify_h(hid_t f, const char *path, rn_err *e) {
   rn_status s = read_state_h(f, path, &st, e);
   if (!s) s = read_model_desc_h(f, path, &c, e);
   if (s) return s;
-  static const char *root_ok[] = {"model", "optim", "state", "config", "metrics"};
+  static const char *root_ok[] = {"model", "optim", "state", "config", "metrics", "rank_buffers"};
   char **rl;
   int rn;
   if (list_links(f, "/", &rl, &rn)) return rn_err_set(e, RN_EFORMAT, "checkpoint %s: cannot list /", path);
   for (int i = 0; i < rn && !s; i++) {
     int ok = 0;
-    for (int k = 0; k < 5; k++) ok |= !strcmp(rl[i], root_ok[k]);
+    for (int k = 0; k < 6; k++) ok |= !strcmp(rl[i], root_ok[k]);
     if (!ok) s = rn_err_set(e, RN_EFORMAT, "checkpoint %s: unexpected object /%s", path, rl[i]);
   }
   free_links(rl, rn);
   if (s) return s;
+  if (H5Lexists(f, "/rank_buffers", H5P_DEFAULT) > 0) {
+    void *b = NULL;
+    s = r_raw(f, path, "/rank_buffers", H5T_IEEE_F32LE, -1, NULL, &b, 0, NULL, NULL, NULL, NULL, e);
+    free(b);
+    if (s) return s;
+  }
+  H5Eclear2(H5E_DEFAULT);
   char *txt = NULL;
   s = r_text(f, path, "config", &txt, e);
   free(txt), txt = NULL;
@@ -1498,4 +1521,32 @@ rn_status rn_ckpt_diff(const char *a, const char *b, int params_only, FILE *out,
   if (nd > 1) fprintf(out, "(%d datasets differ in total)\n", nd);
   *identical = nd == 0;
   return RN_OK;
+}
+
+rn_status rn_ckpt_read_rank_buffers(const char *path, int rank, int nranks, float *out, size_t nbuf, int *found,
+                                    rn_err *e) {
+  *found = 0;
+  h5guard g;
+  h5_begin(&g);
+  hid_t f;
+  rn_status s = r_open(path, &f, e);
+  if (s) {
+    h5_end(&g);
+    return s;
+  }
+  if (H5Lexists(f, "/rank_buffers", H5P_DEFAULT) > 0) {
+    void *b = NULL;
+    int nd = 0;
+    hsize_t dims[4];
+    s = r_raw(f, path, "/rank_buffers", H5T_IEEE_F32LE, -1, NULL, &b, 0, NULL, &nd, dims, NULL, e);
+    if (!s && nd == 2 && dims[0] == (hsize_t)nranks && dims[1] == (hsize_t)nbuf && rank < nranks) {
+      memcpy(out, (const float *)b + (size_t)rank * nbuf, nbuf * sizeof(float));
+      *found = 1;
+    }
+    free(b);
+  }
+  H5Eclear2(H5E_DEFAULT);
+  H5Fclose(f);
+  h5_end(&g);
+  return s;
 }

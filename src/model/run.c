@@ -35,6 +35,7 @@ void rn_model_forward(rn_model *m, int n, int train) {
     rn_node *d = &m->nodes[k];
     const rn_tensor *ti = &m->tensors[d->in];
     float *x = A(m, d->in), *y = A(m, d->out);
+    double t0 = m->prof_fwd ? rn_now() : 0;
     switch (d->op) {
       case RN_OP_CONV:
         rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
@@ -67,6 +68,7 @@ void rn_model_forward(rn_model *m, int n, int train) {
         rn_shortcut_a_forward(&d->u.sa, n, x, y);
         break;
     }
+    if (m->prof_fwd) m->prof_fwd[k] += rn_now() - t0;
   }
 }
 
@@ -103,6 +105,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
     const float *x = A(m, d->in), *y = A(m, d->out);
     const float *dy = d->out == m->logits ? m->dlogits : m->dact + m->tensors[d->out].goff;
     float *dx = (d->in == m->input && !m->input_grad) ? NULL : m->dact + ti->goff;
+    double t0 = m->prof_bwd ? rn_now() : 0;
     switch (d->op) {
       case RN_OP_CONV:
         rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
@@ -138,6 +141,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
         if (dx) rn_shortcut_a_backward(&d->u.sa, n, dy, dx, d->acc_in);
         break;
     }
+    if (m->prof_bwd) m->prof_bwd[k] += rn_now() - t0;
     report(m, d, cb, ctx);
   }
 }

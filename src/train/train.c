@@ -104,6 +104,8 @@ typedef struct {
   char metrics_path[1100];
   int32_t *labels;
   float *save_buffers; /* BN running stats of this rank while a checkpoint holds the average */
+  float *rank_buffers; /* rank 0: every rank's BN running stats [nranks][nbuf] for checkpoints */
+  size_t nbuf;         /* floats of BN running statistics */
 } run;
 
 /* ---- evaluation ---- */
@@ -195,19 +197,29 @@ static char *read_file_text(const char *path) {
 /* ---- checkpoints ---- */
 /* Writes a checkpoint holding the rank-averaged BN statistics without changing this rank's own
  * running statistics (so a run's numbers do not depend on when checkpoints were taken). */
-static rn_status checkpoint(run *r, rn_err *e) {
-  size_t nb = r->m.ntotal - r->m.ntrain;
-  float *buf = r->m.param + r->m.ntrain;
-  if (nb) memcpy(r->save_buffers, buf, nb * sizeof(float));
+/* The checkpoint also keeps every rank's own statistics, so that a resume on the same rank count
+ * restores them and continues bit for bit. */
+static void average_buffers_begin(run *r) {
+  if (r->nbuf) memcpy(r->save_buffers, r->m.param + r->m.ntrain, r->nbuf * sizeof(float));
   rn_dist_average_buffers(&r->d, &r->m);
+}
+static void average_buffers_end(run *r) {
+  if (r->nbuf) memcpy(r->m.param + r->m.ntrain, r->save_buffers, r->nbuf * sizeof(float));
+}
+
+static rn_status checkpoint(run *r, rn_err *e) {
+  if (r->nbuf) rn_dist_gather_floats(&r->d, r->m.param + r->m.ntrain, r->nbuf, r->rank_buffers);
+  average_buffers_begin(r);
   rn_status st = RN_OK;
   if (r->d.rank == 0) {
     if (r->metrics) fflush(r->metrics);
     char *mt = read_file_text(r->metrics_path);
+    rn_ckpt_set_rank_buffers(r->nbuf ? r->rank_buffers : NULL, r->d.size, r->nbuf);
     st = rn_ckpt_save(r->cfg.out, &r->m, &r->st, r->cfg_text, mt ? mt : "", (int)r->cfg.keep, e);
+    rn_ckpt_set_rank_buffers(NULL, 0, 0);
     free(mt);
   }
-  if (nb) memcpy(buf, r->save_buffers, nb * sizeof(float));
+  average_buffers_end(r);
   return rn_dist_agree(&r->d, st, e);
 }
 
@@ -220,6 +232,7 @@ static int finish(run *r, int code) {
   rn_model_free(&r->m);
   rn_free(r->labels);
   rn_free(r->save_buffers);
+  rn_free(r->rank_buffers);
   free(r->cfg_text);
   if (r->metrics) fclose(r->metrics);
   rn_dist_finalize();
@@ -357,7 +370,9 @@ int rn_train_main(int argc, char **argv) {
   rn_model_init(&r->m, (uint64_t)c->seed);
   r->m.bn_eval_in_train = c->bn_eval;
   r->labels = rn_alloc(sizeof(int32_t) * (size_t)plan_batch);
-  r->save_buffers = rn_alloc(sizeof(float) * (r->m.ntotal - r->m.ntrain + 1));
+  r->nbuf = r->m.ntotal - r->m.ntrain;
+  r->save_buffers = rn_alloc(sizeof(float) * (r->nbuf + 1));
+  if (rank0) r->rank_buffers = rn_alloc(sizeof(float) * (r->nbuf * (size_t)r->d.size + 1));
 
   r->cfg_text = rn_config_text(c);
   r->steps_per_epoch = rn_loader_steps_per_epoch(r->train_ld);
@@ -430,6 +445,19 @@ int rn_train_main(int argc, char **argv) {
   }
   st = rn_dist_bcast_model(&r->d, &r->m, &e);
   if (st) return fail(r, &e, RN_EXIT_ERROR);
+  if (resumed && r->nbuf) {
+    /* Same rank count: every rank gets back its own BN running statistics (bitwise resume);
+     * otherwise all keep the average from /model. */
+    int found = 1;
+    if (rank0)
+      for (int k = 0; k < r->d.size && found && !st; k++)
+        st = rn_ckpt_read_rank_buffers(resume_path, k, r->d.size, r->rank_buffers + (size_t)k * r->nbuf, r->nbuf,
+                                       &found, &e);
+    st = rn_dist_agree(&r->d, st, &e);
+    if (st) return fail(r, &e, RN_EXIT_ERROR);
+    rn_dist_bcast_bytes(&r->d, &found, sizeof found, 0);
+    if (found) rn_dist_scatter_floats(&r->d, r->rank_buffers, r->nbuf, r->m.param + r->m.ntrain);
+  }
   if (rank0) {
     r->metrics = fopen(r->metrics_path, "a");
     if (!r->metrics) st = rn_err_set(&e, RN_EIO, "metrics file %s: cannot open for appending: %s", r->metrics_path,
@@ -583,10 +611,11 @@ int rn_train_main(int argc, char **argv) {
     /* Validation at epoch ends (every eval-every epochs) and at the end of training. */
     if ((epoch_done && c->eval_every > 0 && r->st.epoch % c->eval_every == 0) || done) {
       if (r->have_val) {
-        rn_dist_average_buffers(&r->d, &r->m);
         eval_counts ec;
         double te = rn_now();
+        average_buffers_begin(r); /* evaluate with the rank average, keep each rank's own */
         st = evaluate(r, r->val_ld, &ec, &e);
+        average_buffers_end(r);
         if (st) return fail(r, &e, RN_EXIT_ERROR);
         double err1 = 1 - ec.top1 / ec.n, err5 = 1 - ec.top5 / ec.n;
         r->st.val_err = err1;
