@@ -1,7 +1,7 @@
 # mpi: data-parallel equivalence. With --bn-eval 1 (BN on running statistics, so the math does not
 # depend on how the batch is split) and --aug none, P ranks x B images reach the same parameters and
 # momentum after K steps as 1 rank with the global batch P*B (--batch is global), for P = 2, 4,
-# with --overlap 1 and 0 and small buckets (--bucket-mb 0.01: many buckets). Tolerance TOL = 1e-5 relative (measured ~3e-7; float32
+# with --overlap 1 and 0 (and the communication thread) and small buckets (--bucket-mb 0.01: many buckets). Tolerance TOL = 1e-5 relative (measured ~3e-7; float32
 # summation order differs). Negative control: the same comparison with --bn-eval 0 (batch statistics
 # per rank) must exceed TOL, so the comparison can fail.
 source "$(dirname "$0")/train_common.sh"
@@ -17,8 +17,11 @@ for np in 2 4; do
     grep -q "global batch 32 ($((32 / np)) per rank)" "$WORK/p$np-o$ov.log" || fail "P=$np: global batch line missing"
     close_ckpt "$(latest_ckpt "$WORK/p$np-o$ov")" "$REF" $TOL "P=$np overlap=$ov vs 1 rank (K=$K steps)"
   done
+  # the communication thread (--comm-thread 1) drives the same overlapped buckets
+  train_ok $np "$WORK/p$np-ct.log" "${EQ[@]}" --overlap 1 --comm-thread 1 --out "$WORK/p$np-ct" --check-replicas-every 1
   # overlap only changes when buckets are sent, not what is summed: same bits
   same_ckpt "$(latest_ckpt "$WORK/p$np-o1")" "$(latest_ckpt "$WORK/p$np-o0")" "P=$np overlap 1 vs 0"
+  same_ckpt "$(latest_ckpt "$WORK/p$np-ct")" "$(latest_ckpt "$WORK/p$np-o0")" "P=$np comm thread vs overlap 0"
 done
 # Negative control: batch-statistics BN makes the split visible.
 train_ok 1 "$WORK/nref.log" "${EQ[@]}" --bn-eval 0 --out "$WORK/nref"

@@ -50,6 +50,7 @@
   X("eval-every", eval_every, I, "1", "validate every N epochs (0 = only at the end)")                  \
   X("bucket-mb", bucket_mb, F, "25", "gradient allreduce bucket size in MB")                           \
   X("overlap", overlap, B, "1", "overlap gradient allreduce with backward")                           \
+  X("comm-thread", comm_thread, B, "0", "drive the overlapped allreduce from a communication thread instead of MPI_Test between layers") \
   X("check-replicas-every", check_replicas_every, I, "0", "compare parameter checksums across ranks every N steps") \
   X("blis-arch", blis_arch, S, "auto", "BLIS kernel set: auto, skx, haswell, zen3, zen2, zen, generic") \
   X("progress", progress, S, "auto", "progress display: bar, lines, or auto (bar on a terminal outside mpirun)")

@@ -50,12 +50,13 @@ static const char *op_name(rn_op op) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms and GFLOP/s, and the whole step (median of --steps after --warmup): images/s,\n"
          "GFLOP/s (training FLOPs = 3 x forward), peak RSS. --narrow/--ksplit turn the per-shape BLIS\n"
          "kernel choice and the K split of weight-gradient GEMMs off for comparison. Under mpirun with\n"
-         "several ranks it adds the bucketed allreduce time and bandwidth.\n"
+         "several ranks it adds the bucketed allreduce time and bandwidth; --overlap 0 = allreduce after\n"
+         "backward, 1 = overlapped and driven by MPI_Test between layers, 2 = by a communication thread.\n"
          "Defaults: --model resnet50 --batch 32 --threads <cores> --size 224 (32 for cifar-*).\n");
 }
 
@@ -68,7 +69,7 @@ int main(int argc, char **argv) {
   }
   const char *model = "resnet50", *arch = NULL;
   long batch = 32, threads = 0, size = 0, channels = 3, classes = 0, steps = 10, warmup = 3, layers = 1;
-  long narrow = 1, ksplit = 1;
+  long narrow = 1, ksplit = 1, overlap = 1;
   double bucket_mb = 25;
   rn_status st = RN_OK;
   for (int i = 1; i < argc && !st; i++) {
@@ -95,6 +96,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--layers")) st = rn_parse_int("option layers", v, 0, 1, &layers, &e);
     else if (!strcmp(a, "--narrow")) st = rn_parse_int("option narrow", v, 0, 1, &narrow, &e);
     else if (!strcmp(a, "--ksplit")) st = rn_parse_int("option ksplit", v, 0, 1, &ksplit, &e);
+    else if (!strcmp(a, "--overlap")) st = rn_parse_int("option overlap", v, 0, 2, &overlap, &e);
     else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }
@@ -131,7 +133,7 @@ int main(int argc, char **argv) {
   double *tstep = rn_alloc(sizeof(double) * (size_t)steps), *tf = rn_alloc(sizeof(double) * (size_t)steps),
          *tb = rn_alloc(sizeof(double) * (size_t)steps), *to = rn_alloc(sizeof(double) * (size_t)steps),
          *tc = rn_alloc(sizeof(double) * (size_t)steps);
-  rn_allreducer *ar = rn_ar_create(&d, m.grad, m.ntrain, (size_t)(bucket_mb * 1048576.0), 1);
+  rn_allreducer *ar = rn_ar_create(&d, m.grad, m.ntrain, (size_t)(bucket_mb * 1048576.0), (int)overlap);
   double macs = 0;
   for (int k = 0; k < m.nnodes; k++) macs += node_macs(&m, &m.nodes[k], n);
   for (long it = 0; it < warmup + steps; it++) {

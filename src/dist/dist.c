@@ -154,6 +154,7 @@ struct rn_allreducer {
   pthread_cond_t cv;
   int thread_on, quit, started_by_main; /* started_by_main: buckets handed to the thread */
   int done;                              /* buckets completed (thread mode) */
+  int gen;                               /* step generation (the thread restarts its count) */
   float *grad;
   size_t n, bucket; /* floats */
   size_t lowest_ready; /* everything in [lowest_ready, n) is final */
@@ -172,11 +173,17 @@ static void start_bucket(rn_allreducer *a, int k);
  * (with short sleeps, so it does not steal a core from the compute threads) until all are done. */
 static void *comm_thread(void *arg) {
   rn_allreducer *a = arg;
-  int started = 0;
+  int started = 0, gen = 0;
   pthread_mutex_lock(&a->mu);
   for (;;) {
-    while (!a->quit && started == a->started_by_main && a->done == started) pthread_cond_wait(&a->cv, &a->mu);
+    while (!a->quit && gen == a->gen && started == a->started_by_main && a->done == started)
+      pthread_cond_wait(&a->cv, &a->mu);
     if (a->quit) break;
+    if (gen != a->gen) { /* a new step: nothing of it started yet */
+      gen = a->gen;
+      started = 0;
+      continue;
+    }
     int upto = a->started_by_main;
     pthread_mutex_unlock(&a->mu);
     while (started < upto) start_bucket(a, started++);
@@ -254,6 +261,8 @@ void rn_ar_begin(rn_allreducer *a) {
     pthread_mutex_lock(&a->mu);
     a->started_by_main = 0;
     a->done = 0;
+    a->gen++;
+    pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
   }
 }

@@ -473,7 +473,8 @@ int rn_train_main(int argc, char **argv) {
    * so "auto" shows the live bar only outside mpirun; --progress bar forces it. */
   r->bar = rank0 && (!strcmp(c->progress, "bar") ||
                      (!strcmp(c->progress, "auto") && isatty(1) && !getenv("OMPI_COMM_WORLD_SIZE")));
-  r->ar = rn_ar_create(&r->d, r->m.grad, r->m.ntrain, (size_t)(c->bucket_mb * 1048576.0), c->overlap);
+  r->ar = rn_ar_create(&r->d, r->m.grad, r->m.ntrain, (size_t)(c->bucket_mb * 1048576.0),
+                        c->overlap ? (c->comm_thread ? 2 : 1) : 0);
   install_signals();
 
   /* ---- the loop ---- */
