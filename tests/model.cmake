@@ -1,3 +1,20 @@
 # Model: builder (counts, names, planning) and graph driver (finite differences, PyTorch parity).
 rn_test(test_model_params LABELS unit)
 rn_test(test_model_fd LABELS unit)
+
+# PyTorch parity: the C program writes an HDF5 exchange file (weights, input, our outputs and
+# gradients), scripts/torch_parity.py replays the step in torchvision (float64) and compares.
+rn_test_exe(test_model_parity)
+function(rn_parity name arch hw batch classes in_c)
+  set(h5 ${CMAKE_CURRENT_BINARY_DIR}/${name}.h5)
+  add_test(NAME ${name} COMMAND sh -c
+    "\"$1\" ${arch} ${hw} ${batch} ${classes} ${in_c} \"$2\" && ${RN_PYTHON} \"$3\" \"$2\""
+    sh $<TARGET_FILE:test_model_parity> ${h5} ${CMAKE_SOURCE_DIR}/scripts/torch_parity.py)
+  set_tests_properties(${name} PROPERTIES LABELS ref TIMEOUT 600
+    ENVIRONMENT "OMP_NUM_THREADS=1;RN_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endfunction()
+rn_parity(parity_resnet18 resnet18 224 2 1000 3)
+rn_parity(parity_resnet50 resnet50 224 4 1000 3)
+rn_parity(parity_cifar_resnet20 cifar-resnet20 32 8 10 3)
+rn_parity(parity_resnet18_mnist resnet18 28 4 10 1)
+rn_parity(parity_cifar_resnet20_mnist cifar-resnet20 28 4 10 1)

@@ -465,6 +465,28 @@ static void plan(rn_model *m) {
   }
   m->dact_floats = fa.peak;
   free(fa.b);
+  /* Verify: gradients that are live at the same backward step never share memory. Step of a
+   * tensor's birth = its last consumer (highest node index), death = its producer. */
+  {
+    int *born = malloc((size_t)T * sizeof(int));
+    RN_ASSERT(born);
+    for (int t = 0; t < T; t++) born[t] = -1;
+    for (int k = 0; k < m->nnodes; k++) {
+      born[m->nodes[k].in] = k;
+      if (m->nodes[k].in2 >= 0) born[m->nodes[k].in2] = k;
+    }
+    for (int t = 0; t < T; t++)
+      for (int u = t + 1; u < T; u++) {
+        if (born[t] < 0 || born[u] < 0) continue;
+        /* live over node indices [producer, born] (backward runs from born down to producer) */
+        int lo = producer[t] > producer[u] ? producer[t] : producer[u];
+        int hi = born[t] < born[u] ? born[t] : born[u];
+        if (lo > hi) continue;
+        size_t a0 = m->tensors[t].goff, a1 = a0 + tsize(m, t), b0 = m->tensors[u].goff, b1 = b0 + tsize(m, u);
+        RN_ASSERT(a1 <= b0 || b1 <= a0);
+      }
+    free(born);
+  }
 
   /* Saved state, workspace, GEMM reservation. */
   size_t save = 0, ws = 0, mn = 0;
