@@ -1,0 +1,2 @@
+add_test(NAME tools_plot COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/tools_plot.sh ${CMAKE_SOURCE_DIR})
+set_tests_properties(tools_plot PROPERTIES LABELS unit TIMEOUT 120)
