@@ -21,12 +21,12 @@ rn_log() { echo "[rn-job $(date '+%F %T') job ${SLURM_JOB_ID:-?}] $*"; }
 
 # Signal handling: whatever arrives at the batch shell (USR1 from --signal=B:USR1@T or
 # scancel --signal=USR1, TERM from scancel/preemption/time limit) is forwarded to the launcher
-# as SIGUSR1. srun and Open MPI's mpirun both relay SIGUSR1 to every rank (SIGTERM would make
+# as SIGUSR1, so the trainer checkpoints either way; only USR1 leads to a requeue. srun and Open MPI's mpirun both relay SIGUSR1 to every rank (SIGTERM would make
 # them tear the step down instead of letting the ranks checkpoint).
 RN_CHILD=
 RN_SIGNALLED=
 rn_forward() {
-  RN_SIGNALLED=$1
+  RN_SIGNALLED="${RN_SIGNALLED:+$RN_SIGNALLED }$1"
   if [ -n "$RN_CHILD" ] && kill -0 "$RN_CHILD" 2>/dev/null; then
     rn_log "SIG$1 at the batch shell: forwarding SIGUSR1 to the launcher (pid $RN_CHILD)"
     kill -USR1 "$RN_CHILD" 2>/dev/null
@@ -89,7 +89,8 @@ rn_job_main() {
     rn_log "error: $train not found or not executable (build the project, or set RN_BUILD)"
     return 2
   fi
-  if [ ! -d "$RN_DATA" ] && declare -F rn_prepare_data >/dev/null; then
+  # A job script may define rn_prepare_data (idempotent) to create its dataset on demand.
+  if declare -F rn_prepare_data >/dev/null; then
     rn_prepare_data || { rn_log "error: preparing $RN_DATA failed"; return 2; }
   fi
   if [ ! -d "$RN_DATA" ]; then
@@ -134,7 +135,7 @@ rn_job_main() {
   rn_wait_child
   local rc=$RN_RC
   RN_CHILD=
-  rn_log "trainer exited with code $rc${RN_SIGNALLED:+ (after SIG$RN_SIGNALLED)}"
+  rn_log "trainer exited with code $rc${RN_SIGNALLED:+ (signals at the batch shell: $RN_SIGNALLED)}"
 
   case "$rc" in
     0)
@@ -142,6 +143,14 @@ rn_job_main() {
       return 0
       ;;
     "$RN_EXIT_REQUEUE")
+      # SIGTERM at the batch shell means scancel, the time limit, or a preemption that Slurm
+      # requeues by itself: keep the checkpoint, do not requeue (a user must be able to cancel).
+      case " $RN_SIGNALLED " in
+        *" TERM "*)
+          rn_log "checkpointed; the job was terminated (SIGTERM: scancel, time limit or preemption): not requeueing"
+          return "$RN_EXIT_REQUEUE"
+          ;;
+      esac
       if [ "$restarts" -ge "$max_restarts" ]; then
         rn_log "error: checkpointed but already restarted $restarts times (RN_MAX_RESTARTS=$max_restarts): not requeueing"
         return "$RN_EXIT_REQUEUE"

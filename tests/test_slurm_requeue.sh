@@ -31,7 +31,8 @@ CKPT_DIFF=$TRAIN_BUILD/rn-ckpt-diff                 # exit 0 iff parameters bitw
 PRESET=${RN_TEST_PRESET:-fashion-mnist}
 TRAIN_ARGS=${RN_TEST_TRAIN_ARGS:-"--steps 60 --eval-every 0"}  # short run, same for both runs
 DATA=${RN_TEST_DATA:-$SRC/datasets/fashion-mnist}
-PREPARE=$SRC/scripts/prepare-fashion-mnist.sh       # run if $DATA is missing
+DATA_READY=train.manifest                           # $DATA is complete once this file exists
+PREPARE=$SRC/scripts/prepare-fashion-mnist.sh       # PREPARE BUILD DATA creates it otherwise
 CKPT_GLOB=${RN_TEST_CKPT_GLOB:-"*.h5"}              # checkpoint files in --out
 METRICS=metrics.jsonl                               # one JSON line per logged step, in --out
 PROGRESS_LINES=${RN_TEST_PROGRESS_LINES:-3}         # preempt once this many metrics lines exist
@@ -101,11 +102,11 @@ trap cleanup EXIT
 trap 'fail "interrupted"' INT TERM
 
 # ---------------------------------------------------------------- data
-if [ ! -d "$DATA" ]; then
-  [ -f "$PREPARE" ] || fail "dataset $DATA missing and $PREPARE not found to create it"
-  say "preparing $DATA with $PREPARE"
-  bash "$PREPARE" "$BUILD" >"$TMP/prepare.log" 2>&1 || { tail -n 20 "$TMP/prepare.log" >&2; fail "$PREPARE failed"; }
-  [ -d "$DATA" ] || fail "$PREPARE ran but $DATA still does not exist"
+if [ ! -f "$DATA/$DATA_READY" ]; then
+  [ -f "$PREPARE" ] || fail "dataset $DATA incomplete (no $DATA_READY) and $PREPARE not found to create it"
+  say "preparing $DATA with $PREPARE $BUILD $DATA"
+  sh "$PREPARE" "$BUILD" "$DATA" >"$TMP/prepare.log" 2>&1 || { tail -n 20 "$TMP/prepare.log" >&2; fail "$PREPARE failed"; }
+  [ -f "$DATA/$DATA_READY" ] || fail "$PREPARE ran but $DATA/$DATA_READY still does not exist"
 fi
 
 # ---------------------------------------------------------------- cluster
