@@ -283,7 +283,7 @@ EOF
 do_stop() {
   [ -d "$STATE" ] || { log "nothing to stop: $STATE does not exist"; return 0; }
   STATE=$(cd "$STATE" && pwd -P)
-  local d pid pids="" i e alive
+  local d pid pids="" i
   # 1. Cancel this cluster's jobs while the controller is still up, so job steps end cleanly.
   if live_pid slurmctld >/dev/null && [ -f "$STATE/slurm.conf" ]; then
     local jobs
@@ -292,31 +292,26 @@ do_stop() {
       # shellcheck disable=SC2086
       SLURM_CONF="$STATE/slurm.conf" timeout 10 scancel --full $jobs 2>/dev/null
       SLURM_CONF="$STATE/slurm.conf" timeout 10 scancel $jobs 2>/dev/null
+      # Wait until the steps are gone and slurmctld has seen the jobs complete.
       for i in $(seq 1 150); do
-        [ -z "$(our_stepds)" ] && break
+        [ -z "$(our_stepds)" ] &&
+          [ -z "$(SLURM_CONF="$STATE/slurm.conf" timeout 5 squeue -h -t CG,R -o %A 2>/dev/null)" ] && break
         sleep 0.1
       done
     fi
   fi
-  # 2. The daemons, by pid file: SIGTERM, up to 10 s, then SIGKILL.
+  # 2. The daemons, by pid file, one after the other (slurmd first: it still reports to
+  #    slurmctld, which needs munged): SIGTERM, up to 10 s each, then SIGKILL.
   for d in $DAEMONS; do
-    if pid=$(live_pid "$d"); then
-      kill -TERM "$pid" 2>/dev/null
-      pids="$pids $d:$pid"
-    fi
-  done
-  for i in $(seq 1 100); do
-    alive=""
-    for e in $pids; do
-      [ -d "/proc/${e#*:}" ] && alive="$alive $e"
+    pid=$(live_pid "$d") || continue
+    kill -TERM "$pid" 2>/dev/null
+    pids="$pids $d:$pid"
+    for i in $(seq 1 100); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
     done
-    [ -z "$alive" ] && break
-    sleep 0.1
-  done
-  for e in $pids; do
-    pid=${e#*:}
     if [ -d "/proc/$pid" ]; then
-      log "${e%%:*} (pid $pid) ignored SIGTERM for 10s: SIGKILL"
+      log "$d (pid $pid) ignored SIGTERM for 10s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null
     fi
   done
