@@ -29,11 +29,12 @@ TRAIN_BUILD=${RN_TEST_BUILD:-$BUILD}                # holds rn-train and rn-ckpt
 TRAINER=$TRAIN_BUILD/rn-train
 CKPT_DIFF=$TRAIN_BUILD/rn-ckpt-diff                 # exit 0 iff parameters bitwise identical
 PRESET=${RN_TEST_PRESET:-fashion-mnist}
-TRAIN_ARGS=${RN_TEST_TRAIN_ARGS:-"--steps 60 --eval-every 0"}  # short run, same for both runs
+# Short run, same for both runs; a metrics line every step so progress is visible early.
+TRAIN_ARGS=${RN_TEST_TRAIN_ARGS:-"--steps 60 --eval-every 0 --log-every 1"}
 DATA=${RN_TEST_DATA:-$SRC/datasets/fashion-mnist}
 DATA_READY=train.manifest                           # $DATA is complete once this file exists
 PREPARE=$SRC/scripts/prepare-fashion-mnist.sh       # PREPARE BUILD DATA creates it otherwise
-CKPT_GLOB=${RN_TEST_CKPT_GLOB:-"*.h5"}              # checkpoint files in --out
+CKPT_GLOB=${RN_TEST_CKPT_GLOB:-"ckpt-*.h5"}         # checkpoint files in --out (ckpt-<step>.h5)
 METRICS=metrics.jsonl                               # one JSON line per logged step, in --out
 PROGRESS_LINES=${RN_TEST_PROGRESS_LINES:-3}         # preempt once this many metrics lines exist
 RESUMED_TEXT=${RN_TEST_RESUMED_TEXT:-"resumed from"}  # trainer log line after --resume auto
