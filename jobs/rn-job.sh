@@ -100,14 +100,18 @@ rn_job_main() {
   mkdir -p "$RN_OUT" || { rn_log "error: cannot create $RN_OUT"; return 2; }
 
   export OMP_NUM_THREADS=$threads
+  # RN_ARGS is split on whitespace, without glob expansion.
+  set -f
   # shellcheck disable=SC2206
   local args=(--preset "$RN_PRESET" --data "$RN_DATA" --out "$RN_OUT" --resume auto
               --threads "$threads" $RN_ARGS)
+  set +f
   local cmd
   case "$RN_LAUNCHER" in
     srun)
       # Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch; pass it again.
       # --kill-on-bad-exit=0: a rank that exits 75 must not kill the others mid-checkpoint.
+      # shellcheck disable=SC2206  # RN_SRUN_ARGS is split on purpose
       cmd=(srun --mpi=pmix --kill-on-bad-exit=0 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
            ${RN_SRUN_ARGS:-} "$train" "${args[@]}")
       ;;
@@ -118,6 +122,7 @@ rn_job_main() {
       # Open MPI reads the allocation from Slurm (hosts; slots per node = tasks per node) and
       # starts its daemons with srun; ranks fill each node's slots in order, like srun's block
       # distribution. No binding: each rank runs T threads (RN_MPIRUN_ARGS adds options).
+      # shellcheck disable=SC2206  # RN_MPIRUN_ARGS is split on purpose
       cmd=(mpirun -np "${SLURM_NTASKS:-1}" --bind-to none -x OMP_NUM_THREADS
            ${RN_MPIRUN_ARGS:-} "$train" "${args[@]}")
       ;;
