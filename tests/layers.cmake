@@ -2,4 +2,5 @@
 # backward against double-precision central differences of double reference forwards.
 rn_test(test_conv_ref LABELS unit ref TIMEOUT 120)
 rn_test(test_conv_ref LABELS unit ref TIMEOUT 120 TESTNAME test_conv_ref_1thread ARGS 1)
+rn_test(test_conv_ref LABELS unit ref TIMEOUT 120 TESTNAME test_conv_ref_seqchunks ARGS 2 0)
 rn_test(test_layers_fd LABELS unit ref TIMEOUT 120)

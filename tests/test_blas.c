@@ -1,5 +1,6 @@
 /* rn_sgemm against the naive reference: all transpose cases, narrow and wide shapes, the K-split
- * path (large K, 2 threads), beta 0/1, leading dimensions larger than the width. */
+ * path (large K, 2 threads), our own M/N split and BLIS's threading, the narrow-kernel rule at both
+ * extremes, beta 0/1, leading dimensions larger than the width. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +42,23 @@ int main(void) {
         one(ta, tb, 16, 27, 9000, (float)beta, 1); /* K split */
         one(ta, tb, 64, 64, 5000, (float)beta, 0); /* K split, scratch exactly reserved */
       }
+  /* Our own 2-thread split (along M, along N) and BLIS's threading, all transpose cases. */
+  for (int own = 1; own >= 0; own--) {
+    rn_blas_set_own_threading(own);
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        one(ta, tb, 301, 40, 200, 1.0f, 2); /* split M (quantum 16, ragged end) */
+        one(ta, tb, 40, 517, 150, 0.0f, 0); /* split N */
+        one(ta, tb, 16, 700, 400, 1.0f, 1); /* split N, narrow M */
+      }
+  }
+  rn_blas_set_own_threading(1);
+  /* The narrow-kernel rule at its extremes. */
+  rn_blas_set_narrow_rule(0, 0);
+  one(0, 1, 37, 16, 29, 1.0f, 0);
+  rn_blas_set_narrow_rule(1 << 30, 1 << 30);
+  one(0, 1, 64, 64, 300, 1.0f, 0);
+  rn_blas_set_narrow_rule(32, 32);
   for (int ks = 0; ks < 2; ks++) {
     rn_blas_set_tuning(ks, ks);
     one(1, 0, 16, 144, 20000, 1.0f, 0);

@@ -100,6 +100,8 @@ static void one(int cin, int cout, int k, int s, int p, int h, int w, int n, int
 int main(int argc, char **argv) {
   rn_err e;
   int threads = argc > 1 ? atoi(argv[1]) : 2;
+  int par = argc > 2 ? atoi(argv[2]) : 1; /* 1 = chunk-parallel structure, 0 = threaded GEMM per chunk */
+  rn_conv_set_parallel(par);
   if (rn_blas_init(NULL, threads, stderr, &e)) {
     fprintf(stderr, "%s\n", e.msg);
     return 1;
@@ -133,7 +135,6 @@ int main(int argc, char **argv) {
   one(48, 40, 3, 2, 1, 15, 15, 3, 0, 9), cases++;
   one(16, 64, 1, 2, 0, 14, 14, 4, 0, 10), cases++;
   one(32, 16, 1, 1, 0, 10, 10, 4, 0, 11), cases++;
-  rn_conv_set_chunk_rows(0);
 
   /* Bad shapes are refused with a message. */
   rn_conv_desc d;
@@ -143,6 +144,12 @@ int main(int argc, char **argv) {
   CHECK(rn_conv_desc_init(&d, 64, 64, 3, 3, 2, 1, 56, 56, &e) == RN_OK && d.oh == 28 && d.ow == 28,
         "56x56 3x3/2 pad 1 -> %dx%d", d.oh, d.ow);
 
+  /* Batches that do not divide among the threads, several chunks per thread (image-aligned
+   * backward partition). */
+  one(16, 16, 3, 1, 1, 8, 8, 3, 40, 12), cases++;
+  one(8, 24, 3, 2, 1, 9, 9, 3, 7, 13), cases++;
+  rn_conv_set_chunk_rows(0);
+  printf("test_conv_ref: structure %s; ", par ? "chunk-parallel" : "threaded GEMM per chunk");
   printf("test_conv_ref: %d shapes, %d threads; max rel err forward %.3g, dx %.3g, dw %.3g (tol %.0e)\n", cases,
          threads, g_max_fwd, g_max_dx, g_max_dw, TOL);
   return tu_done("test_conv_ref");

@@ -34,6 +34,17 @@ void rn_sgemm_serial(int transa, int transb, int M, int N, int K, float alpha, c
  * allocation happens inside a step). */
 void rn_blas_reserve(size_t mn);
 
+/* Who threads rn_sgemm (benchmarks' A/B): 1 (default) = our own OpenMP split of M, N or K into
+ * single-threaded BLIS calls (one fork/join per GEMM, libgomp's barriers, which sleep after a
+ * short spin); 0 = BLIS's own OpenMP threading (its barriers spin without yielding: a descheduled
+ * thread stalls the others). The environment variable RN_GEMM_PAR=0|1 sets the default. */
+void rn_blas_set_own_threading(int own);
+int rn_blas_own_threading(void);
+/* The per-shape kernel rule: the narrow set (rn_blas_narrow_arch) is used when N <= n_max or
+ * M <= m_max (and narrow kernels are on). Defaults come from tests/test_perf_gemm measurements
+ * (docs/PERF.md). Benchmarks may change them (0, 0 = main set only; INT_MAX = narrow set only). */
+void rn_blas_set_narrow_rule(int n_max, int m_max);
+void rn_blas_narrow_rule(int *n_max, int *m_max);
 /* Naive references for tests: plain triple loop in double accumulation. */
 void rn_ref_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);

@@ -47,6 +47,21 @@ void rn_im2col_rows(const rn_conv_desc *d, const float *x, int64_t m0, int rows,
  * visited; lines g >= fresh_from are overwritten instead (first chunk to reach them). */
 void rn_col2im_rows(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
                     int64_t g_begin, int64_t g_end, int64_t fresh_from);
+/* The same on the calling thread only (for use inside a parallel region). */
+void rn_im2col_rows_serial(const rn_conv_desc *d, const float *x, int64_t m0, int rows, float *col);
+void rn_col2im_rows_serial(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
+                           int64_t g_begin, int64_t g_end, int64_t fresh_from);
+/* Threading structure of the k x k path (benchmarks' A/B; default 1):
+ * 1 = one OpenMP region per call, each thread takes its own chunks (own im2col buffer in ws,
+ *     single-threaded GEMMs; backward: image-aligned chunks so dx lines are never shared, per-thread
+ *     partial dW summed at the end);
+ * 0 = chunks in sequence, each GEMM threaded by rn_sgemm (the earlier structure).
+ * The workspace (rn_conv_workspace) is planned for rn_blas_threads() threads at the time of the
+ * call: plan after rn_blas_init. Calls later use at most the smallest thread count any plan used
+ * (never more threads than the workspace holds buffers for). The environment variable
+ * RN_CONV_PAR=0|1 sets the default. */
+void rn_conv_set_parallel(int mode);
+int rn_conv_parallel(void);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
 void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
 void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -27,7 +27,7 @@ static int g_inited;
 static int g_threads = 1;
 static arch_t g_arch = BLIS_ARCH_GENERIC, g_narrow = BLIS_ARCH_GENERIC;
 static cntx_t *g_cntx, *g_cntx_narrow;
-static int g_use_narrow = 1, g_use_ksplit = 1;
+static int g_use_narrow = 1, g_use_ksplit = 1, g_own_threads = 1;
 static float *g_scratch;
 static size_t g_scratch_floats;
 
@@ -89,6 +89,8 @@ rn_status rn_blas_init(const char *override, int threads, FILE *log, rn_err *e) 
       }
     }
     g_inited = 1;
+    const char *gp = getenv("RN_GEMM_PAR");
+    if (gp && *gp) g_own_threads = atoi(gp) != 0;
     if (log) {
       fprintf(log, "BLIS kernels: %s (narrow GEMMs: %s), %d thread%s\n", arch_name(g_arch), arch_name(g_narrow),
               threads, threads == 1 ? "" : "s");
@@ -121,6 +123,9 @@ void rn_blas_set_tuning(int narrow_kernels, int ksplit) {
   g_use_ksplit = ksplit;
 }
 
+void rn_blas_set_own_threading(int own) { g_own_threads = own != 0; }
+int rn_blas_own_threading(void) { return g_own_threads; }
+
 void rn_blas_reserve(size_t mn) {
   size_t need = mn * (size_t)(g_threads > 1 ? g_threads - 1 : 1);
   if (need <= g_scratch_floats) return;
@@ -137,8 +142,13 @@ static void gemm_one(int transa, int transb, int M, int N, int K, float alpha, c
                &alpha, (float *)A, lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, cntx, &rntm);
 }
 
+static int g_narrow_n = 32, g_narrow_m = 32;
+
+void rn_blas_set_narrow_rule(int n_max, int m_max) { g_narrow_n = n_max, g_narrow_m = m_max; }
+void rn_blas_narrow_rule(int *n_max, int *m_max) { *n_max = g_narrow_n, *m_max = g_narrow_m; }
+
 static cntx_t *pick_cntx(int M, int N) {
-  if (g_use_narrow && (N <= 32 || M <= 32)) return g_cntx_narrow;
+  if (g_use_narrow && (N <= g_narrow_n || M <= g_narrow_m)) return g_cntx_narrow;
   return g_cntx;
 }
 
@@ -186,7 +196,42 @@ void rn_sgemm(int transa, int transb, int M, int N, int K, float alpha, const fl
     }
     return;
   }
-  gemm_one(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, cntx, T);
+  if (T == 1 || !g_own_threads) {
+    gemm_one(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, cntx, T);
+    return;
+  }
+  /* Our own split into single-threaded GEMMs: along M (rows of C, multiples of 16) when it is
+   * large enough, else along N; tiny products run on the calling thread. */
+  double flops = 2.0 * M * N * K;
+  if (flops < 4e6) {
+    gemm_one(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, cntx, 1);
+    return;
+  }
+  int splitm = M >= 32 * T || M >= N;
+  int D = splitm ? M : N;
+  if (D < 2 * T) {
+    gemm_one(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, cntx, 1);
+    return;
+  }
+#pragma omp parallel num_threads(T)
+  {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int q = D / 16 >= nt ? 16 : 1; /* block quantum */
+    int nb = (D + q - 1) / q;
+    int b0 = (int)((int64_t)nb * t / nt), b1 = (int)((int64_t)nb * (t + 1) / nt);
+    int i0 = b0 * q, i1 = b1 * q < D ? b1 * q : D;
+    if (i1 > i0) {
+      if (splitm) {
+        const float *At = transa ? A + i0 : A + (size_t)i0 * lda;
+        gemm_one(transa, transb, i1 - i0, N, K, alpha, At, lda, B, ldb, beta, C + (size_t)i0 * ldc, ldc,
+                 pick_cntx(i1 - i0, N), 1);
+      } else {
+        const float *Bt = transb ? B + (size_t)i0 * ldb : B + i0;
+        gemm_one(transa, transb, M, i1 - i0, K, alpha, A, lda, Bt, ldb, beta, C + i0, ldc, pick_cntx(M, i1 - i0),
+                 1);
+      }
+    }
+  }
 }
 
 void rn_ref_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

@@ -21,14 +21,13 @@ static int nthreads_for(size_t work) {
   return work < PAR_MIN_FLOATS ? 1 : (t < 1 ? 1 : t);
 }
 
-void rn_im2col_rows(const rn_conv_desc *d, const float *x, int64_t m0, int rows, float *col) {
+/* One column row r (output pixel m0 + r). */
+static inline void im2col_row(const rn_conv_desc *d, const float *x, int64_t m0, int r, float *col) {
   const int cin = d->cin, kh = d->kh, kw = d->kw, s = d->stride, p = d->pad;
   const int h = d->h, w = d->w, oh = d->oh, ow = d->ow;
   const size_t K = (size_t)kh * kw * cin, rowk = (size_t)kw * cin;
   const int64_t ohw = (int64_t)oh * ow;
-  const int T = nthreads_for((size_t)rows * K);
-#pragma omp parallel for num_threads(T) schedule(static)
-  for (int r = 0; r < rows; r++) {
+  {
     int64_t m = m0 + r;
     int64_t img = m / ohw;
     int rem = (int)(m - img * ohw);
@@ -53,16 +52,25 @@ void rn_im2col_rows(const rn_conv_desc *d, const float *x, int64_t m0, int rows,
   }
 }
 
-void rn_col2im_rows(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
-                    int64_t g_begin, int64_t g_end, int64_t fresh_from) {
+void rn_im2col_rows(const rn_conv_desc *d, const float *x, int64_t m0, int rows, float *col) {
+  const size_t K = (size_t)d->kh * d->kw * d->cin;
+  const int T = nthreads_for((size_t)rows * K);
+#pragma omp parallel for num_threads(T) schedule(static)
+  for (int r = 0; r < rows; r++) im2col_row(d, x, m0, r, col);
+}
+
+void rn_im2col_rows_serial(const rn_conv_desc *d, const float *x, int64_t m0, int rows, float *col) {
+  for (int r = 0; r < rows; r++) im2col_row(d, x, m0, r, col);
+}
+
+/* One input line g of dx. */
+static inline void col2im_line(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
+                               int64_t g, int64_t fresh_from) {
   const int cin = d->cin, kh = d->kh, kw = d->kw, s = d->stride, p = d->pad;
   const int h = d->h, w = d->w, oh = d->oh, ow = d->ow;
   const size_t K = (size_t)kh * kw * cin;
   const int64_t m1 = m0 + rows;
-  if (g_end <= g_begin) return;
-  const int T = nthreads_for((size_t)(g_end - g_begin) * w * cin * (size_t)(kh * kw > 1 ? 2 : 1));
-#pragma omp parallel for num_threads(T) schedule(static)
-  for (int64_t g = g_begin; g < g_end; g++) {
+  {
     int64_t img = g / h;
     int iy = (int)(g - img * h);
     float *dl = dx + (size_t)g * w * cin;
@@ -99,4 +107,17 @@ void rn_col2im_rows(const rn_conv_desc *d, const float *dcol, int64_t m0, int ro
       }
     }
   }
+}
+
+void rn_col2im_rows(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
+                    int64_t g_begin, int64_t g_end, int64_t fresh_from) {
+  if (g_end <= g_begin) return;
+  const int T = nthreads_for((size_t)(g_end - g_begin) * d->w * d->cin * (size_t)(d->kh * d->kw > 1 ? 2 : 1));
+#pragma omp parallel for num_threads(T) schedule(static)
+  for (int64_t g = g_begin; g < g_end; g++) col2im_line(d, dcol, m0, rows, dx, g, fresh_from);
+}
+
+void rn_col2im_rows_serial(const rn_conv_desc *d, const float *dcol, int64_t m0, int rows, float *dx,
+                           int64_t g_begin, int64_t g_end, int64_t fresh_from) {
+  for (int64_t g = g_begin; g < g_end; g++) col2im_line(d, dcol, m0, rows, dx, g, fresh_from);
 }

@@ -12,6 +12,8 @@
  * dcol for dx. With acc = 0, dx lines are overwritten by the first chunk that reaches them (no
  * separate zeroing pass, except for lines no output reads). */
 #include <limits.h>
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rn/kernels.h"
@@ -21,8 +23,26 @@
 #define CHUNK_MIN_ROWS 256
 
 static int g_chunk_rows; /* 0 = automatic */
+static int g_par = -1;    /* -1 = not yet read from RN_CONV_PAR */
+static int g_plan_threads; /* smallest thread count a workspace was planned for (0 = none yet) */
 
 void rn_conv_set_chunk_rows(int rows) { g_chunk_rows = rows > 0 ? rows : 0; }
+
+int rn_conv_parallel(void) {
+  if (g_par < 0) {
+    const char *e = getenv("RN_CONV_PAR");
+    g_par = e && *e ? atoi(e) != 0 : 1;
+  }
+  return g_par;
+}
+void rn_conv_set_parallel(int mode) { g_par = mode != 0; }
+
+/* Threads the chunk-parallel path may use: never more than the workspace was planned for. */
+static int conv_threads(void) {
+  int t = rn_blas_threads();
+  if (g_plan_threads > 0 && g_plan_threads < t) t = g_plan_threads;
+  return t < 1 ? 1 : t;
+}
 
 rn_status rn_conv_desc_init(rn_conv_desc *d, int cin, int cout, int kh, int kw, int stride, int pad, int h,
                             int w, rn_err *e) {
@@ -62,13 +82,29 @@ int rn_conv_chunk_rows(const rn_conv_desc *d, int n) {
   return (int)r;
 }
 
+/* Floats of one thread's column buffer, rounded to whole cache lines. + one row of slack: BLIS
+ * 0.9's haswell/zen3 "rd" sup kernels (used for narrow GEMMs) read up to one row past the end of
+ * A (values unused). Without it a chunk ending at a page boundary could fault (seen under ASan
+ * with M % 3 == 1, transb = 1). */
+static size_t col_floats(const rn_conv_desc *d, int n) {
+  size_t K = (size_t)d->kh * d->kw * d->cin;
+  return (((size_t)rn_conv_chunk_rows(d, n) + 1) * K + 16 + 15) & ~(size_t)15;
+}
+
+/* Layout of ws on the chunk-parallel path with T threads: T column buffers, then T-1 partial dW
+ * [cout][K] (thread 0 accumulates into dw itself). */
+static size_t par_workspace(const rn_conv_desc *d, int n, int T) {
+  size_t K = (size_t)d->kh * d->kw * d->cin;
+  return (size_t)T * col_floats(d, n) + (size_t)(T - 1) * d->cout * K;
+}
+
 size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   if (pointwise(d)) return 0;
-  /* + one row of slack: BLIS 0.9's haswell/zen3 "rd" sup kernels (used for narrow GEMMs) read up
-   * to one row past the end of A (values unused). Without it a chunk ending at a page boundary
-   * could fault (seen under ASan with M % 3 == 1, transb = 1). */
-  size_t K = (size_t)d->kh * d->kw * d->cin;
-  return ((size_t)rn_conv_chunk_rows(d, n) + 1) * K + 16;
+  int t = rn_blas_threads();
+  if (t < 1) t = 1;
+  if (g_plan_threads == 0 || t < g_plan_threads) g_plan_threads = t;
+  size_t a = col_floats(d, n), b = par_workspace(d, n, t);
+  return a > b ? a : b;
 }
 
 void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws) {
@@ -82,6 +118,23 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
   }
   RN_ASSERT(ws != NULL);
   const int R = rn_conv_chunk_rows(d, n);
+  int T = conv_threads();
+  if (T > 1 && rn_conv_parallel() && M >= 2 * 16) {
+    /* Each thread: a contiguous range of output rows, in chunks of R, its own column buffer. */
+    const size_t cf = col_floats(d, n);
+#pragma omp parallel num_threads(T)
+    {
+      int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      int64_t r0 = M * t / nt, r1 = M * (t + 1) / nt;
+      float *col = ws + (size_t)t * cf;
+      for (int64_t m0 = r0; m0 < r1; m0 += R) {
+        int rows = (int)(r1 - m0 < R ? r1 - m0 : R);
+        rn_im2col_rows_serial(d, x, m0, rows, col);
+        rn_sgemm_serial(0, 1, rows, cout, K, 1.0f, col, K, w, K, 0.0f, y + (size_t)m0 * cout, cout);
+      }
+    }
+    return;
+  }
   for (int64_t m0 = 0; m0 < M; m0 += R) {
     int rows = (int)(M - m0 < R ? M - m0 : R);
     rn_im2col_rows(d, x, m0, rows, ws);
@@ -99,6 +152,72 @@ static void zero_lines(const rn_conv_desc *d, float *dx, int64_t g0, int64_t g1)
   for (int64_t g = g0; g < g1; g++) memset(dx + (size_t)g * line, 0, line * sizeof(float));
 }
 
+/* Input lines [g_lo, g_hi) that output rows m0 .. m0+rows-1 read. */
+static void chunk_lines(const rn_conv_desc *d, int64_t m0, int rows, int64_t *g_lo, int64_t *g_hi) {
+  int64_t L0 = m0 / d->ow, L1 = (m0 + rows - 1) / d->ow;
+  int64_t i0 = L0 / d->oh, oy0 = L0 % d->oh, i1 = L1 / d->oh, oy1 = L1 % d->oh;
+  *g_lo = i0 * d->h + clamp64(oy0 * d->stride - d->pad, 0, d->h);
+  *g_hi = i1 * d->h + clamp64(oy1 * d->stride - d->pad + d->kh, 0, d->h);
+}
+
+/* Chunk-parallel backward: thread t owns images [n*t/T, n*(t+1)/T) (so the dx lines it writes are
+ * its own), walks their output rows in chunks of R: im2col -> partial dW (thread 0: dw itself,
+ * others: their buffer in ws), then dcol = dy*W in the same buffer -> col2im. The partial dW are
+ * summed into dw at the end (fixed order: deterministic for a given thread count). */
+static void backward_par(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
+                         int acc, float *dw, float *ws, int R, int T) {
+  const int K = d->kh * d->kw * d->cin, cout = d->cout;
+  const int64_t ohw = (int64_t)d->oh * d->ow;
+  const size_t cf = col_floats(d, n), nw = (size_t)cout * K;
+  float *part = ws + (size_t)T * cf;
+#pragma omp parallel num_threads(T)
+  {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t i0 = (int64_t)n * t / nt, i1 = (int64_t)n * (t + 1) / nt;
+    int64_t r0 = i0 * ohw, r1 = i1 * ohw;
+    float *col = ws + (size_t)t * cf;
+    float *dwt = t == 0 ? dw : part + (size_t)(t - 1) * nw;
+    float beta = t == 0 ? 1.0f : 0.0f;
+    int64_t done = i0 * d->h; /* acc = 0: own lines [i0*h, done) hold their first contribution */
+    for (int64_t m0 = r0; m0 < r1; m0 += R) {
+      int rows = (int)(r1 - m0 < R ? r1 - m0 : R);
+      const float *dyc = dy + (size_t)m0 * cout;
+      if (dw) {
+        rn_im2col_rows_serial(d, x, m0, rows, col);
+        rn_sgemm_serial(1, 0, cout, K, rows, 1.0f, dyc, cout, col, K, beta, dwt, K);
+        beta = 1.0f;
+      }
+      if (dx) {
+        rn_sgemm_serial(0, 0, rows, K, cout, 1.0f, dyc, cout, w, K, 0.0f, col, K);
+        int64_t g_lo, g_hi;
+        chunk_lines(d, m0, rows, &g_lo, &g_hi);
+        if (acc) {
+          rn_col2im_rows_serial(d, col, m0, rows, dx, g_lo, g_hi, INT64_MAX);
+        } else {
+          int64_t b = g_lo < done ? g_lo : done, e = g_hi > done ? g_hi : done;
+          rn_col2im_rows_serial(d, col, m0, rows, dx, b, e, done);
+          done = e;
+        }
+      }
+    }
+    if (dx && !acc && done < i1 * d->h) {
+      size_t line = (size_t)d->w * d->cin;
+      memset(dx + (size_t)done * line, 0, (size_t)(i1 * d->h - done) * line * sizeof(float));
+    }
+    if (dw) {
+      if (t > 0 && beta == 0.0f) memset(dwt, 0, nw * sizeof(float)); /* no rows (cannot happen: T <= n) */
+#pragma omp barrier
+      /* dw += sum of the partials, split across threads by rows of dw. */
+      size_t j0 = nw * (size_t)t / (size_t)nt, j1 = nw * (size_t)(t + 1) / (size_t)nt;
+      for (int u = 1; u < nt; u++) {
+        const float *p = part + (size_t)(u - 1) * nw;
+#pragma omp simd
+        for (size_t j = j0; j < j1; j++) dw[j] += p[j];
+      }
+    }
+  }
+}
+
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
                       int acc, float *dw, float *ws) {
   const int64_t M = (int64_t)n * d->oh * d->ow;
@@ -113,6 +232,12 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
   if (!dw && !dx) return;
   RN_ASSERT(ws != NULL);
   const int R = rn_conv_chunk_rows(d, n);
+  int T = conv_threads();
+  if (T > n) T = n;
+  if (T > 1 && rn_conv_parallel()) {
+    backward_par(d, n, x, w, dy, dx, acc, dw, ws, R, T);
+    return;
+  }
   const int64_t hlines = (int64_t)n * d->h;
   int64_t done = 0; /* acc = 0: input lines [0, done) already hold their first contribution */
   for (int64_t m0 = 0; m0 < M; m0 += R) {
@@ -125,10 +250,8 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
     if (dx) {
       rn_sgemm(0, 0, rows, K, cout, 1.0f, dyc, cout, w, K, 0.0f, ws, K);
       /* Input lines read by output lines L0..L1 of this chunk. */
-      int64_t L0 = m0 / d->ow, L1 = (m0 + rows - 1) / d->ow;
-      int64_t i0 = L0 / d->oh, oy0 = L0 % d->oh, i1 = L1 / d->oh, oy1 = L1 % d->oh;
-      int64_t g_lo = i0 * d->h + clamp64(oy0 * d->stride - d->pad, 0, d->h);
-      int64_t g_hi = i1 * d->h + clamp64(oy1 * d->stride - d->pad + d->kh, 0, d->h);
+      int64_t g_lo, g_hi;
+      chunk_lines(d, m0, rows, &g_lo, &g_hi);
       if (acc) {
         rn_col2im_rows(d, ws, m0, rows, dx, g_lo, g_hi, INT64_MAX);
       } else {
