@@ -4,3 +4,5 @@ rn_test(test_conv_ref LABELS unit ref TIMEOUT 120)
 rn_test(test_conv_ref LABELS unit ref TIMEOUT 120 TESTNAME test_conv_ref_1thread ARGS 1)
 rn_test(test_conv_ref LABELS unit ref TIMEOUT 120 TESTNAME test_conv_ref_seqchunks ARGS 2 0)
 rn_test(test_layers_fd LABELS unit ref TIMEOUT 120)
+# Direct AVX-512 convolution (stride 1, channels multiples of 16) against the naive reference.
+rn_test(test_conv_direct LABELS unit ref TIMEOUT 120)

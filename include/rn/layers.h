@@ -62,6 +62,20 @@ void rn_col2im_rows_serial(const rn_conv_desc *d, const float *dcol, int64_t m0,
  * RN_CONV_PAR=0|1 sets the default. */
 void rn_conv_set_parallel(int mode);
 int rn_conv_parallel(void);
+/* Direct AVX-512 convolution (src/kernels/conv_direct.c) for stride 1, cin and cout multiples of 16,
+ * kernel up to 7x7 (not 1x1), pad < kernel: no im2col; threads own whole images. rn_conv_forward
+ * and rn_conv_backward use it for such shapes when enabled (default on with AVX-512; the
+ * environment variable RN_CONV_DIRECT=0|1 or rn_conv_set_direct sets it). Workspace:
+ * rn_conv_direct_workspace floats (rn_conv_workspace includes it for such shapes). */
+void rn_conv_set_direct(int on);
+int rn_conv_direct_enabled(void);
+int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch) */
+int rn_conv_direct_ok(const rn_conv_desc *d);    /* shape qualifies and the path is enabled */
+size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
+void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                            int threads);
+void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                             float *dx, int acc, float *dw, float *ws, int threads);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
 void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
 void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

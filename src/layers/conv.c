@@ -104,7 +104,12 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   if (t < 1) t = 1;
   if (g_plan_threads == 0 || t < g_plan_threads) g_plan_threads = t;
   size_t a = col_floats(d, n), b = par_workspace(d, n, t);
-  return a > b ? a : b;
+  if (b > a) a = b;
+  if (rn_conv_direct_shape(d)) {
+    b = rn_conv_direct_workspace(d, n, t);
+    if (b > a) a = b;
+  }
+  return a;
 }
 
 void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws) {
@@ -117,6 +122,10 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
     return;
   }
   RN_ASSERT(ws != NULL);
+  if (rn_conv_direct_ok(d)) {
+    rn_conv_direct_forward(d, n, x, w, y, ws, conv_threads());
+    return;
+  }
   const int R = rn_conv_chunk_rows(d, n);
   int T = conv_threads();
   if (T > 1 && rn_conv_parallel() && M >= 2 * 16) {
@@ -231,6 +240,10 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
   }
   if (!dw && !dx) return;
   RN_ASSERT(ws != NULL);
+  if (rn_conv_direct_ok(d)) {
+    rn_conv_direct_backward(d, n, x, w, dy, dx, acc, dw, ws, conv_threads());
+    return;
+  }
   const int R = rn_conv_chunk_rows(d, n);
   int T = conv_threads();
   if (T > n) T = n;
