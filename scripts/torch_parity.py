@@ -8,7 +8,7 @@ training logits, loss, every parameter gradient, updated BN running statistics a
 Prints the max relative error (max|ours - torch| / max|torch|) per quantity; exits 1 above the
 tolerance (default 1e-3).
 
-usage: torch_parity.py FILE.h5 [--tol 1e-3] [--threads 2]
+usage: torch_parity.py FILE.h5 [--tol 1e-3] [--envelope 3] [--threads 2]
 """
 import argparse
 import re
@@ -100,6 +100,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("file")
     ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--envelope", type=float, default=3.0,
+                    help="an ill-conditioned gradient tensor also passes within this multiple of PyTorch "
+                         "float32's own error against float64")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -153,7 +156,7 @@ def main():
         worst_t32 = max(worst_t32, e32)
         if e > a.tol:
             n_env += 1
-            worst_excess = max(worst_excess, e / max(3 * e32, 1e-30))
+            worst_excess = max(worst_excess, e / max(a.envelope * e32, 1e-30))
         if e > worst_g or worst_name == "":
             worst_g, worst_name = e, name
     if ng != len(f["grad"]):
@@ -161,7 +164,7 @@ def main():
         return 1
     print("  %-52s max rel err %.3e  (PyTorch float32: %.3e)" % ("gradients (%d tensors, worst %s)" % (ng, worst_name),
                                                                    worst_g, worst_t32))
-    results.append(("gradients: %d tensors beyond tol, worst ours/(3 x torch32)" % n_env,
+    results.append(("gradients: %d tensors beyond tol, worst ours/(%g x torch32)" % (n_env, a.envelope),
                     worst_excess * a.tol))
     # relative to the whole gradient vector: the figure that matters for an SGD step
     num = max(float(np.abs(np.array(f["grad"][n]) - p.grad.numpy()).max()) for n, p in model.named_parameters())
