@@ -32,7 +32,8 @@ static const preset k_presets[] = {
      {"model=cifar-resnet20", "data=datasets/fashion-mnist", "val-split=test", "aug=cifar", "batch=128",
       "lr=0.1", "schedule=step-epoch", "milestones=15,25", "epochs=30", "out=checkpoints/fashion-mnist-full", NULL}},
 #define CIFAR_PRESET(n, extra1, extra2)                                                                     \
-  {"cifar10-resnet" #n, "He et al. CIFAR-10 ResNet-" #n ": batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k", \
+  {"cifar10-resnet" #n, "He et al. CIFAR-10 ResNet-" #n ": batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k" \
+                        " (ResNet-110: lr 0.01 until training error < 80%)",                                \
    {"model=cifar-resnet" #n, "data=datasets/cifar10", "val-split=test", "aug=cifar", "batch=128", "lr=0.1",      \
     "schedule=step-iter", "milestones=32000,48000", "steps=64000", "wd=0.0001", "momentum=0.9",                   \
     "out=checkpoints/cifar10-resnet" #n, extra1, extra2, NULL}}

@@ -1,0 +1,1 @@
+rn_test(test_optim_config LABELS unit)
