@@ -71,6 +71,8 @@ void rn_conv_set_direct(int on);
 int rn_conv_direct_enabled(void);
 int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch) */
 int rn_conv_direct_ok(const rn_conv_desc *d);    /* shape qualifies and the path is enabled */
+/* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
+void rn_conv_set_direct_max_channels(int c);
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                             int threads);

@@ -38,9 +38,13 @@ int rn_conv_direct_enabled(void) {
   return g_direct && __builtin_cpu_supports("avx512f");
 }
 
+static int g_direct_max_c = 1 << 20;
+void rn_conv_set_direct_max_channels(int c) { g_direct_max_c = c; }
+
 int rn_conv_direct_shape(const rn_conv_desc *d) {
-  return d->stride == 1 && d->cin % 16 == 0 && d->cout % 16 == 0 && d->pad < d->kh && d->pad < d->kw &&
-         d->kh <= 7 && d->kw <= 7 && !(d->kh == 1 && d->kw == 1);
+  return d->stride == 1 && d->cin % 16 == 0 && d->cout % 16 == 0 && d->cin <= g_direct_max_c &&
+         d->cout <= g_direct_max_c && d->pad < d->kh && d->pad < d->kw && d->kh <= 7 && d->kw <= 7 &&
+         !(d->kh == 1 && d->kw == 1);
 }
 int rn_conv_direct_ok(const rn_conv_desc *d) { return rn_conv_direct_enabled() && rn_conv_direct_shape(d); }
 
@@ -81,10 +85,16 @@ static void pad_image(const float *img, int hi, int wi, int c, int py, int px, f
 AI void tile(const float *xp, int wp, const int C, int kh, int kw, const float *wt, int Co, int oy, int ox0,
              int cb0, float *yl, int acc, const int NB, const int NC) {
   __m512 a[16];
+  /* Partial sums over one kernel row (one tap when C*kw is large) are added into y: shorter
+   * float accumulation chains (accuracy close to BLIS's) for the price of a few loads/stores. */
+  const int per_tap = C * kw > 256;
+  int first = !acc;
   for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
   for (int ky = 0; ky < kh; ky++) {
     const float *row = xp + ((size_t)(oy + ky) * wp + ox0) * C;
     for (int kx = 0; kx < kw; kx++) {
+      if ((kx == 0 && ky > 0) || (per_tap && kx > 0))
+        for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
       const float *r = row + (size_t)kx * C;
       const float *wk = wt + (size_t)(ky * kw + kx) * C * Co + (size_t)cb0 * 16;
       for (int ci = 0; ci < C; ci++, r++, wk += Co) {
@@ -95,15 +105,18 @@ AI void tile(const float *xp, int wp, const int C, int kh, int kw, const float *
           if (NC > 1) a[j * NC + 1] = _mm512_fmadd_ps(xv, w1, a[j * NC + 1]);
         }
       }
+      if (kx == kw - 1 || per_tap) {
+        for (int j = 0; j < NB; j++)
+          for (int c = 0; c < NC; c++) {
+            float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
+            __m512 v = a[j * NC + c];
+            if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
+            _mm512_storeu_ps(o, v);
+          }
+        first = 0;
+      }
     }
   }
-  for (int j = 0; j < NB; j++)
-    for (int c = 0; c < NC; c++) {
-      float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
-      __m512 v = a[j * NC + c];
-      if (acc) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
-      _mm512_storeu_ps(o, v);
-    }
 }
 
 /* One output line: all pixels, all channel blocks. */
@@ -172,17 +185,24 @@ static void dw_block(const float *xp, int wp, int C, const float *dyi, int Co, i
                      int cb, int co0, float *dwt, int K, int kw) {
   __m512 a[16];
   const size_t off = (size_t)(ky * kw + kx) * C + (size_t)cb * 16;
-  for (int j = 0; j < 16; j++) a[j] = _mm512_loadu_ps(dwt + (size_t)(co0 + j) * K + off);
-  for (int oy = 0; oy < oh; oy++) {
-    const float *xr = xp + ((size_t)(oy + ky) * wp + kx) * C + (size_t)cb * 16;
-    const float *dr = dyi + (size_t)oy * ow * Co + co0;
-    for (int ox = 0; ox < ow; ox++) {
-      __m512 xv = _mm512_loadu_ps(xr + (size_t)ox * C);
-      const float *g = dr + (size_t)ox * Co;
-      for (int j = 0; j < 16; j++) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(g[j]), xv, a[j]);
+  /* Partial sums over groups of lines (>= 256 pixels) are added into dW: shorter float chains. */
+  const int lines = ow >= 256 ? 1 : 256 / ow;
+  for (int oy0 = 0; oy0 < oh; oy0 += lines) {
+    for (int j = 0; j < 16; j++) a[j] = _mm512_setzero_ps();
+    for (int oy = oy0; oy < oy0 + lines && oy < oh; oy++) {
+      const float *xr = xp + ((size_t)(oy + ky) * wp + kx) * C + (size_t)cb * 16;
+      const float *dr = dyi + (size_t)oy * ow * Co + co0;
+      for (int ox = 0; ox < ow; ox++) {
+        __m512 xv = _mm512_loadu_ps(xr + (size_t)ox * C);
+        const float *g = dr + (size_t)ox * Co;
+        for (int j = 0; j < 16; j++) a[j] = _mm512_fmadd_ps(_mm512_set1_ps(g[j]), xv, a[j]);
+      }
+    }
+    for (int j = 0; j < 16; j++) {
+      float *o = dwt + (size_t)(co0 + j) * K + off;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a[j]));
     }
   }
-  for (int j = 0; j < 16; j++) _mm512_storeu_ps(dwt + (size_t)(co0 + j) * K + off, a[j]);
 }
 
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
@@ -236,6 +256,7 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
 #else /* no AVX-512 at compile time: the direct path is never chosen */
 
 void rn_conv_set_direct(int on) { (void)on; }
+void rn_conv_set_direct_max_channels(int c) { (void)c; }
 int rn_conv_direct_enabled(void) { return 0; }
 int rn_conv_direct_ok(const rn_conv_desc *d) {
   (void)d;
