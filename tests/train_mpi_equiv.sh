@@ -31,4 +31,10 @@ if "$PY" "$SRC/tests/train_compare.py" "$(latest_ckpt "$WORK/nctl")" "$(latest_c
 else
   ok "negative control (--bn-eval 0 differs): $(cat "$WORK/nctl.txt")"
 fi
+# Synchronised BN: batch statistics over the global batch, so P ranks equal 1 rank again even with
+# batch-statistics BN (the case the negative control shows to differ without it).
+for np in 2 4; do
+  train_ok $np "$WORK/sync$np.log" "${EQ[@]}" --bn-eval 0 --sync-bn 1 --out "$WORK/sync$np" --check-replicas-every 1
+  close_ckpt "$(latest_ckpt "$WORK/sync$np")" "$(latest_ckpt "$WORK/nref")" $TOL "P=$np synchronised BN vs 1 rank"
+done
 finish

@@ -17,6 +17,7 @@
   X("zero-init-residual", zero_init_residual, B, "0", "last BN gamma of each residual branch = 0")      \
   X("width", width, I, "0", "first-stage width (0 = standard: 16 CIFAR, 64 ImageNet); small for tests") \
   X("bn-eval", bn_eval, B, "0", "BN uses running statistics also in training (equivalence tests)")     \
+  X("sync-bn", sync_bn, B, "0", "synchronised BN: batch statistics over the global batch (all ranks)")  \
   X("data", data, S, "datasets/fashion-mnist", "data set directory (HDF5 shards)")                    \
   X("train-split", train_split, S, "train", "training split name")                                     \
   X("val-split", val_split, S, "test", "validation split name (empty: no validation)")                 \

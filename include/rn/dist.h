@@ -31,6 +31,9 @@ uint64_t rn_dist_param_checksum(const rn_model *m);
 rn_status rn_dist_check_replicas(const rn_dist *d, const rn_model *m, const char *when, rn_err *e);
 /* Averages BN running statistics across ranks (before evaluation and checkpoints). */
 void rn_dist_average_buffers(const rn_dist *d, rn_model *m);
+/* Synchronised BN's reduction (an rn_bn_reduce_fn; ctx = the rn_dist): in-place sum over ranks on a
+ * communicator of its own. */
+void rn_dist_bn_sum(void *ctx, double *v, int n);
 /* In-place sum of a small double vector over ranks. */
 void rn_dist_sum(const rn_dist *d, double *v, int n);
 void rn_dist_max(const rn_dist *d, double *v, int n);

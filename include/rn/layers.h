@@ -97,6 +97,12 @@ void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const f
 /* Eval: running statistics. */
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                         const float *beta, const float *run_mean, const float *run_var, float *y);
+/* Synchronised BN (an option of data-parallel training): when fn is set, the training-mode forward
+ * and backward sum their per-channel statistics (and row counts) over all ranks through
+ * fn(ctx, v, n) (an in-place sum of n doubles, provided by the dist module), so every rank
+ * normalises with the statistics of the global batch. NULL turns it off. */
+typedef void (*rn_bn_reduce_fn)(void *ctx, double *v, int n);
+void rn_bn_set_sync(rn_bn_reduce_fn fn, void *ctx);
 /* Backward of the training forward (save from it). */
 void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                           const float *save, const float *dy, float *dx, int acc, float *dgamma,

@@ -19,6 +19,8 @@
   } while (0)
 
 static int g_thread_multiple;
+static MPI_Comm g_bn_comm = MPI_COMM_NULL; /* synchronised BN: its own communicator, so its blocking
+                                             allreduces never interleave with the gradient buckets */
 
 rn_status rn_dist_init(int *argc, char ***argv, rn_dist *d, rn_err *e) {
   int provided = 0, inited = 0;
@@ -35,13 +37,21 @@ rn_status rn_dist_init(int *argc, char ***argv, rn_dist *d, rn_err *e) {
   MPI_Comm_rank(local, &d->local_rank);
   MPI_Comm_size(local, &d->local_size);
   MPI_Comm_free(&local);
+  if (g_bn_comm == MPI_COMM_NULL) MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &g_bn_comm));
   return RN_OK;
+}
+
+void rn_dist_bn_sum(void *ctx, double *v, int n) {
+  const rn_dist *d = ctx;
+  if (d->size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, g_bn_comm));
 }
 
 void rn_dist_finalize(void) {
   int fin = 0;
   MPI_Finalized(&fin);
-  if (!fin) MPI_Finalize();
+  if (fin) return;
+  if (g_bn_comm != MPI_COMM_NULL) MPI_Comm_free(&g_bn_comm);
+  MPI_Finalize();
 }
 
 void rn_dist_abort(const rn_dist *d, int code, const char *msg) {

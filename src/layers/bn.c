@@ -57,6 +57,27 @@ static void channel_sums(int c, int64_t m, const float *a, const float *b, const
     for (int j = 0; j < c; j++) s1[j] += part[g][0][j], s2[j] += part[g][1][j];
 }
 
+/* Synchronised BN: when set, training-mode statistics are summed over all ranks. */
+static rn_bn_reduce_fn g_sync_fn;
+static void *g_sync_ctx;
+void rn_bn_set_sync(rn_bn_reduce_fn fn, void *ctx) {
+  g_sync_fn = fn;
+  g_sync_ctx = ctx;
+}
+
+/* Sums (a[c], b[c], count) over ranks in place; returns the total count. */
+static double sync_sums(int c, double *a, double *b, int64_t m) {
+  if (!g_sync_fn) return (double)m;
+  double buf[2 * c + 1];
+  memcpy(buf, a, sizeof(double) * (size_t)c);
+  memcpy(buf + c, b, sizeof(double) * (size_t)c);
+  buf[2 * c] = (double)m;
+  g_sync_fn(g_sync_ctx, buf, 2 * c + 1);
+  memcpy(a, buf, sizeof(double) * (size_t)c);
+  memcpy(b, buf + c, sizeof(double) * (size_t)c);
+  return buf[2 * c];
+}
+
 /* y = x*sc + sh per channel (y may alias x). */
 static void affine(int c, int64_t m, const float *x, const float *sc, const float *sh, float *y) {
   const int T = nthreads_for(m * c);
@@ -74,14 +95,15 @@ void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const f
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
   double s1[c], s2[c];
   channel_sums(c, m, x, NULL, NULL, s1, s2);
+  const double M = sync_sums(c, s1, s2, m); /* rows over all ranks with synchronised BN */
   float sc[c], sh[c];
   const double mom = d->momentum;
   for (int j = 0; j < c; j++) {
-    double mean = s1[j] / (double)m;
-    double var = s2[j] / (double)m - mean * mean;
+    double mean = s1[j] / M;
+    double var = s2[j] / M - mean * mean;
     if (var < 0) var = 0;
     double invstd = 1.0 / sqrt(var + (double)d->eps);
-    double unb = m > 1 ? var * (double)m / (double)(m - 1) : var;
+    double unb = M > 1 ? var * M / (M - 1) : var;
     save[j] = (float)mean;
     save[c + j] = (float)invstd;
     run_mean[j] = (float)((1.0 - mom) * run_mean[j] + mom * mean);
@@ -127,18 +149,22 @@ void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const 
   double mean[c], sdy[c], sdyx[c];
   for (int j = 0; j < c; j++) mean[j] = save[j];
   channel_sums(c, m, dy, x, mean, sdy, sdyx); /* sdy = sum dy, sdyx = sum dy*(x-mean) */
+  for (int j = 0; j < c; j++) {
+    /* dL/dgamma, dL/dbeta of this rank's batch (averaged over ranks with the other gradients) */
+    if (dgamma) dgamma[j] += (float)(sdyx[j] * save[c + j]);
+    if (dbeta) dbeta[j] += (float)sdy[j];
+  }
+  const double M = sync_sums(c, sdy, sdyx, m); /* synchronised BN: dx needs the sums over all rows */
   float a[c], b[c], k[c];
   for (int j = 0; j < c; j++) {
     double is = save[c + j];
-    double dg = sdyx[j] * is; /* dL/dgamma of this batch */
-    if (dgamma) dgamma[j] += (float)dg;
-    if (dbeta) dbeta[j] += (float)sdy[j];
-    /* dx = g*is*(dy - sdy/m - xhat*dg/m), xhat = (x-mean)*is */
+    double dg = sdyx[j] * is;
+    /* dx = g*is*(dy - sdy/M - xhat*dg/M), xhat = (x-mean)*is */
     double ga = gamma[j] * is;
-    double bb = -ga * is * dg / (double)m;
+    double bb = -ga * is * dg / M;
     a[j] = (float)ga;
     b[j] = (float)bb;
-    k[j] = (float)(-ga * sdy[j] / (double)m);
+    k[j] = (float)(-ga * sdy[j] / M);
   }
   if (dx) bn_dx(c, m, x, dy, a, b, save, k, dx, acc);
 }

@@ -229,6 +229,7 @@ static int finish(run *r, int code) {
   rn_dataset_close(&r->train_ds);
   if (r->have_val) rn_dataset_close(&r->val_ds);
   rn_ar_free(r->ar);
+  rn_bn_set_sync(NULL, NULL);
   rn_model_free(&r->m);
   rn_free(r->labels);
   rn_free(r->save_buffers);
@@ -369,6 +370,7 @@ int rn_train_main(int argc, char **argv) {
   if (st) return fail(r, &e, RN_EXIT_USAGE);
   rn_model_init(&r->m, (uint64_t)c->seed);
   r->m.bn_eval_in_train = c->bn_eval;
+  if (c->sync_bn) rn_bn_set_sync(rn_dist_bn_sum, &r->d);
   r->labels = rn_alloc(sizeof(int32_t) * (size_t)plan_batch);
   r->nbuf = r->m.ntotal - r->m.ntrain;
   r->save_buffers = rn_alloc(sizeof(float) * (r->nbuf + 1));
