@@ -215,9 +215,15 @@ int main(int argc, char **argv) {
       ta[it] = rn_now() - t0;
     }
     double t = median(ta, 5);
-    if (d.rank == 0)
+    double exposed = median(tc, (int)steps);
+    double hidden = t > 0 ? 1.0 - exposed / t : 0;
+    if (hidden < 0) hidden = 0;
+    if (d.rank == 0) {
       printf("allreduce alone: %.1f MB in %.2f ms = %.2f GB/s algorithm bandwidth (%d ranks)\n",
              m.ntrain * 4.0 / 1048576.0, t * 1e3, m.ntrain * 4.0 / t * 1e-9, d.size);
+      printf("communication hidden behind backward: %.0f%% (exposed %.2f ms of %.2f ms)\n", 100 * hidden,
+             exposed * 1e3, t * 1e3);
+    }
     rn_free(ta);
   }
   rn_ar_free(ar);
