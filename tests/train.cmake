@@ -32,3 +32,5 @@ rn_train_test(train_ckpt_resume_np2 train_ckpt_resume.sh LABELS ckpt mpi TIMEOUT
 rn_train_test(train_ckpt_elastic train_ckpt_elastic.sh LABELS ckpt mpi TIMEOUT 120)
 # 7. resume edge cases (fresh start, fallback past a corrupt newest checkpoint, garbage --resume) and bad options, 2 ranks.
 rn_train_test(train_ckpt_bad train_ckpt_bad.sh LABELS ckpt mpi TIMEOUT 180)
+# rn-eval reproduces the trainer's validation; periodic checkpoints and keep-K through the trainer.
+rn_train_test(train_eval train_eval.sh LABELS ckpt mpi TIMEOUT 120)
