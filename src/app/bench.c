@@ -33,20 +33,6 @@ static double node_macs(const rn_model *m, const rn_node *d, int n) {
   return 0;
 }
 
-static const char *op_name(rn_op op) {
-  switch (op) {
-    case RN_OP_CONV: return "conv";
-    case RN_OP_BN: return "bn";
-    case RN_OP_RELU: return "relu";
-    case RN_OP_MAXPOOL: return "maxpool";
-    case RN_OP_AVGPOOL: return "avgpool";
-    case RN_OP_LINEAR: return "fc";
-    case RN_OP_ADD: return "add";
-    case RN_OP_SHORTCUT_A: return "shortcutA";
-  }
-  return "?";
-}
-
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
@@ -179,7 +165,7 @@ int main(int argc, char **argv) {
           snprintf(fg, sizeof fg, "%.1f", 2 * mc2 / f * 1e-9);
           snprintf(bg, sizeof bg, "%.1f", 2 * bmacs / b * 1e-9);
         }
-        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s\n", nd->name[0] ? nd->name : "-", op_name(nd->op), shape,
+        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s\n", nd->name[0] ? nd->name : "-", rn_op_name(nd->op), shape,
                f * 1e3, b * 1e3, fg, bg);
         if (nd->op == RN_OP_CONV || nd->op == RN_OP_LINEAR) conv_t += f + b;
         else other_t += f + b;
