@@ -93,6 +93,7 @@ int main(void) {
     printf("test_conv_direct: direct path unavailable (no AVX-512): skipped\n");
     return 0;
   }
+  rn_conv_set_direct_all_widths(1); /* every tail tile, whatever the speed rule */
   static const int kp[][2] = {{3, 1}, {3, 0}, {3, 2}, {2, 0}, {2, 1}, {5, 2}, {5, 4}};
   static const int chans[] = {16, 32, 48, 64};
   int cases = 0;
@@ -121,6 +122,9 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 2, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "stride 2 accepted");
   CHECK(rn_conv_desc_init(&d, 24, 16, 3, 3, 1, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "cin 24 accepted");
   rn_conv_set_direct(1);
+  rn_conv_set_direct_all_widths(0);
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && !rn_conv_direct_shape(&d), "7-wide accepted");
+  CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_shape(&d), "32-wide refused");
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");
 }

@@ -73,6 +73,9 @@ int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whateve
 int rn_conv_direct_ok(const rn_conv_desc *d);    /* shape qualifies and the path is enabled */
 /* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
 void rn_conv_set_direct_max_channels(int c);
+/* By default lines narrower than 24 pixels that are not a multiple of 8 (7, 14: ResNet-50's last
+ * stages) go to the GEMM path, which is faster there; on = take every width (tests of the tails). */
+void rn_conv_set_direct_all_widths(int on);
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                             int threads);

@@ -1,5 +1,6 @@
 /* ReLU, residual add, global average pool, option-A shortcut: memory-bound loops over NHWC,
  * vectorised over channels, split over threads (rn_blas_threads()) when large enough. */
+#include <omp.h>
 #include <string.h>
 
 #include "rn/kernels.h"
@@ -8,6 +9,21 @@
 static int nthreads_for(int64_t count) {
   int t = rn_blas_threads();
   return count < 65536 ? 1 : (t < 1 ? 1 : t);
+}
+
+/* memcpy split across threads (one thread does not saturate memory bandwidth here). */
+static void par_copy(int64_t count, const float *src, float *dst) {
+  const int T = nthreads_for(count);
+  if (T == 1) {
+    memcpy(dst, src, (size_t)count * sizeof(float));
+    return;
+  }
+#pragma omp parallel num_threads(T)
+  {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t i0 = count * t / nt, i1 = count * (t + 1) / nt;
+    memcpy(dst + i0, src + i0, (size_t)(i1 - i0) * sizeof(float));
+  }
 }
 
 /* ---- ReLU ---- */
@@ -35,7 +51,7 @@ void rn_add_forward(int64_t count, const float *a, const float *b, float scale, 
 #pragma omp parallel for simd num_threads(T) schedule(static)
     for (int64_t i = 0; i < count; i++) y[i] = a[i] + b[i];
   } else if (scale == 0.0f) { /* dropped branch: b is not read (it may hold anything) */
-    if (y != a) memcpy(y, a, (size_t)count * sizeof(float));
+    if (y != a) par_copy(count, a, y);
   } else {
 #pragma omp parallel for simd num_threads(T) schedule(static)
     for (int64_t i = 0; i < count; i++) y[i] = a[i] + scale * b[i];
@@ -49,7 +65,7 @@ static void scaled_copy(int64_t count, const float *dy, float scale, float *d, i
 #pragma omp parallel for simd num_threads(T) schedule(static)
     for (int64_t i = 0; i < count; i++) d[i] += scale * dy[i];
   } else if (scale == 1.0f) {
-    if (d != dy) memcpy(d, dy, (size_t)count * sizeof(float));
+    if (d != dy) par_copy(count, dy, d);
   } else if (scale == 0.0f) {
     memset(d, 0, (size_t)count * sizeof(float));
   } else {
