@@ -481,7 +481,8 @@ int rn_train_main(int argc, char **argv) {
 
   /* ---- the loop ---- */
   double t_start = rn_now(), t_last_ckpt = t_start, t_log = t_start;
-  double acc[8] = {0}; /* loss*n, correct, n, data wait, compute, comm, optim, stepcount */
+  double acc[8] = {0}; /* loss*n, correct, n, data wait, compute, comm, optim, stepcount (sums over ranks) */
+  double mine[4] = {0}; /* this rank's data wait, compute, comm, optim (maximum over ranks at each log) */
   int const_warm_done = (r->st.flags & 1) != 0;
   int64_t log_step0 = r->st.step;
   int exit_code = RN_EXIT_DONE;
@@ -524,6 +525,7 @@ int rn_train_main(int argc, char **argv) {
       double v[9] = {loss * n, (double)top1, (double)n, rn_loader_wait_seconds(r->train_ld) - w0, t2 - t1,
                      exposed, t4 - t3, 1, g_stop_signal ? 1.0 : 0.0};
       (void)t0;
+      for (int k = 0; k < 4; k++) mine[k] += v[3 + k];
       rn_dist_sum(&r->d, v, 9);
       for (int k = 0; k < 8; k++) acc[k] += v[k];
       stop = v[8] > 0;
@@ -540,6 +542,7 @@ int rn_train_main(int argc, char **argv) {
       }
       int last = r->st.step == r->total_steps || rn_loader_steps_left(r->train_ld) == 0;
       if (r->st.step % c->log_every == 0 || last || stop) {
+        rn_dist_max(&r->d, mine, 4); /* the slowest rank of the interval, per component */
         double now = rn_now(), dt = now - t_log;
         double ips = acc[2] / (dt > 0 ? dt : 1e-9);
         double err = 1.0 - acc[1] / acc[2], lavg = acc[0] / acc[2];
@@ -573,10 +576,12 @@ int rn_train_main(int argc, char **argv) {
         metrics_line(r,
                      "{\"type\":\"train\",\"epoch\":%lld,\"step\":%lld,\"samples\":%lld,\"loss\":%.6g,\"err\":%.6g,"
                      "\"lr\":%.6g,\"img_s\":%.6g,\"data_wait_s\":%.6g,\"compute_s\":%.6g,\"comm_exposed_s\":%.6g,"
-                     "\"optim_s\":%.6g,\"steps\":%.0f}",
+                     "\"optim_s\":%.6g,\"max_data_wait_s\":%.6g,\"max_compute_s\":%.6g,\"max_comm_exposed_s\":%.6g,"
+                     "\"max_optim_s\":%.6g,\"steps\":%.0f}",
                      (long long)epoch, (long long)r->st.step, (long long)r->st.samples, lavg, err, lr, ips,
-                     acc[3] / P, acc[4] / P, acc[5] / P, acc[6] / P, ns);
+                     acc[3] / P, acc[4] / P, acc[5] / P, acc[6] / P, mine[0], mine[1], mine[2], mine[3], ns);
         memset(acc, 0, sizeof acc);
+        memset(mine, 0, sizeof mine);
         t_log = now;
         log_step0 = r->st.step;
       }
