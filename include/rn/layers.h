@@ -34,7 +34,7 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
                       float *dx, int acc, float *dw, float *ws);
 /* Blocking of the k x k path: the M = n*oh*ow output rows are processed in chunks of R rows
  * (im2col of R rows into ws, one GEMM per chunk), so the workspace is (R+1)*kh*kw*cin + 16 floats
- * whatever the batch (one row of slack: BLIS's narrow kernels read past the end of A). R is chosen so a chunk of columns is about 2 MB (at least 256 rows, at most M).
+ * whatever the batch (one row of slack: BLIS's narrow kernels read past the end of A). R is chosen so a chunk of columns is about 1 MB (at least 256 rows, at most M).
  * rn_conv_set_chunk_rows(r > 0) forces R = r (tests, benchmarks); 0 restores the automatic choice.
  * Set it before planning workspaces: it changes rn_conv_workspace. */
 void rn_conv_set_chunk_rows(int rows);
