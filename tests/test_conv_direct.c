@@ -112,7 +112,10 @@ int main(void) {
     /* CIFAR ResNet shapes (small batch). */
     one(16, 16, 3, 1, 32, 32, 3, 1), one(32, 32, 3, 1, 16, 16, 2, 2), one(64, 64, 3, 1, 8, 8, 5, 3);
     one(16, 64, 3, 1, 8, 8, 2, 4), one(64, 16, 3, 1, 8, 8, 2, 5);
-    cases += 5;
+    /* ResNet-50 line widths 7, 14, 28 (7 x 2-block and 14-pixel tiles), odd channel-block counts. */
+    one(48, 48, 3, 1, 7, 7, 3, 6), one(32, 64, 3, 1, 14, 14, 2, 7), one(16, 32, 3, 1, 28, 28, 2, 8);
+    one(80, 48, 3, 1, 5, 14, 2, 9);
+    cases += 9;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
@@ -123,7 +126,9 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 24, 16, 3, 3, 1, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "cin 24 accepted");
   rn_conv_set_direct(1);
   rn_conv_set_direct_all_widths(0);
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 13, 13, &e) == RN_OK && !rn_conv_direct_shape(&d), "13-wide accepted");
   CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && !rn_conv_direct_shape(&d), "7-wide accepted");
+  CHECK(rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 28, 28, &e) == RN_OK && rn_conv_direct_shape(&d), "28-wide refused");
   CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_shape(&d), "32-wide refused");
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");

@@ -41,9 +41,9 @@ int rn_conv_direct_enabled(void) {
 static int g_direct_max_c = 1 << 20;
 void rn_conv_set_direct_max_channels(int c) { g_direct_max_c = c; }
 
-/* Lines whose pixel tiles are all 8 or 16 wide (or mostly so): the 4- and 1-pixel tail tiles of
- * 7- and 14-wide lines run at a fraction of the speed (too few accumulators), where the GEMM path
- * is faster (ResNet-50 layer3/layer4, measured: 32-83 GF/s direct vs 160-225 GEMM). */
+/* Widths where the direct path wins (measured on ResNet-50, 2 threads): multiples of 8 and lines of
+ * 24+ pixels (28 as 14+14: 253 GF/s forward vs 220 GEMM). Not 7 and 14 with 256/512 channels:
+ * 75-121 GF/s direct (14 or 7x2 tiles; with 8+4+1+1 tiles 32-83) vs ~210 on the GEMM path. */
 static int g_all_widths;
 void rn_conv_set_direct_all_widths(int on) { g_all_widths = on != 0; }
 static int wide_enough(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
@@ -131,6 +131,16 @@ AI void conv_line_c(const float *xp, int wp, const int C, int kh, int kw, const 
                     float *yl, int acc) {
   const int ncb = Co / 16;
   int cb = 0;
+  if (ow % 14 == 0) { /* 14, 28 (ResNet-50 layer3, layer2): 14-pixel tiles, no tails */
+    for (; cb < ncb; cb++)
+      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, kh, kw, wt, Co, oy, ox, cb, yl, acc, 14, 1);
+    return;
+  }
+  if (ow == 7) { /* ResNet-50 layer4: 7 pixels x 2 channel blocks */
+    for (; cb + 2 <= ncb; cb += 2) tile(xp, wp, C, kh, kw, wt, Co, oy, 0, cb, yl, acc, 7, 2);
+    for (; cb < ncb; cb++) tile(xp, wp, C, kh, kw, wt, Co, oy, 0, cb, yl, acc, 7, 1);
+    return;
+  }
   /* Two channel blocks at a time (8 pixels x 2 blocks = 16 accumulators) when the line is short. */
   if (ow < 16)
     for (; cb + 2 <= ncb; cb += 2) {
