@@ -43,7 +43,8 @@ static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t s
     CHECK(0, "desc: %s", e.msg);
     return;
   }
-  CHECK(rn_conv_direct_ok(&d), "cin=%d cout=%d k=%d p=%d: direct path not taken", cin, cout, k, p);
+  CHECK(rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d), "cin=%d cout=%d k=%d p=%d: direct path not taken", cin,
+        cout, k, p);
   size_t wsn = rn_conv_workspace(&d, n);
   CHECK(wsn >= rn_conv_direct_workspace(&d, n, rn_blas_threads()), "workspace too small");
   float *ws = nanbuf(wsn);
@@ -126,9 +127,12 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 24, 16, 3, 3, 1, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "cin 24 accepted");
   rn_conv_set_direct(1);
   rn_conv_set_direct_all_widths(0);
-  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 13, 13, &e) == RN_OK && !rn_conv_direct_shape(&d), "13-wide accepted");
-  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && !rn_conv_direct_shape(&d), "7-wide accepted");
-  CHECK(rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 28, 28, &e) == RN_OK && rn_conv_direct_shape(&d), "28-wide refused");
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 13, 13, &e) == RN_OK && rn_conv_direct_shape(&d) &&
+            !rn_conv_direct_ok(&d) && !rn_conv_direct_bwd_ok(&d), "13-wide accepted");
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d), "7-wide: forward direct, backward GEMM expected");
+  CHECK(rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 28, 28, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            rn_conv_direct_bwd_ok(&d), "28-wide refused");
   CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_shape(&d), "32-wide refused");
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");

@@ -69,12 +69,14 @@ int rn_conv_parallel(void);
  * rn_conv_direct_workspace floats (rn_conv_workspace includes it for such shapes). */
 void rn_conv_set_direct(int on);
 int rn_conv_direct_enabled(void);
-int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch) */
-int rn_conv_direct_ok(const rn_conv_desc *d);    /* shape qualifies and the path is enabled */
+int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch/width) */
+int rn_conv_direct_ok(const rn_conv_desc *d);    /* forward uses it: shape, switch and width rule */
+int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward uses it (stricter width rule) */
 /* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
 void rn_conv_set_direct_max_channels(int c);
-/* By default lines narrower than 24 pixels that are not a multiple of 8 (7, 14: ResNet-50's last
- * stages) go to the GEMM path, which is faster there; on = take every width (tests of the tails). */
+/* Width rules (measured, see conv_direct.c): forward takes widths that are multiples of 8, 24+,
+ * 14 or 7; backward only multiples of 8 and 24+; others go to the GEMM path, which is faster
+ * there. on = take every width in both directions (tests of the tail tiles). */
 void rn_conv_set_direct_all_widths(int on);
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,

@@ -7,7 +7,8 @@
  * - forward: per output line, blocks of NB pixels x NC*16 output channels live in NB*NC zmm
  *   accumulators; for every tap and input channel one weight vector per channel block and one
  *   broadcast input value per pixel (FMA with a memory broadcast). Weights are used as
- *   Wt[ky][kx][ci][co] (transposed once per call into ws).
+ *   Wt[co/16][ky][kx][ci][co%16] (transposed and blocked once per call into ws, so each channel
+ *   block's weights are one contiguous stream).
  * - dx: the same kernel on the padded dy with the flipped, transposed weights
  *   W'[ky'][kx'][co][ci] = W[co][kh-1-ky'][kw-1-kx'][ci] and padding kh-1-pad (stride 1).
  * - dW: for one tap, one 16-wide block of input channels and 16 output channels: 16 accumulators
@@ -41,19 +42,26 @@ int rn_conv_direct_enabled(void) {
 static int g_direct_max_c = 1 << 20;
 void rn_conv_set_direct_max_channels(int c) { g_direct_max_c = c; }
 
-/* Widths where the direct path wins (measured on ResNet-50, 2 threads): multiples of 8 and lines of
- * 24+ pixels (28 as 14+14: 253 GF/s forward vs 220 GEMM). Not 7 and 14 with 256/512 channels:
- * 75-121 GF/s direct (14 or 7x2 tiles; with 8+4+1+1 tiles 32-83) vs ~210 on the GEMM path. */
+/* Widths where the direct path wins, measured on ResNet-50 shapes, batch 32, 2 threads (GF/s,
+ * direct vs GEMM path): forward 64@56 260/152, 128@28 263/187, 256@14 278/209, 512@7 233/235;
+ * backward 64@56 198/170, 128@28 224/225, 256@14 228/251, 512@7 154/238 (dW over 7x7 images is
+ * short per image). So forward takes every width whose tiles are wide (multiples of 8, 24+,
+ * 14 as one 14-pixel tile, 7 as 7 pixels x 2 channel blocks), backward only multiples of 8 and
+ * 24+. Other widths (e.g. 13: 8+4+1 tiles) are slower than GEMM. */
 static int g_all_widths;
 void rn_conv_set_direct_all_widths(int on) { g_all_widths = on != 0; }
-static int wide_enough(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
+static int fwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24 || w == 14 || w == 7; }
+static int bwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
 
 int rn_conv_direct_shape(const rn_conv_desc *d) {
   return d->stride == 1 && d->cin % 16 == 0 && d->cout % 16 == 0 && d->cin <= g_direct_max_c &&
          d->cout <= g_direct_max_c && d->pad < d->kh && d->pad < d->kw && d->kh <= 7 && d->kw <= 7 &&
-         !(d->kh == 1 && d->kw == 1) && wide_enough(d->ow) && wide_enough(d->w);
+         !(d->kh == 1 && d->kw == 1);
 }
-int rn_conv_direct_ok(const rn_conv_desc *d) { return rn_conv_direct_enabled() && rn_conv_direct_shape(d); }
+int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
+  return rn_conv_direct_enabled() && rn_conv_direct_shape(d) && bwd_width(d->ow) && bwd_width(d->w);
+}
+int rn_conv_direct_ok(const rn_conv_desc *d) { return rn_conv_direct_enabled() && rn_conv_direct_shape(d) && fwd_width(d->ow); }
 
 static size_t al16(size_t v) { return (v + 15) & ~(size_t)15; }
 
@@ -103,9 +111,11 @@ AI void tile(const float *xp, int wp, const int C, int kh, int kw, const float *
       if ((kx == 0 && ky > 0) || (per_tap && kx > 0))
         for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
       const float *r = row + (size_t)kx * C;
-      const float *wk = wt + (size_t)(ky * kw + kx) * C * Co + (size_t)cb0 * 16;
-      for (int ci = 0; ci < C; ci++, r++, wk += Co) {
-        __m512 w0 = _mm512_loadu_ps(wk), w1 = NC > 1 ? _mm512_loadu_ps(wk + 16) : w0;
+      /* blocked weights wt[cb][tap][ci][16]: one contiguous stream per channel block */
+      const size_t bs = (size_t)kh * kw * C * 16;
+      const float *wk = wt + (size_t)cb0 * bs + (size_t)(ky * kw + kx) * C * 16;
+      for (int ci = 0; ci < C; ci++, r++, wk += 16) {
+        __m512 w0 = _mm512_loadu_ps(wk), w1 = NC > 1 ? _mm512_loadu_ps(wk + bs) : w0;
         for (int j = 0; j < NB; j++) {
           __m512 xv = _mm512_set1_ps(r[j * C]);
           a[j * NC] = _mm512_fmadd_ps(xv, w0, a[j * NC]);
@@ -126,11 +136,10 @@ AI void tile(const float *xp, int wp, const int C, int kh, int kw, const float *
   }
 }
 
-/* One output line: all pixels, all channel blocks. */
+/* One output line: all pixels, channel blocks [cb_begin, ncb). */
 AI void conv_line_c(const float *xp, int wp, const int C, int kh, int kw, const float *wt, int Co, int oy, int ow,
-                    float *yl, int acc) {
-  const int ncb = Co / 16;
-  int cb = 0;
+                    float *yl, int acc, int cb_begin, int ncb) {
+  int cb = cb_begin;
   if (ow % 14 == 0) { /* 14, 28 (ResNet-50 layer3, layer2): 14-pixel tiles, no tails */
     for (; cb < ncb; cb++)
       for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, kh, kw, wt, Co, oy, ox, cb, yl, acc, 14, 1);
@@ -158,13 +167,27 @@ AI void conv_line_c(const float *xp, int wp, const int C, int kh, int kw, const 
   }
 }
 
-static void conv_line(const float *xp, int wp, int C, int kh, int kw, const float *wt, int Co, int oy, int ow,
-                      float *yl, int acc) {
+/* All output lines of one image, two channel blocks at a time over all lines, so that the
+ * weights of those blocks (9*C*128 bytes: 590 KB at C = 512) stay in L2 instead of all weights
+ * (9.4 MB at 512 channels) streaming from memory for every line. */
+AI void conv_plane_c(const float *xp, int wp, const int C, int kh, int kw, const float *wt, int Co, int oh, int ow,
+                     float *y, int acc) {
+  const int ncb = Co / 16;
+  for (int cb = 0; cb < ncb; cb += 2)
+    for (int oy = 0; oy < oh; oy++)
+      conv_line_c(xp, wp, C, kh, kw, wt, Co, oy, ow, y + (size_t)oy * ow * Co, acc, cb, cb + 2 < ncb ? cb + 2 : ncb);
+}
+
+static void conv_plane(const float *xp, int wp, int C, int kh, int kw, const float *wt, int Co, int oh, int ow,
+                       float *y, int acc) {
   switch (C) {
-    case 16: conv_line_c(xp, wp, 16, kh, kw, wt, Co, oy, ow, yl, acc); break;
-    case 32: conv_line_c(xp, wp, 32, kh, kw, wt, Co, oy, ow, yl, acc); break;
-    case 64: conv_line_c(xp, wp, 64, kh, kw, wt, Co, oy, ow, yl, acc); break;
-    default: conv_line_c(xp, wp, C, kh, kw, wt, Co, oy, ow, yl, acc); break;
+    case 16: conv_plane_c(xp, wp, 16, kh, kw, wt, Co, oh, ow, y, acc); break;
+    case 32: conv_plane_c(xp, wp, 32, kh, kw, wt, Co, oh, ow, y, acc); break;
+    case 64: conv_plane_c(xp, wp, 64, kh, kw, wt, Co, oh, ow, y, acc); break;
+    case 128: conv_plane_c(xp, wp, 128, kh, kw, wt, Co, oh, ow, y, acc); break;
+    case 256: conv_plane_c(xp, wp, 256, kh, kw, wt, Co, oh, ow, y, acc); break;
+    case 512: conv_plane_c(xp, wp, 512, kh, kw, wt, Co, oh, ow, y, acc); break;
+    default: conv_plane_c(xp, wp, C, kh, kw, wt, Co, oh, ow, y, acc); break;
   }
 }
 
@@ -179,9 +202,9 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   float *wt = ws, *pads = ws + al16(nw);
-  /* wt[tap][ci][co] = w[co][tap][ci] */
+  /* wt[co/16][tap][ci][co%16] = w[co][tap][ci] (k = tap*C + ci) */
   for (int co = 0; co < Co; co++)
-    for (int k = 0; k < K; k++) wt[(size_t)k * Co + co] = w[(size_t)co * K + k];
+    for (int k = 0; k < K; k++) wt[((size_t)(co / 16) * K + k) * 16 + co % 16] = w[(size_t)co * K + k];
   const int T = threads_for(n, threads);
   const int wp = d->w + 2 * d->pad;
 #pragma omp parallel num_threads(T)
@@ -191,8 +214,7 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
     for (int i = n * t / nt; i < n * (t + 1) / nt; i++) {
       pad_image(x + (size_t)i * d->h * d->w * C, d->h, d->w, C, d->pad, d->pad, xp);
       float *yi = y + (size_t)i * d->oh * d->ow * Co;
-      for (int oy = 0; oy < d->oh; oy++)
-        conv_line(xp, wp, C, kh, kw, wt, Co, oy, d->ow, yi + (size_t)oy * d->ow * Co, 0);
+      conv_plane(xp, wp, C, kh, kw, wt, Co, d->oh, d->ow, yi, 0);
     }
   }
 }
@@ -229,12 +251,15 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
   const int T = threads_for(n, threads);
   float *wt = ws, *pads = ws + al16(nw), *part = pads + (size_t)T * pf;
   const int pq = kh - 1 - d->pad, pr = kw - 1 - d->pad; /* padding of the dx convolution */
-  if (dx) /* wt[ky'][kx'][co][ci] = w[co][kh-1-ky'][kw-1-kx'][ci] */
+  if (dx) /* blocked: wt[ci/16][ky'][kx'][co][ci%16] = w[co][kh-1-ky'][kw-1-kx'][ci] */
     for (int ky = 0; ky < kh; ky++)
       for (int kx = 0; kx < kw; kx++)
-        for (int co = 0; co < Co; co++)
-          memcpy(wt + ((size_t)(ky * kw + kx) * Co + co) * C,
-                 w + (size_t)co * K + (size_t)((kh - 1 - ky) * kw + (kw - 1 - kx)) * C, (size_t)C * sizeof(float));
+        for (int co = 0; co < Co; co++) {
+          const float *src = w + (size_t)co * K + (size_t)((kh - 1 - ky) * kw + (kw - 1 - kx)) * C;
+          for (int cb = 0; cb < C / 16; cb++)
+            memcpy(wt + (((size_t)cb * kh * kw + (size_t)(ky * kw + kx)) * Co + co) * 16, src + (size_t)cb * 16,
+                   16 * sizeof(float));
+        }
 #pragma omp parallel num_threads(T)
   {
     int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -255,7 +280,7 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
         pad_image(dyi, d->oh, d->ow, Co, pq, pr, xp);
         const int wp = d->ow + 2 * pr;
         float *dxi = dx + (size_t)i * d->h * d->w * C;
-        for (int iy = 0; iy < d->h; iy++) conv_line(xp, wp, Co, kh, kw, wt, C, iy, d->w, dxi + (size_t)iy * d->w * C, acc);
+        conv_plane(xp, wp, Co, kh, kw, wt, C, d->h, d->w, dxi, acc);
       }
     }
     if (dw && nt > 1) {
@@ -275,6 +300,10 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
 void rn_conv_set_direct(int on) { (void)on; }
 void rn_conv_set_direct_max_channels(int c) { (void)c; }
 void rn_conv_set_direct_all_widths(int on) { (void)on; }
+int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
+  (void)d;
+  return 0;
+}
 int rn_conv_direct_enabled(void) { return 0; }
 int rn_conv_direct_ok(const rn_conv_desc *d) {
   (void)d;

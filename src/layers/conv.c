@@ -241,7 +241,7 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
   }
   if (!dw && !dx) return;
   RN_ASSERT(ws != NULL);
-  if (rn_conv_direct_ok(d)) {
+  if (rn_conv_direct_bwd_ok(d)) {
     rn_conv_direct_backward(d, n, x, w, dy, dx, acc, dw, ws, conv_threads());
     return;
   }
