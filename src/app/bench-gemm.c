@@ -1,14 +1,13 @@
-/* GEMM-shape benchmark (not a correctness test; label perf): GFLOP/s of the GEMMs that ResNet-20/50
+/* rn-bench-gemm: GEMM-shape benchmark (a program, not a test): GFLOP/s of the GEMMs that ResNet-20/50
  * convolutions issue, on one thread with the main kernel set (skx) and with the narrow set (zen3),
  * plus the 2-thread rn_sgemm of whole-batch shapes with our own split and with BLIS's threading.
  * Times are the MINIMUM over repetitions (robust to other processes stealing the CPU).
- * Usage: test_perf_gemm [M,N,K,ta,tb ...]   (default: the built-in ResNet shape list) */
+ * Usage: rn-bench-gemm [M,N,K,ta,tb ...]   (default: the built-in ResNet shape list) */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rn/kernels.h"
-#include "testutil.h"
 
 typedef struct {
   const char *what;
