@@ -22,3 +22,5 @@ rn_parity(parity_resnet50 resnet50 224 4 1000 3 --envelope 5)
 rn_parity(parity_cifar_resnet20 cifar-resnet20 32 8 10 3)
 rn_parity(parity_resnet18_mnist resnet18 28 4 10 1)
 rn_parity(parity_cifar_resnet20_mnist cifar-resnet20 28 4 10 1)
+# Fused BN+ReLU / add+ReLU: bitwise identical to the unfused graph (loss, gradients, statistics).
+rn_test(test_model_fuse LABELS unit)

@@ -9,7 +9,9 @@
  * (acc=0 onto NaN) and accumulate (acc=1 onto random values) modes are both checked, parameter
  * gradients must accumulate onto prefilled values. BN: running statistics (unbiased variance,
  * momentum 0.1), saved mean/invstd, eval forward against the direct formula, and bitwise
- * independence of the thread count. */
+ * independence of the thread count. BN and add with a fused ReLU: the same checks against the
+ * reference with the ReLU, and bitwise equality with the separate ReLU (rn_relu_forward /
+ * rn_relu_backward around the plain layer), including exact zeros, -0 and NaN inputs. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,7 +151,7 @@ static void test_conv(int cin, int cout, int k, int s, int p, int h, int w, int 
 }
 
 /* ---------- batch norm ---------- */
-static int BM, BC, BEVAL;
+static int BM, BC, BEVAL, BRELU;
 static double *Bx, *Bg, *Bb, *Br, *Brm, *Brv;
 static const double BEPS = 1e-5;
 static void bn_ref(double *y, double *mean_out, double *var_out) {
@@ -165,8 +167,10 @@ static void bn_ref(double *y, double *mean_out, double *var_out) {
       var = q / BM;
     }
     if (mean_out) mean_out[j] = mean, var_out[j] = var;
-    for (int i = 0; i < BM; i++)
-      y[(size_t)i * BC + j] = (Bx[(size_t)i * BC + j] - mean) / sqrt(var + BEPS) * Bg[j] + Bb[j];
+    for (int i = 0; i < BM; i++) {
+      double v = (Bx[(size_t)i * BC + j] - mean) / sqrt(var + BEPS) * Bg[j] + Bb[j];
+      y[(size_t)i * BC + j] = BRELU && v < 0 ? 0 : v;
+    }
   }
 }
 static double bn_loss(void) {
@@ -177,9 +181,9 @@ static double bn_loss(void) {
   free(y);
   return L;
 }
-static void test_bn(int m, int c, int eval, float xoff) {
-  rn_bn_desc d = {c, 0.1f, 1e-5f};
-  BM = m, BC = c, BEVAL = eval;
+static void test_bn(int m, int c, int eval, float xoff, int relu) {
+  rn_bn_desc d = {c, 0.1f, 1e-5f, relu};
+  BM = m, BC = c, BEVAL = eval, BRELU = relu;
   size_t n = (size_t)m * c;
   float *x = randf(n, 21 + eval, -1 + xoff, 1 + xoff), *g = randf(c, 22, 0.5f, 1.5f), *b = randf(c, 23, -1, 1);
   float *r = randf(n, 24, -1, 1), *rm = randf(c, 25, -0.5f + xoff, 0.5f + xoff), *rv = randf(c, 26, 0.5f, 2);
@@ -194,8 +198,8 @@ static void test_bn(int m, int c, int eval, float xoff) {
   if (eval) {
     rn_bn_forward_eval(&d, m, x, g, b, rm, rv, y);
     check_fwd("bn eval forward", y, yd, n, 1e-5);
-    rn_bn_backward_eval(&d, m, x, g, rm, rv, r, dx, 0, dg, dbt);
-    rn_bn_backward_eval(&d, m, x, g, rm, rv, r, dx1, 1, NULL, NULL);
+    rn_bn_backward_eval(&d, m, x, y, g, rm, rv, r, dx, 0, dg, dbt);
+    rn_bn_backward_eval(&d, m, x, y, g, rm, rv, r, dx1, 1, NULL, NULL);
   } else {
     rn_bn_forward_train(&d, m, x, g, b, rm, rv, save, y);
     check_fwd("bn train forward", y, yd, n, 1e-5);
@@ -211,16 +215,17 @@ static void test_bn(int m, int c, int eval, float xoff) {
     }
     CHECK(em < 1e-6 && ei < 1e-6, "bn saved mean err %.3g invstd rel err %.3g", em, ei);
     CHECK(erm < 1e-6 && erv < 1e-6, "bn running mean err %.3g running var rel err %.3g (unbiased)", erm, erv);
-    rn_bn_backward_train(&d, m, x, g, save, r, dx, 0, dg, dbt);
-    rn_bn_backward_train(&d, m, x, g, save, r, dx1, 1, NULL, NULL);
+    rn_bn_backward_train(&d, m, x, y, g, save, r, dx, 0, dg, dbt);
+    rn_bn_backward_train(&d, m, x, y, g, save, r, dx1, 1, NULL, NULL);
   }
   for (int j = 0; j < c; j++) dg[j] -= dg0[j], dbt[j] -= db0[j];
   char what[64];
-  snprintf(what, sizeof what, "bn %s m=%d c=%d xoff=%g dx", eval ? "eval" : "train", m, c, xoff);
+  const char *kind = relu ? (eval ? "bn+relu eval" : "bn+relu train") : (eval ? "bn eval" : "bn train");
+  snprintf(what, sizeof what, "%s m=%d c=%d xoff=%g dx", kind, m, c, xoff);
   check_grad(what, dx, Bx, n, bn_loss);
-  snprintf(what, sizeof what, "bn %s dgamma", eval ? "eval" : "train");
+  snprintf(what, sizeof what, "%s dgamma", kind);
   check_grad(what, dg, Bg, c, bn_loss);
-  snprintf(what, sizeof what, "bn %s dbeta", eval ? "eval" : "train");
+  snprintf(what, sizeof what, "%s dbeta", kind);
   check_grad(what, dbt, Bb, c, bn_loss);
   check_acc("bn dx", dx, base, dx1, n);
   free(x), free(g), free(b), free(r), free(rm), free(rv), free(rm0), free(rv0), free(save), free(y), free(dx);
@@ -229,9 +234,9 @@ static void test_bn(int m, int c, int eval, float xoff) {
 }
 
 /* BN results must not depend on the thread count (fixed reduction partition). */
-static void test_bn_threads(void) {
+static void test_bn_threads(int relu) {
   const int m = 8192, c = 48;
-  rn_bn_desc d = {c, 0.1f, 1e-5f};
+  rn_bn_desc d = {c, 0.1f, 1e-5f, relu};
   size_t n = (size_t)m * c;
   float *x = randf(n, 31, -2, 3), *g = randf(c, 32, 0.5f, 1.5f), *b = randf(c, 33, -1, 1), *dy = randf(n, 34, -1, 1);
   float *out[2][6];
@@ -241,7 +246,7 @@ static void test_bn_threads(void) {
     float *dg = calloc(c, 4), *db = calloc(c, 4);
     for (int j = 0; j < c; j++) rv[j] = 1;
     rn_bn_forward_train(&d, m, x, g, b, rm, rv, save, y);
-    rn_bn_backward_train(&d, m, x, g, save, dy, dx, 0, dg, db);
+    rn_bn_backward_train(&d, m, x, y, g, save, dy, dx, 0, dg, db);
     out[t][0] = y, out[t][1] = dx, out[t][2] = dg, out[t][3] = db, out[t][4] = rm, out[t][5] = rv;
     free(save);
   }
@@ -249,7 +254,7 @@ static void test_bn_threads(void) {
   size_t sz[6] = {n, n, c, c, c, c};
   int same = 1;
   for (int k = 0; k < 6; k++) same &= !memcmp(out[0][k], out[1][k], sz[k] * 4);
-  CHECK(same, "bn train forward/backward differ between 1 and 2 threads");
+  CHECK(same, "bn%s train forward/backward differ between 1 and 2 threads", relu ? "+relu" : "");
   for (int t = 0; t < 2; t++)
     for (int k = 0; k < 6; k++) free(out[t][k]);
   free(x), free(g), free(b), free(dy);
@@ -456,40 +461,162 @@ static void test_linear(int n, int in, int out) {
 
 /* ---------- residual add ---------- */
 static size_t DN;
+static int DRELU;
 static double DS, *Da, *Db, *Dr;
 static double add_loss(void) {
   double L = 0;
-  for (size_t i = 0; i < DN; i++) L += (Da[i] + DS * Db[i]) * Dr[i];
+  for (size_t i = 0; i < DN; i++) {
+    double v = Da[i] + DS * Db[i];
+    L += (DRELU && v < 0 ? 0 : v) * Dr[i];
+  }
   return L;
 }
-static void test_add(float scale) {
+static void test_add(float scale, int relu) {
   size_t n = 777;
-  DN = n, DS = scale;
+  DN = n, DS = scale, DRELU = relu;
   float *a = randf(n, 81, -1, 1), *b = randf(n, 82, -1, 1), *r = randf(n, 83, -1, 1), *y = nanbuf(n);
   float *da = nanbuf(n), *db = nanbuf(n), *ba = randf(n, 84, -1, 1), *bb = randf(n, 85, -1, 1);
   float *da1 = malloc(n * 4), *db1 = malloc(n * 4);
   memcpy(da1, ba, n * 4), memcpy(db1, bb, n * 4);
   Da = tod(a, n), Db = tod(b, n), Dr = tod(r, n);
   double *yd = malloc(n * sizeof(double));
-  for (size_t i = 0; i < n; i++) yd[i] = Da[i] + DS * Db[i];
-  rn_add_forward((int64_t)n, a, b, scale, y);
-  check_fwd("add forward", y, yd, n, 1e-6);
-  rn_add_backward((int64_t)n, r, scale, da, 0, db, 0);
-  rn_add_backward((int64_t)n, r, scale, da1, 1, db1, 1);
+  for (size_t i = 0; i < n; i++) {
+    yd[i] = Da[i] + DS * Db[i];
+    if (relu && yd[i] < 0) yd[i] = 0;
+  }
+  rn_add_forward((int64_t)n, a, b, scale, relu, y);
+  check_fwd(relu ? "add+relu forward" : "add forward", y, yd, n, 1e-6);
+  rn_add_backward((int64_t)n, relu ? y : NULL, r, scale, da, 0, db, 0);
+  rn_add_backward((int64_t)n, relu ? y : NULL, r, scale, da1, 1, db1, 1);
   char what[64];
-  snprintf(what, sizeof what, "add scale=%g da", scale);
+  snprintf(what, sizeof what, "add%s scale=%g da", relu ? "+relu" : "", scale);
   check_grad(what, da, Da, n, add_loss);
-  snprintf(what, sizeof what, "add scale=%g db", scale);
+  snprintf(what, sizeof what, "add%s scale=%g db", relu ? "+relu" : "", scale);
   check_grad(what, db, Db, n, add_loss);
   check_acc("add da", da, ba, da1, n);
   check_acc("add db", db, bb, db1, n);
   /* y aliasing a */
   float *z = malloc(n * 4);
   memcpy(z, a, n * 4);
-  rn_add_forward((int64_t)n, z, b, scale, z);
+  rn_add_forward((int64_t)n, z, b, scale, relu, z);
   CHECK(!memcmp(z, y, n * 4), "add with y == a differs");
+  memcpy(z, b, n * 4);
+  rn_add_forward((int64_t)n, a, z, scale, relu, z);
+  CHECK(!memcmp(z, y, n * 4), "add with y == b differs");
   free(a), free(b), free(r), free(y), free(da), free(db), free(ba), free(bb), free(da1), free(db1);
   free(Da), free(Db), free(Dr), free(yd), free(z);
+}
+
+/* ---------- fused ReLU: bitwise equal to the separate ReLU ---------- */
+/* Fills v with values from [lo, hi), exact zeros and -0 (every 7th/11th) and, if nan, a NaN
+ * every 97th. */
+static float *special(size_t n, uint64_t seed, float lo, float hi, int nan) {
+  float *v = randf(n, seed, lo, hi);
+  for (size_t i = 0; i < n; i++) {
+    if (i % 7 == 3) v[i] = 0.0f;
+    if (i % 11 == 5) v[i] = -0.0f;
+    if (nan && i % 97 == 13) v[i] = NAN;
+  }
+  return v;
+}
+static int same_bits(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+/* BN+ReLU (desc relu = 1) vs BN then rn_relu_forward / rn_relu_backward then BN backward: forward
+ * output, saved statistics, running statistics, dx (overwrite and accumulate), dgamma, dbeta. */
+static void test_bn_fused_bitwise(int m, int c, int eval, int threads) {
+  rn_blas_set_threads(threads);
+  size_t n = (size_t)m * c;
+  rn_bn_desc d0 = {c, 0.1f, 1e-5f, 0}, d1 = {c, 0.1f, 1e-5f, 1};
+  /* eval: x = 0 where running_mean = beta = 0 (channels j % 3 == 0) gives an exact 0 before the
+   * ReLU; NaN inputs propagate (eval only: in training one NaN makes its channel all NaN). */
+  float *x = special(n, 201 + (uint64_t)m, -1.5f, 1.5f, eval), *g = randf(c, 202, -1.5f, 1.5f);
+  float *b = randf(c, 203, -0.5f, 0.5f), *rm = randf(c, 204, -0.3f, 0.3f), *rv = randf(c, 205, 0.5f, 2.0f);
+  float *dy = special(n, 206, -1, 1, 0), *base = randf(n, 207, -1, 1);
+  for (int j = 0; j < c; j += 3) rm[j] = 0, b[j] = 0;
+  float *rm0 = malloc(c * 4), *rv0 = malloc(c * 4), *rm1 = malloc(c * 4), *rv1 = malloc(c * 4);
+  memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
+  float *s0 = nanbuf(2 * c), *s1 = nanbuf(2 * c), *y0 = nanbuf(n), *y1 = nanbuf(n), *dz = nanbuf(n);
+  float *dx0 = malloc(n * 4), *dx1 = malloc(n * 4);
+  float *dg0 = calloc(c, 4), *db0 = calloc(c, 4), *dg1 = calloc(c, 4), *db1 = calloc(c, 4);
+  int ok = 1;
+  if (eval) {
+    rn_bn_forward_eval(&d0, m, x, g, b, rm, rv, y0);
+    rn_bn_forward_eval(&d1, m, x, g, b, rm, rv, y1);
+  } else {
+    rn_bn_forward_train(&d0, m, x, g, b, rm0, rv0, s0, y0);
+    rn_bn_forward_train(&d1, m, x, g, b, rm1, rv1, s1, y1);
+    ok &= same_bits(s0, s1, 2 * c) && same_bits(rm0, rm1, c) && same_bits(rv0, rv1, c);
+  }
+  rn_relu_forward((int64_t)n, y0, y0); /* in place, as the unfused graph runs it */
+  ok &= same_bits(y0, y1, n);
+  size_t zeros = 0;
+  for (size_t i = 0; i < n; i++) zeros += y1[i] == 0.0f;
+  rn_relu_backward((int64_t)n, y0, dy, dz, 0);
+  for (int acc = 0; acc < 2; acc++) {
+    if (acc) memcpy(dx0, base, n * 4), memcpy(dx1, base, n * 4);
+    if (eval) {
+      rn_bn_backward_eval(&d0, m, x, NULL, g, rm, rv, dz, dx0, acc, dg0, db0);
+      rn_bn_backward_eval(&d1, m, x, y1, g, rm, rv, dy, dx1, acc, dg1, db1);
+    } else {
+      rn_bn_backward_train(&d0, m, x, NULL, g, s0, dz, dx0, acc, dg0, db0);
+      rn_bn_backward_train(&d1, m, x, y1, g, s1, dy, dx1, acc, dg1, db1);
+    }
+    ok &= same_bits(dx0, dx1, n) && same_bits(dg0, dg1, c) && same_bits(db0, db1, c);
+  }
+  CHECK(ok && zeros > n / 10, "bn+relu %s m=%d c=%d threads=%d: fused differs from BN then ReLU (%zu zeros)",
+        eval ? "eval" : "train", m, c, threads, zeros);
+  printf("  bn+relu %-5s m=%-6d c=%-3d threads=%d  bitwise equal to bn, relu: %s\n", eval ? "eval" : "train", m, c,
+         threads, ok ? "yes" : "NO");
+  free(x), free(g), free(b), free(rm), free(rv), free(dy), free(base), free(rm0), free(rv0), free(rm1), free(rv1);
+  free(s0), free(s1), free(y0), free(y1), free(dz), free(dx0), free(dx1), free(dg0), free(db0), free(dg1), free(db1);
+  rn_blas_set_threads(2);
+}
+
+/* add+ReLU vs add then rn_relu_forward / rn_relu_backward then the plain add backward, for every
+ * scale kind (1, 0 = dropped branch, 1/p) and accumulate flag pair; outputs aliasing an input;
+ * da aliasing dy. */
+static void test_add_fused_bitwise(size_t n, float scale) {
+  float *a = special(n, 211, -1, 1, 1), *b = special(n, 212, -1, 1, 1), *dy = special(n, 213, -1, 1, 1);
+  for (size_t i = 0; i < n; i += 5) b[i] = -a[i]; /* exact zero sums */
+  float *y0 = nanbuf(n), *y1 = nanbuf(n), *dz = nanbuf(n), *z = malloc(n * 4);
+  float *da0 = malloc(n * 4), *db0 = malloc(n * 4), *da1 = malloc(n * 4), *db1 = malloc(n * 4);
+  float *ba = randf(n, 214, -1, 1), *bb = randf(n, 215, -1, 1);
+  int ok = 1;
+  rn_add_forward((int64_t)n, a, b, scale, 0, y0);
+  rn_relu_forward((int64_t)n, y0, y0);
+  rn_add_forward((int64_t)n, a, b, scale, 1, y1);
+  ok &= same_bits(y0, y1, n);
+  memcpy(z, a, n * 4);
+  rn_add_forward((int64_t)n, z, b, scale, 1, z); /* in place over the shortcut input */
+  ok &= same_bits(z, y1, n);
+  memcpy(z, b, n * 4);
+  rn_add_forward((int64_t)n, a, z, scale, 1, z); /* in place over the branch input */
+  ok &= same_bits(z, y1, n);
+  rn_relu_backward((int64_t)n, y0, dy, dz, 0);
+  for (int acc = 0; acc < 4; acc++) {
+    int aa = acc & 1, ab = acc >> 1;
+    memcpy(da0, aa ? ba : dy, n * 4), memcpy(da1, aa ? ba : dy, n * 4);
+    memcpy(db0, ab ? bb : dy, n * 4), memcpy(db1, ab ? bb : dy, n * 4);
+    rn_add_backward((int64_t)n, NULL, dz, scale, da0, aa, db0, ab);
+    rn_add_backward((int64_t)n, y1, dy, scale, da1, aa, db1, ab);
+    ok &= same_bits(da0, da1, n) && same_bits(db0, db1, n);
+    /* only one of the two gradients wanted */
+    memcpy(da1, aa ? ba : dy, n * 4);
+    rn_add_backward((int64_t)n, y1, dy, scale, da1, aa, NULL, ab);
+    ok &= same_bits(da0, da1, n);
+    memcpy(db1, ab ? bb : dy, n * 4);
+    rn_add_backward((int64_t)n, y1, dy, scale, NULL, aa, db1, ab);
+    ok &= same_bits(db0, db1, n);
+  }
+  /* da aliasing dy (the gradient buffer of the output handed on to the shortcut input) */
+  memcpy(z, dy, n * 4);
+  rn_add_backward((int64_t)n, y1, z, scale, z, 0, db1, 0);
+  rn_add_backward((int64_t)n, NULL, dz, scale, da0, 0, db0, 0);
+  ok &= same_bits(z, da0, n) && same_bits(db1, db0, n);
+  CHECK(ok, "add+relu n=%zu scale=%g: fused differs from add then ReLU", n, scale);
+  printf("  add+relu n=%-7zu scale=%-9g bitwise equal to add, relu: %s\n", n, scale, ok ? "yes" : "NO");
+  free(a), free(b), free(dy), free(y0), free(y1), free(dz), free(z), free(da0), free(db0), free(da1), free(db1);
+  free(ba), free(bb);
 }
 
 /* ---------- option-A shortcut ---------- */
@@ -609,11 +736,14 @@ int main(int argc, char **argv) {
   test_conv(4, 3, 1, 1, 0, 4, 5, 2, 0); /* pointwise: one GEMM */
   test_conv(5, 3, 1, 2, 0, 5, 5, 2, 3); /* 1x1 stride 2 */
   test_conv(2, 3, 7, 2, 3, 9, 9, 1, 0);
-  test_bn(60, 7, 0, 0);
-  test_bn(60, 7, 1, 0);
-  test_bn(2 * 5 * 5, 19, 0, 3); /* mean far from 0 */
-  test_bn(3, 5, 0, 0);          /* tiny batch */
-  test_bn_threads();
+  for (int relu = 0; relu < 2; relu++) {
+    test_bn(60, 7, 0, 0, relu);
+    test_bn(60, 7, 1, 0, relu);
+    test_bn(2 * 5 * 5, 19, 0, 3, relu); /* mean far from 0 */
+    test_bn(3, 5, 0, 0, relu);          /* tiny batch */
+    test_bn(70, 33, 0, 0.3f, relu);     /* several 16-channel blocks and a partial one */
+    test_bn_threads(relu);
+  }
   test_relu();
   test_maxpool(5, 9, 9, 3, 2, 1, 2, -1, 1);
   test_maxpool(3, 7, 8, 3, 2, 1, 2, -3, -1); /* all negative: padding must never win */
@@ -623,10 +753,25 @@ int main(int argc, char **argv) {
   test_avgpool();
   test_linear(5, 33, 10);
   test_linear(1, 7, 3);
-  test_add(1.0f);
-  test_add(0.5f);
-  test_add(2.0f);
-  test_add(0.0f);
+  for (int relu = 0; relu < 2; relu++) {
+    test_add(1.0f, relu);
+    test_add(0.5f, relu);
+    test_add(2.0f, relu);
+    test_add(0.0f, relu);
+  }
+  for (int t = 1; t <= 2; t++) {
+    test_bn_fused_bitwise(60, 7, 0, t);
+    test_bn_fused_bitwise(60, 7, 1, t);
+    test_bn_fused_bitwise(3000, 16, 0, t); /* threaded, several groups */
+    test_bn_fused_bitwise(3000, 16, 1, t);
+    test_bn_fused_bitwise(1500, 40, 0, t); /* 16-channel blocks + a partial one */
+    test_bn_fused_bitwise(1500, 40, 1, t);
+  }
+  static const float scales[] = {1.0f, 0.0f, 1.0f / 0.7f};
+  for (int i = 0; i < 3; i++) {
+    test_add_fused_bitwise(777, scales[i]);
+    test_add_fused_bitwise(100003, scales[i]); /* threaded */
+  }
   test_shortcut(4, 8, 7, 7, 2, 2);
   test_shortcut(5, 8, 6, 5, 1, 2);
   test_shortcut(16, 32, 8, 8, 2, 1);

@@ -73,12 +73,25 @@ static void check_layout(const rn_model *m) {
   CHECK(ok && cnt == rn_model_param_count(m), "%s: parameter layout broken", m->cfg.arch);
   CHECK(seen_buffer, "%s: no BN buffers", m->cfg.arch);
   ok = 1;
+  int unused = 0, ok_unused = 1;
   for (int t = 0; t < m->ntensors; t++) {
     const rn_tensor *x = &m->tensors[t];
     size_t sz = (size_t)m->batch * x->h * x->w * x->c;
+    if (x->off == (size_t)-1) { /* left unused by the fusion pass: no producer, no consumer */
+      unused++;
+      for (int k = 0; k < m->nnodes; k++)
+        ok_unused &= m->nodes[k].in != t && m->nodes[k].in2 != t && m->nodes[k].out != t;
+      ok_unused &= x->goff == (size_t)-1 && t != m->input;
+      continue;
+    }
     ok &= x->off + sz <= m->act_floats && x->goff + sz <= m->dact_floats;
   }
   CHECK(ok, "%s: tensor outside its arena", m->cfg.arch);
+  /* every ReLU is fused (fusion on by default): one unused pre-ReLU tensor per removed node */
+  int nrelu = 0, nfused = 0;
+  for (int k = 0; k < m->nnodes; k++) nrelu += m->nodes[k].op == RN_OP_RELU, nfused += m->nodes[k].relu;
+  CHECK(ok_unused && unused == nfused && (!m->fused || nrelu == 0), "%s: fusion left %d ReLU nodes, %d unused tensors "
+        "for %d fused nodes", m->cfg.arch, nrelu, unused, nfused);
   CHECK(m->nodes[m->nnodes - 1].out == m->logits && m->tensors[m->logits].c == m->cfg.num_classes,
         "%s: logits tensor wrong", m->cfg.arch);
 }

@@ -71,13 +71,17 @@ void rn_conv_set_direct(int on);
 int rn_conv_direct_enabled(void);
 int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch/width) */
 int rn_conv_direct_ok(const rn_conv_desc *d);    /* forward uses it: shape, switch and width rule */
-int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward uses it (stricter width rule) */
+int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward uses it (stricter width rule; 1x1: dW) */
+int rn_conv_direct_dx_ok(const rn_conv_desc *d);  /* ... and also for dx (1x1: dx stays on the GEMM) */
 /* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
 void rn_conv_set_direct_max_channels(int c);
 /* Width rules (measured, see conv_direct.c): forward takes widths that are multiples of 8, 24+,
  * 14 or 7; backward only multiples of 8 and 24+; others go to the GEMM path, which is faster
  * there. on = take every width in both directions (tests of the tail tiles). */
 void rn_conv_set_direct_all_widths(int on);
+/* 1x1 convolutions (stride 1) on the direct path too (default on; RN_CONV_DIRECT_1X1=0 or
+ * rn_conv_set_direct_1x1(0) sends them to one whole-batch GEMM each). Set before planning. */
+void rn_conv_set_direct_1x1(int on);
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                             int threads);
@@ -93,10 +97,15 @@ typedef struct {
   int c;
   float momentum; /* 0.1 */
   float eps;      /* 1e-5 */
+  int relu;       /* 1: a ReLU is fused into the layer: y = max(0, bn(x)) (NaN propagates, as
+                     rn_relu_forward), and the backward masks dy with (y > 0) while reading it, so
+                     its results are bitwise those of rn_relu_backward followed by the plain BN
+                     backward. 0: plain BN. */
 } rn_bn_desc;
 /* Training: batch statistics over m = n*h*w rows of c channels; saves mean and 1/sqrt(var+eps)
  * (biased var) in save[0..c) and save[c..2c); running_mean/var updated with momentum using the
- * unbiased variance (m/(m-1)). */
+ * unbiased variance (m/(m-1)). Per-channel sums are in double over a fixed partition of the rows:
+ * results do not depend on the thread count. y may alias x. */
 void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                          const float *beta, float *run_mean, float *run_var, float *save, float *y);
 /* Eval: running statistics. */
@@ -108,14 +117,15 @@ void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const fl
  * normalises with the statistics of the global batch. NULL turns it off. */
 typedef void (*rn_bn_reduce_fn)(void *ctx, double *v, int n);
 void rn_bn_set_sync(rn_bn_reduce_fn fn, void *ctx);
-/* Backward of the training forward (save from it). */
-void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
-                          const float *save, const float *dy, float *dx, int acc, float *dgamma,
-                          float *dbeta);
-/* Backward of the eval-mode forward (fixed statistics: an affine map). */
-void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
-                         const float *run_mean, const float *run_var, const float *dy, float *dx,
-                         int acc, float *dgamma, float *dbeta);
+/* Backward of the training forward (save from it). y is the forward output, read only when
+ * d->relu (the ReLU mask; may be NULL otherwise). */
+void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
+                          const float *gamma, const float *save, const float *dy, float *dx, int acc,
+                          float *dgamma, float *dbeta);
+/* Backward of the eval-mode forward (fixed statistics: an affine map); y as above. */
+void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
+                         const float *gamma, const float *run_mean, const float *run_var,
+                         const float *dy, float *dx, int acc, float *dgamma, float *dbeta);
 
 /* ---------------- ReLU (count = n*h*w*c); y may alias x ---------------- */
 void rn_relu_forward(int64_t count, const float *x, float *y);
@@ -140,12 +150,16 @@ void rn_linear_forward(int n, int in, int out, const float *x, const float *w, c
 void rn_linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
                         float *dx, int acc, float *dw, float *db);
 
-/* ---------------- residual add: y = a + scale * b ---------------- */
-/* scale is 1 normally; stochastic depth passes 0 (branch dropped) or 1/p (kept, inverted scaling).
- * y may alias a. */
-void rn_add_forward(int64_t count, const float *a, const float *b, float scale, float *y);
-/* da (=/+= dy), db (=/+= scale*dy); either may be NULL. */
-void rn_add_backward(int64_t count, const float *dy, float scale, float *da, int acc_a, float *db, int acc_b);
+/* ---------------- residual add: y = a + scale * b [then ReLU] ---------------- */
+/* scale is 1 normally; stochastic depth passes 0 (branch dropped: b is not read) or 1/p (kept,
+ * inverted scaling). relu = 1 fuses a ReLU: y = max(0, a + scale * b), NaN propagating as in
+ * rn_relu_forward. y may alias a or b. */
+void rn_add_forward(int64_t count, const float *a, const float *b, float scale, int relu, float *y);
+/* da (=/+= g), db (=/+= scale*g), g = dy, or with a fused ReLU (y = the forward output, non-NULL)
+ * g = (y > 0 ? dy : 0): bitwise rn_relu_backward followed by the plain add backward. da or db may
+ * be NULL; da (not db) may alias dy. */
+void rn_add_backward(int64_t count, const float *y, const float *dy, float scale, float *da, int acc_a,
+                     float *db, int acc_b);
 
 /* ---------------- option-A shortcut: identity, stride subsampling, zero-padded channels ------- */
 /* y[n][oh][ow][co] = x[n][oh*s][ow*s][co - lo] for lo <= co < lo + cin, else 0; lo = (cout-cin)/2

@@ -39,7 +39,8 @@ typedef enum {
 typedef struct {
   int h, w, c; /* per sample; flat vectors use h = w = 1 */
   size_t off;  /* offset (floats) of the tensor in the activation arena, room for the planned
-                  batch (a ReLU output shares its input's buffer: in-place) */
+                  batch (in-place outputs share their input's buffer, see plan() in build.c);
+                  (size_t)-1 for a tensor left unused by the fusion pass */
   size_t goff; /* offset (floats) of its gradient in the gradient arena (liveness-planned: buffers
                   are reused once dead, so a gradient is valid only during backward) */
 } rn_tensor;
@@ -65,6 +66,8 @@ typedef struct {
   float scale;      /* ADD: branch scale used by the last forward (0, 1 or 1/p) */
   size_t save_off;  /* per-node saved state (BN mean/invstd, maxpool argmax) in the save arena */
   int acc_in, acc_in2; /* backward: 1 = add into d(in)/d(in2) (an earlier backward node wrote it) */
+  int relu;         /* BN, ADD: a following ReLU is fused into this node (out = the ReLU's output;
+                       backward masks with out > 0); set by the fusion pass at build time */
   union {
     rn_conv_desc conv;
     rn_bn_desc bn;
@@ -102,12 +105,18 @@ typedef struct {
   int input_grad;            /* 1: backward also computes d loss / d input (rn_model_input_grad) */
   int last_train;            /* mode of the last forward (selects the BN backward) */
   size_t dact_floats;        /* gradient arena size */
+  int fused;                 /* 1: BN+ReLU and add+ReLU were fused at build (rn_model_set_fusion) */
 } rn_model;
 
 void rn_model_config_default(rn_model_config *c);
 /* Parses an architecture name into c (arch, depth, bottleneck, cifar, plain, default shortcut).
  * Unknown names are errors listing the valid ones. */
 rn_status rn_model_config_arch(rn_model_config *c, const char *arch, rn_err *e);
+/* Fusion of ReLUs into the BN or add node that feeds them (when nothing else reads the pre-ReLU
+ * tensor) for the models built from now on: 1 = on, 0 = off, -1 = the default, which is the
+ * environment variable RN_FUSE (read once; "0" = off, anything else or unset = on). Results are
+ * bitwise identical either way; only speed and the node list differ. Returns the previous setting. */
+int rn_model_set_fusion(int on);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
 void rn_model_free(rn_model *m);
@@ -138,5 +147,7 @@ void rn_model_zero_grad(rn_model *m);
 const float *rn_model_input_grad(const rn_model *m);
 /* Human-readable name of an op ("conv", "bn", ...). */
 const char *rn_op_name(rn_op op);
+/* Name of a node's kind: rn_op_name, or "bn+relu" / "add+relu" for fused nodes. */
+const char *rn_node_kind(const rn_node *n);
 
 #endif

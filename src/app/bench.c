@@ -152,6 +152,9 @@ int main(int argc, char **argv) {
       printf("\n%-34s %-9s %-16s %9s %9s %8s %8s\n", "layer", "op", "out (HxWxC)", "fwd ms", "bwd ms", "fwd GF/s",
              "bwd GF/s");
       double conv_t = 0, other_t = 0;
+      const char *kinds[16];
+      double kind_t[16];
+      int nkinds = 0;
       for (int k = 0; k < m.nnodes; k++) {
         const rn_node *nd = &m.nodes[k];
         const rn_tensor *t = &m.tensors[nd->out];
@@ -165,13 +168,22 @@ int main(int argc, char **argv) {
           snprintf(fg, sizeof fg, "%.1f", 2 * mc2 / f * 1e-9);
           snprintf(bg, sizeof bg, "%.1f", 2 * bmacs / b * 1e-9);
         }
-        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s\n", nd->name[0] ? nd->name : "-", rn_op_name(nd->op), shape,
-               f * 1e3, b * 1e3, fg, bg);
+        const char *kind = rn_node_kind(nd);
+        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s\n", nd->name[0] ? nd->name : "-", kind, shape, f * 1e3, b * 1e3,
+               fg, bg);
         if (nd->op == RN_OP_CONV || nd->op == RN_OP_LINEAR) conv_t += f + b;
         else other_t += f + b;
+        int q = 0;
+        while (q < nkinds && strcmp(kinds[q], kind)) q++;
+        if (q == nkinds && nkinds < 16) kinds[nkinds] = kind, kind_t[nkinds++] = 0;
+        if (q < nkinds) kind_t[q] += f + b;
       }
       printf("\nconv+fc %.1f ms, other layers (bn, relu, add, pool, shortcut) %.1f ms = %.1f%% of the layer time\n",
              conv_t * 1e3, other_t * 1e3, 100 * other_t / (conv_t + other_t));
+      printf("time by kind (forward + backward):");
+      for (int q = 0; q < nkinds; q++)
+        printf("%s %s %.1f ms (%.1f%%)", q ? "," : "", kinds[q], kind_t[q] * 1e3, 100 * kind_t[q] / (conv_t + other_t));
+      printf("\n");
     }
     double ms = median(tstep, (int)steps), mf = median(tf, (int)steps), mb = median(tb, (int)steps),
            mcm = median(tc, (int)steps), mo = median(to, (int)steps);

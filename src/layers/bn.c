@@ -1,16 +1,33 @@
-/* Batch norm 2d over NHWC rows (m = n*h*w rows of c channels), PyTorch conventions.
+/* Batch norm 2d over NHWC rows (m = n*h*w rows of c channels), PyTorch conventions, with an
+ * optional fused ReLU (d->relu).
  *
  * Per-channel sums are accumulated in double over a FIXED partition of the rows into G groups
- * (G depends on c only), each group summed in row order, groups added in order: the result is
- * bitwise the same whatever the thread count. Partial sums live on the stack (G*2*c doubles,
- * <= 256 KB), nothing is allocated. The elementwise passes use float coefficients per channel. */
+ * (G depends on c and m only); inside a group, tiles of TILE rows in row order, each tile summed
+ * into two double accumulators (even and odd rows) that are added into the group's sums at the end
+ * of the tile; groups added in order. So the result is bitwise the same whatever the thread count.
+ * Partial sums live on the stack (G*2*c doubles, <= 256 KB), nothing is allocated. The elementwise
+ * passes use float coefficients per channel (FMA).
+ *
+ * Fused ReLU: the forward applies max(0, .) in the affine pass (NaN propagates); the backward reads
+ * the forward output y and uses g = (y > 0 ? dy : 0) instead of dy in the channel-sum pass and in
+ * the dx pass. g is exactly what rn_relu_backward would have written, and every later operation is
+ * the same, so fused and unfused (ReLU node + plain BN) results are bitwise identical.
+ *
+ * With AVX-512 the passes use 16-channel vectors (masked for the last, partial block); the portable
+ * fallback does the same arithmetic in scalar code (bitwise equal to itself, not to the AVX-512
+ * build). */
 #include <math.h>
 #include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "rn/kernels.h"
 #include "rn/layers.h"
 
 #define MAX_C 65536
+#define TILE 16 /* rows per tile of the channel sums (part of the fixed summation order) */
 
 static int groups_for(int c, int64_t m) {
   int g = c <= 2048 ? 8 : c <= 8192 ? 2 : 1;
@@ -23,9 +40,94 @@ static int nthreads_for(int64_t count) {
   return count < 32768 ? 1 : (t < 1 ? 1 : t);
 }
 
-/* s1[j] = sum_i a[i][j], s2[j] = sum_i a[i][j] * (b ? b[i][j] - bsub[j] : a[i][j]) over m rows, double. */
-static void channel_sums(int c, int64_t m, const float *a, const float *b, const double *bsub, double *s1,
-                         double *s2) {
+#if defined(__AVX512F__)
+static inline __mmask16 tail16(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+static inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+static inline __m512d hi_pd(__m512 v) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+/* a[i][j..j+16) (masked), zeroed where mask[i][j] > 0 fails when has_mask */
+static inline __attribute__((always_inline)) __m512 load_g(const float *a, const float *mask, size_t o, __mmask16 k,
+                                                           const int has_mask) {
+  __m512 v = _mm512_maskz_loadu_ps(k, a + o);
+  if (has_mask) {
+    __mmask16 pos = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(k, mask + o), _mm512_setzero_ps(), _CMP_GT_OQ);
+    v = _mm512_maskz_mov_ps(pos, v);
+  }
+  return v;
+}
+#endif
+
+/* Sums over rows [r0, r1) into p1/p2 (zero on entry), in the fixed tile order. */
+static inline __attribute__((always_inline)) void sums_rows(int c, int64_t r0, int64_t r1, const float *a,
+                                                            const float *b, const double *bsub, const float *mask,
+                                                            double *p1, double *p2, const int has_b,
+                                                            const int has_mask) {
+#if defined(__AVX512F__)
+  for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
+    const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
+    for (int j = 0; j < c; j += 16) {
+      const __mmask16 k = tail16(c - j);
+      const __mmask8 kl = (__mmask8)k, kh = (__mmask8)(k >> 8);
+      __m512d s1l[2], s1h[2], s2l[2], s2h[2], ml = _mm512_setzero_pd(), mh = _mm512_setzero_pd();
+      for (int e = 0; e < 2; e++)
+        s1l[e] = s1h[e] = s2l[e] = s2h[e] = _mm512_setzero_pd();
+      if (has_b) ml = _mm512_maskz_loadu_pd(kl, bsub + j), mh = _mm512_maskz_loadu_pd(kh, bsub + j + 8);
+#define SUM_ROW(i, e)                                                                                           \
+  do {                                                                                                         \
+    const size_t o = (size_t)(i) * c + j;                                                                      \
+    const __m512 v = load_g(a, mask, o, k, has_mask);                                                          \
+    const __m512d vl = lo_pd(v), vh = hi_pd(v);                                                                \
+    s1l[e] = _mm512_add_pd(s1l[e], vl);                                                                        \
+    s1h[e] = _mm512_add_pd(s1h[e], vh);                                                                        \
+    if (has_b) {                                                                                               \
+      const __m512 w = _mm512_maskz_loadu_ps(k, b + o);                                                        \
+      s2l[e] = _mm512_fmadd_pd(vl, _mm512_sub_pd(lo_pd(w), ml), s2l[e]);                                       \
+      s2h[e] = _mm512_fmadd_pd(vh, _mm512_sub_pd(hi_pd(w), mh), s2h[e]);                                       \
+    } else {                                                                                                   \
+      s2l[e] = _mm512_fmadd_pd(vl, vl, s2l[e]);                                                                \
+      s2h[e] = _mm512_fmadd_pd(vh, vh, s2h[e]);                                                                \
+    }                                                                                                          \
+  } while (0)
+      int64_t i = t0;
+      for (; i + 1 < t1; i += 2) { /* even rows into set 0, odd rows into set 1 */
+        SUM_ROW(i, 0);
+        SUM_ROW(i + 1, 1);
+      }
+      if (i < t1) SUM_ROW(i, 0);
+#undef SUM_ROW
+      _mm512_mask_storeu_pd(p1 + j, kl, _mm512_add_pd(_mm512_maskz_loadu_pd(kl, p1 + j), _mm512_add_pd(s1l[0], s1l[1])));
+      _mm512_mask_storeu_pd(p1 + j + 8, kh,
+                            _mm512_add_pd(_mm512_maskz_loadu_pd(kh, p1 + j + 8), _mm512_add_pd(s1h[0], s1h[1])));
+      _mm512_mask_storeu_pd(p2 + j, kl, _mm512_add_pd(_mm512_maskz_loadu_pd(kl, p2 + j), _mm512_add_pd(s2l[0], s2l[1])));
+      _mm512_mask_storeu_pd(p2 + j + 8, kh,
+                            _mm512_add_pd(_mm512_maskz_loadu_pd(kh, p2 + j + 8), _mm512_add_pd(s2h[0], s2h[1])));
+    }
+  }
+#else
+  for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
+    const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
+    for (int j = 0; j < c; j++) {
+      double s1[2] = {0, 0}, s2[2] = {0, 0};
+      for (int64_t i = t0; i < t1; i++) {
+        const int e = (int)((i - t0) & 1);
+        const size_t o = (size_t)i * c + j;
+        const float g = has_mask ? (mask[o] > 0.0f ? a[o] : 0.0f) : a[o];
+        const double v = g;
+        s1[e] += v;
+        s2[e] = fma(v, has_b ? (double)b[o] - bsub[j] : v, s2[e]);
+      }
+      p1[j] += s1[0] + s1[1];
+      p2[j] += s2[0] + s2[1];
+    }
+  }
+#endif
+}
+
+/* s1[j] = sum_i g[i][j], s2[j] = sum_i g[i][j] * (b ? b[i][j] - bsub[j] : g[i][j]) over m rows, double;
+ * g = a, or with mask (fused ReLU) g = (mask > 0 ? a : 0). */
+static void channel_sums(int c, int64_t m, const float *a, const float *b, const double *bsub, const float *mask,
+                         double *s1, double *s2) {
   const int G = groups_for(c, m);
   double part[G][2][c];
   const int T = nthreads_for(m * c);
@@ -34,23 +136,10 @@ static void channel_sums(int c, int64_t m, const float *a, const float *b, const
     double *p1 = part[g][0], *p2 = part[g][1];
     for (int j = 0; j < c; j++) p1[j] = 0, p2[j] = 0;
     int64_t r0 = m * g / G, r1 = m * (g + 1) / G;
-    for (int64_t i = r0; i < r1; i++) {
-      const float *ar = a + (size_t)i * c;
-      if (b) {
-        const float *br = b + (size_t)i * c;
-        for (int j = 0; j < c; j++) {
-          double v = ar[j];
-          p1[j] += v;
-          p2[j] += v * ((double)br[j] - bsub[j]);
-        }
-      } else {
-        for (int j = 0; j < c; j++) {
-          double v = ar[j];
-          p1[j] += v;
-          p2[j] += v * v;
-        }
-      }
-    }
+    if (b && mask) sums_rows(c, r0, r1, a, b, bsub, mask, p1, p2, 1, 1);
+    else if (b) sums_rows(c, r0, r1, a, b, bsub, NULL, p1, p2, 1, 0);
+    else if (mask) sums_rows(c, r0, r1, a, NULL, NULL, mask, p1, p2, 0, 1);
+    else sums_rows(c, r0, r1, a, NULL, NULL, NULL, p1, p2, 0, 0);
   }
   for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
   for (int g = 0; g < G; g++)
@@ -78,14 +167,34 @@ static double sync_sums(int c, double *a, double *b, int64_t m) {
   return buf[2 * c];
 }
 
-/* y = x*sc + sh per channel (y may alias x). */
-static void affine(int c, int64_t m, const float *x, const float *sc, const float *sh, float *y) {
+/* One row of the affine pass: y = x*sc + sh (FMA), then max(0, .) if relu (NaN propagates). */
+static inline __attribute__((always_inline)) void affine_row(int c, const float *xr, const float *sc, const float *sh,
+                                                             float *yr, const int relu) {
+#if defined(__AVX512F__)
+  for (int j = 0; j < c; j += 16) {
+    const __mmask16 k = tail16(c - j);
+    __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xr + j), _mm512_maskz_loadu_ps(k, sc + j),
+                               _mm512_maskz_loadu_ps(k, sh + j));
+    if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v); /* 0 > v ? 0 : v, as v < 0 ? 0 : v */
+    _mm512_mask_storeu_ps(yr + j, k, v);
+  }
+#else
+  for (int j = 0; j < c; j++) {
+    float v = fmaf(xr[j], sc[j], sh[j]);
+    yr[j] = relu && v < 0.0f ? 0.0f : v;
+  }
+#endif
+}
+
+/* y = x*sc + sh per channel [then ReLU] (y may alias x). */
+static void affine(int c, int64_t m, const float *x, const float *sc, const float *sh, int relu, float *y) {
   const int T = nthreads_for(m * c);
+  if (relu) {
 #pragma omp parallel for num_threads(T) schedule(static)
-  for (int64_t i = 0; i < m; i++) {
-    const float *xr = x + (size_t)i * c;
-    float *yr = y + (size_t)i * c;
-    for (int j = 0; j < c; j++) yr[j] = xr[j] * sc[j] + sh[j];
+    for (int64_t i = 0; i < m; i++) affine_row(c, x + (size_t)i * c, sc, sh, y + (size_t)i * c, 1);
+  } else {
+#pragma omp parallel for num_threads(T) schedule(static)
+    for (int64_t i = 0; i < m; i++) affine_row(c, x + (size_t)i * c, sc, sh, y + (size_t)i * c, 0);
   }
 }
 
@@ -94,7 +203,7 @@ void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const f
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
   double s1[c], s2[c];
-  channel_sums(c, m, x, NULL, NULL, s1, s2);
+  channel_sums(c, m, x, NULL, NULL, NULL, s1, s2);
   const double M = sync_sums(c, s1, s2, m); /* rows over all ranks with synchronised BN */
   float sc[c], sh[c];
   const double mom = d->momentum;
@@ -111,7 +220,7 @@ void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const f
     sc[j] = (float)(gamma[j] * invstd);
     sh[j] = (float)(beta[j] - mean * gamma[j] * invstd);
   }
-  affine(c, m, x, sc, sh, y);
+  affine(c, m, x, sc, sh, d->relu, y);
 }
 
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
@@ -124,31 +233,75 @@ void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const fl
     sc[j] = (float)k;
     sh[j] = (float)(beta[j] - run_mean[j] * k);
   }
-  affine(c, m, x, sc, sh, y);
+  affine(c, m, x, sc, sh, d->relu, y);
 }
 
-/* dx (=, or += when acc) = a*dy + b*(x - mu) + k per channel. */
-static void bn_dx(int c, int64_t m, const float *x, const float *dy, const float *a, const float *b,
+/* One row of the dx pass: r = a*g + (b*(x - mu) + k) (b == NULL: r = a*g); dx = r or dx += r.
+ * g = dy, or (y > 0 ? dy : 0) with the fused ReLU. */
+static inline __attribute__((always_inline)) void dx_row(int c, const float *xr, const float *yr, const float *dr,
+                                                         const float *a, const float *b, const float *mu,
+                                                         const float *k, float *o, const int acc, const int has_b,
+                                                         const int has_mask) {
+#if defined(__AVX512F__)
+  for (int j = 0; j < c; j += 16) {
+    const __mmask16 km = tail16(c - j);
+    const __m512 g = load_g(dr, yr, (size_t)j, km, has_mask);
+    __m512 r;
+    if (has_b) {
+      const __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(km, xr + j), _mm512_maskz_loadu_ps(km, mu + j));
+      r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, b + j), t, _mm512_maskz_loadu_ps(km, k + j));
+      r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, a + j), g, r);
+    } else {
+      r = _mm512_mul_ps(_mm512_maskz_loadu_ps(km, a + j), g);
+    }
+    if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(km, o + j), r);
+    _mm512_mask_storeu_ps(o + j, km, r);
+  }
+#else
+  for (int j = 0; j < c; j++) {
+    const float g = has_mask ? (yr[j] > 0.0f ? dr[j] : 0.0f) : dr[j];
+    const float r = has_b ? fmaf(a[j], g, fmaf(b[j], xr[j] - mu[j], k[j])) : a[j] * g;
+    o[j] = acc ? o[j] + r : r;
+  }
+#endif
+}
+
+#define DX_LOOP(ACC, HB, HM)                                                                                   \
+  do {                                                                                                         \
+    _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++) {              \
+      const size_t o = (size_t)i * c;                                                                          \
+      dx_row(c, x + o, (HM) ? y + o : NULL, dy + o, a, b, mu, k, dx + o, ACC, HB, HM);                         \
+    }                                                                                                          \
+  } while (0)
+
+/* dx (=, or += when acc) = a*g + b*(x - mu) + k per channel (b == NULL: a*g); g = dy masked by y > 0
+ * when y != NULL. */
+static void bn_dx(int c, int64_t m, const float *x, const float *y, const float *dy, const float *a, const float *b,
                   const float *mu, const float *k, float *dx, int acc) {
   const int T = nthreads_for(m * c);
-#pragma omp parallel for num_threads(T) schedule(static)
-  for (int64_t i = 0; i < m; i++) {
-    const float *xr = x + (size_t)i * c, *dr = dy + (size_t)i * c;
-    float *o = dx + (size_t)i * c;
-    if (acc)
-      for (int j = 0; j < c; j++) o[j] += a[j] * dr[j] + b[j] * (xr[j] - mu[j]) + k[j];
-    else
-      for (int j = 0; j < c; j++) o[j] = a[j] * dr[j] + b[j] * (xr[j] - mu[j]) + k[j];
+  const int hb = b != NULL, hm = y != NULL;
+  if (acc) {
+    if (hb && hm) DX_LOOP(1, 1, 1);
+    else if (hb) DX_LOOP(1, 1, 0);
+    else if (hm) DX_LOOP(1, 0, 1);
+    else DX_LOOP(1, 0, 0);
+  } else {
+    if (hb && hm) DX_LOOP(0, 1, 1);
+    else if (hb) DX_LOOP(0, 1, 0);
+    else if (hm) DX_LOOP(0, 0, 1);
+    else DX_LOOP(0, 0, 0);
   }
 }
 
-void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *save,
-                          const float *dy, float *dx, int acc, float *dgamma, float *dbeta) {
+void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                          const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
+  RN_ASSERT(!d->relu || y);
+  const float *mask = d->relu ? y : NULL;
   double mean[c], sdy[c], sdyx[c];
   for (int j = 0; j < c; j++) mean[j] = save[j];
-  channel_sums(c, m, dy, x, mean, sdy, sdyx); /* sdy = sum dy, sdyx = sum dy*(x-mean) */
+  channel_sums(c, m, dy, x, mean, mask, sdy, sdyx); /* sdy = sum g, sdyx = sum g*(x-mean) */
   for (int j = 0; j < c; j++) {
     /* dL/dgamma, dL/dbeta of this rank's batch (averaged over ranks with the other gradients) */
     if (dgamma) dgamma[j] += (float)(sdyx[j] * save[c + j]);
@@ -166,18 +319,20 @@ void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const 
     b[j] = (float)bb;
     k[j] = (float)(-ga * sdy[j] / M);
   }
-  if (dx) bn_dx(c, m, x, dy, a, b, save, k, dx, acc);
+  if (dx) bn_dx(c, m, x, mask, dy, a, b, save, k, dx, acc);
 }
 
-void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                          const float *run_mean, const float *run_var, const float *dy, float *dx, int acc,
                          float *dgamma, float *dbeta) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C);
+  RN_ASSERT(!d->relu || y);
+  const float *mask = d->relu ? y : NULL;
   double rm[c], sdy[c], sdyx[c];
   for (int j = 0; j < c; j++) rm[j] = run_mean[j];
   if (dgamma || dbeta) {
-    channel_sums(c, m, dy, x, rm, sdy, sdyx);
+    channel_sums(c, m, dy, x, rm, mask, sdy, sdyx);
     for (int j = 0; j < c; j++) {
       double is = 1.0 / sqrt((double)run_var[j] + (double)d->eps);
       if (dgamma) dgamma[j] += (float)(sdyx[j] * is);
@@ -185,11 +340,8 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
     }
   }
   if (dx) {
-    float a[c], b[c], k[c];
-    for (int j = 0; j < c; j++) {
-      a[j] = (float)(gamma[j] / sqrt((double)run_var[j] + (double)d->eps));
-      b[j] = 0, k[j] = 0;
-    }
-    bn_dx(c, m, x, dy, a, b, k, k, dx, acc);
+    float a[c];
+    for (int j = 0; j < c; j++) a[j] = (float)(gamma[j] / sqrt((double)run_var[j] + (double)d->eps));
+    bn_dx(c, m, x, mask, dy, a, NULL, NULL, NULL, dx, acc);
   }
 }

@@ -1,5 +1,6 @@
-/* ReLU, residual add, global average pool, option-A shortcut: memory-bound loops over NHWC,
- * vectorised over channels, split over threads (rn_blas_threads()) when large enough. */
+/* ReLU, residual add (optionally with a fused ReLU), global average pool, option-A shortcut:
+ * memory-bound loops over NHWC, vectorised over channels, split over threads (rn_blas_threads())
+ * when large enough. */
 #include <omp.h>
 #include <string.h>
 
@@ -44,17 +45,37 @@ void rn_relu_backward(int64_t count, const float *y, const float *dy, float *dx,
   }
 }
 
-/* ---- residual add ---- */
-void rn_add_forward(int64_t count, const float *a, const float *b, float scale, float *y) {
+/* ---- residual add [+ ReLU] ---- */
+void rn_add_forward(int64_t count, const float *a, const float *b, float scale, int relu, float *y) {
   const int T = nthreads_for(count);
+  if (!relu) {
+    if (scale == 1.0f) {
+#pragma omp parallel for simd num_threads(T) schedule(static)
+      for (int64_t i = 0; i < count; i++) y[i] = a[i] + b[i];
+    } else if (scale == 0.0f) { /* dropped branch: b is not read (it may hold anything) */
+      if (y != a) par_copy(count, a, y);
+    } else {
+#pragma omp parallel for simd num_threads(T) schedule(static)
+      for (int64_t i = 0; i < count; i++) y[i] = a[i] + scale * b[i];
+    }
+    return;
+  }
+  /* the same sums, then v < 0 ? 0 : v (rn_relu_forward) */
   if (scale == 1.0f) {
 #pragma omp parallel for simd num_threads(T) schedule(static)
-    for (int64_t i = 0; i < count; i++) y[i] = a[i] + b[i];
-  } else if (scale == 0.0f) { /* dropped branch: b is not read (it may hold anything) */
-    if (y != a) par_copy(count, a, y);
+    for (int64_t i = 0; i < count; i++) {
+      const float v = a[i] + b[i];
+      y[i] = v < 0.0f ? 0.0f : v;
+    }
+  } else if (scale == 0.0f) {
+#pragma omp parallel for simd num_threads(T) schedule(static)
+    for (int64_t i = 0; i < count; i++) y[i] = a[i] < 0.0f ? 0.0f : a[i];
   } else {
 #pragma omp parallel for simd num_threads(T) schedule(static)
-    for (int64_t i = 0; i < count; i++) y[i] = a[i] + scale * b[i];
+    for (int64_t i = 0; i < count; i++) {
+      const float v = a[i] + scale * b[i];
+      y[i] = v < 0.0f ? 0.0f : v;
+    }
   }
 }
 
@@ -74,10 +95,39 @@ static void scaled_copy(int64_t count, const float *dy, float scale, float *d, i
   }
 }
 
-void rn_add_backward(int64_t count, const float *dy, float scale, float *da, int acc_a, float *db, int acc_b) {
-  if (db) scaled_copy(count, dy, scale, db, acc_b); /* first: da may alias dy */
-  if (da) scaled_copy(count, dy, 1.0f, da, acc_a);
+/* One pass for the fused ReLU: g = (y > 0 ? dy : 0) (rn_relu_backward), then the db and da
+ * statements of scaled_copy(g, scale, db, acc_b) and scaled_copy(g, 1, da, acc_a) (1*g == g). */
+#define ADD_RELU_BWD(DB, DA)                                                                                   \
+  do {                                                                                                         \
+    _Pragma("omp parallel for simd num_threads(T) schedule(static)") for (int64_t i = 0; i < count; i++) {     \
+      const float g = y[i] > 0.0f ? dy[i] : 0.0f;                                                              \
+      DB;                                                                                                      \
+      DA;                                                                                                      \
+    }                                                                                                          \
+  } while (0)
+#define ADD_RELU_BWD_DA(DB)                                                                                    \
+  do {                                                                                                         \
+    if (!da) ADD_RELU_BWD(DB, (void)g);                                                                        \
+    else if (acc_a) ADD_RELU_BWD(DB, da[i] += g);                                                              \
+    else ADD_RELU_BWD(DB, da[i] = g);                                                                          \
+  } while (0)
+
+void rn_add_backward(int64_t count, const float *y, const float *dy, float scale, float *da, int acc_a, float *db,
+                     int acc_b) {
+  if (!y) {
+    if (db) scaled_copy(count, dy, scale, db, acc_b); /* first: da may alias dy */
+    if (da) scaled_copy(count, dy, 1.0f, da, acc_a);
+    return;
+  }
+  const int T = nthreads_for(count);
+  if (!db || (acc_b && scale == 0.0f)) ADD_RELU_BWD_DA((void)0);
+  else if (acc_b) ADD_RELU_BWD_DA(db[i] += scale * g);
+  else if (scale == 1.0f) ADD_RELU_BWD_DA(db[i] = g);
+  else if (scale == 0.0f) ADD_RELU_BWD_DA(db[i] = 0.0f);
+  else ADD_RELU_BWD_DA(db[i] = scale * g);
 }
+#undef ADD_RELU_BWD_DA
+#undef ADD_RELU_BWD
 
 /* ---- global average pool ---- */
 void rn_avgpool_forward(int n, int hw, int c, const float *x, float *y) {

@@ -36,6 +36,29 @@ const char *rn_op_name(rn_op op) {
   return "?";
 }
 
+const char *rn_node_kind(const rn_node *n) {
+  if (n->relu && n->op == RN_OP_BN) return "bn+relu";
+  if (n->relu && n->op == RN_OP_ADD) return "add+relu";
+  return rn_op_name(n->op);
+}
+
+/* Fusion setting: -1 = not decided yet (environment RN_FUSE, read once). */
+static int g_fusion = -1;
+int rn_model_set_fusion(int on) {
+  int prev = g_fusion;
+  g_fusion = on < 0 ? -1 : !!on;
+  return prev;
+}
+static int fusion_on(void) {
+  static int env = -1;
+  if (g_fusion >= 0) return g_fusion;
+  if (env < 0) {
+    const char *s = getenv("RN_FUSE");
+    env = !(s && !strcmp(s, "0"));
+  }
+  return env;
+}
+
 void rn_model_config_default(rn_model_config *c) {
   memset(c, 0, sizeof *c);
   snprintf(c->arch, sizeof c->arch, "resnet50");
@@ -358,6 +381,42 @@ static void build_graph(builder *b) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Fusion: a ReLU whose input is produced by a BN or add node and read by nothing else is merged
+ * into that node (node->relu = 1, node->out = the ReLU's output); the ReLU node is removed. The
+ * pre-ReLU tensor stays in the tensor list, unused (no producer, no consumer: plan() gives it no
+ * memory). Tensor ids of everything else, parameters and names are unchanged. */
+static void fuse(rn_model *m) {
+  int T = m->ntensors;
+  int *nuse = calloc((size_t)T, sizeof(int)), *producer = malloc((size_t)T * sizeof(int));
+  RN_ASSERT(nuse && producer);
+  for (int t = 0; t < T; t++) producer[t] = -1;
+  for (int k = 0; k < m->nnodes; k++) {
+    nuse[m->nodes[k].in]++;
+    if (m->nodes[k].in2 >= 0) nuse[m->nodes[k].in2]++;
+  }
+  int w = 0;
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node n = m->nodes[k];
+    int p = n.op == RN_OP_RELU ? producer[n.in] : -1;
+    if (p >= 0 && nuse[n.in] == 1 && (m->nodes[p].op == RN_OP_BN || m->nodes[p].op == RN_OP_ADD) &&
+        !m->nodes[p].relu) {
+      rn_node *q = &m->nodes[p];
+      q->relu = 1;
+      if (q->op == RN_OP_BN) q->u.bn.relu = 1;
+      q->out = n.out;
+      producer[n.in] = -1;
+      producer[n.out] = p;
+      continue;
+    }
+    m->nodes[w] = n;
+    producer[n.out] = w++;
+  }
+  m->nnodes = w;
+  free(nuse);
+  free(producer);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Planning */
 
 static size_t tsize(const rn_model *m, int t) {
@@ -365,40 +424,111 @@ static size_t tsize(const rn_model *m, int t) {
   return rn_align16((size_t)m->batch * (size_t)x->h * (size_t)x->w * (size_t)x->c);
 }
 
-/* First-fit allocator over [0, inf) for the gradient arena (liveness-based reuse). */
-typedef struct {
-  size_t off, size;
-  int id;
-} live_blk;
-typedef struct {
-  live_blk *b;
-  int n, cap;
-  size_t peak;
-} ff_alloc;
-
-static size_t ff_get(ff_alloc *a, size_t size, int id) {
-  size_t off = 0;
-  int pos = 0;
-  for (; pos < a->n; pos++) { /* blocks sorted by offset */
-    if (a->b[pos].off >= off + size) break;
-    off = a->b[pos].off + a->b[pos].size;
+/* Gradient arena placement (offline, greedy by size): every tensor that has a consumer has a
+ * gradient, live over the node indices [producer, last consumer] (backward runs from its last
+ * consumer, which writes it first, down to its producer, which reads it last). Tensors are placed
+ * largest first (ties: by id), each at the lowest offset where it overlaps no already placed
+ * tensor whose live interval intersects its own. Returns the arena size (floats). */
+static size_t place_grads(rn_model *m, const int *producer, const int *born) {
+  int T = m->ntensors, n = 0;
+  int *ord = malloc((size_t)T * sizeof(int));
+  size_t *b0 = malloc((size_t)T * sizeof(size_t)), *b1 = malloc((size_t)T * sizeof(size_t));
+  RN_ASSERT(ord && b0 && b1);
+  for (int t = 0; t < T; t++) {
+    m->tensors[t].goff = (size_t)-1;
+    if (born[t] >= 0) ord[n++] = t;
   }
-  a->b = grow(a->b, &a->cap, a->n + 1, sizeof(live_blk));
-  memmove(&a->b[pos + 1], &a->b[pos], (size_t)(a->n - pos) * sizeof(live_blk));
-  a->b[pos].off = off, a->b[pos].size = size, a->b[pos].id = id;
-  a->n++;
-  if (off + size > a->peak) a->peak = off + size;
-  return off;
+  for (int i = 1; i < n; i++) { /* insertion sort: size descending, id ascending */
+    int t = ord[i], j = i;
+    while (j > 0 && tsize(m, ord[j - 1]) < tsize(m, t)) ord[j] = ord[j - 1], j--;
+    ord[j] = t;
+  }
+  size_t peak = 0;
+  for (int i = 0; i < n; i++) {
+    int t = ord[i], nb = 0;
+    size_t size = tsize(m, t);
+    for (int j = 0; j < i; j++) { /* placed tensors live at the same time, sorted by offset */
+      int u = ord[j];
+      int lo = producer[t] > producer[u] ? producer[t] : producer[u];
+      int hi = born[t] < born[u] ? born[t] : born[u];
+      if (lo > hi) continue;
+      size_t o = m->tensors[u].goff, e = o + tsize(m, u);
+      int q = nb++;
+      while (q > 0 && b0[q - 1] > o) b0[q] = b0[q - 1], b1[q] = b1[q - 1], q--;
+      b0[q] = o, b1[q] = e;
+    }
+    size_t off = 0;
+    for (int q = 0; q < nb && b0[q] < off + size; q++)
+      if (b1[q] > off) off = b1[q];
+    m->tensors[t].goff = off;
+    if (off + size > peak) peak = off + size;
+  }
+  free(ord);
+  free(b0);
+  free(b1);
+  return peak;
 }
 
-static void ff_put(ff_alloc *a, int id) {
-  for (int i = 0; i < a->n; i++)
-    if (a->b[i].id == id) {
-      memmove(&a->b[i], &a->b[i + 1], (size_t)(a->n - i - 1) * sizeof(live_blk));
-      a->n--;
-      return;
+/* 1 if node n's backward reads its own output (ReLU: the mask). */
+static int needs_output(const rn_node *n) {
+  return n->op == RN_OP_RELU || ((n->op == RN_OP_BN || n->op == RN_OP_ADD) && n->relu);
+}
+
+/* 1 if node n's backward reads its input activation(s). */
+static int needs_input(const rn_node *n) {
+  return n->op == RN_OP_CONV || n->op == RN_OP_BN || n->op == RN_OP_LINEAR;
+}
+
+/* Tensor t may be overwritten in place by its only consumer: it has a producer node, exactly one
+ * consumer, and the producer's backward does not read it. (Its consumer is elementwise: the
+ * caller's business.) */
+static int private_in(const rn_model *m, const int *nuse, const int *producer, int t) {
+  return nuse[t] == 1 && producer[t] >= 0 && !needs_output(&m->nodes[producer[t]]);
+}
+
+/* Verifies the activation plan: tensors whose buffers overlap share exactly the same range, and
+ * for two such tensors t (produced first) and u, u is written in place by an elementwise node
+ * (ReLU or add) reading a tensor of this buffer, no forward node reads t after u is written, and
+ * no backward needs t (neither its consumers' backward nor its producer's). */
+static void check_act(const rn_model *m, const int *nuse, const int *producer) {
+  int T = m->ntensors;
+  int *last_use = malloc((size_t)T * sizeof(int));
+  char *bwd_need = calloc((size_t)T, 1);
+  RN_ASSERT(last_use && bwd_need);
+  for (int t = 0; t < T; t++) last_use[t] = -1;
+  for (int k = 0; k < m->nnodes; k++) {
+    const rn_node *n = &m->nodes[k];
+    int ins[2] = {n->in, n->in2};
+    for (int i = 0; i < 2; i++) {
+      if (ins[i] < 0) continue;
+      last_use[ins[i]] = k;
+      if (needs_input(n)) bwd_need[ins[i]] = 1;
     }
-  RN_ASSERT(0 && "gradient buffer freed twice");
+    if (needs_output(n)) bwd_need[n->out] = 1;
+  }
+  for (int t = 0; t < T; t++) {
+    size_t a0 = m->tensors[t].off;
+    if (a0 == (size_t)-1) {
+      RN_ASSERT(nuse[t] == 0 && producer[t] < 0 && t != m->input);
+      continue;
+    }
+    for (int u = 0; u < T; u++) {
+      size_t b0 = m->tensors[u].off;
+      if (u == t || b0 == (size_t)-1) continue;
+      if (a0 + tsize(m, t) <= b0 || b0 + tsize(m, u) <= a0) continue;
+      RN_ASSERT(a0 == b0 && tsize(m, t) == tsize(m, u));
+      if (producer[u] < producer[t]) continue; /* checked as the pair (u, t) */
+      RN_ASSERT(producer[u] > producer[t]);
+      const rn_node *w = &m->nodes[producer[u]];
+      RN_ASSERT(w->op == RN_OP_RELU || w->op == RN_OP_ADD);
+      RN_ASSERT(m->tensors[w->in].off == b0 || (w->in2 >= 0 && m->tensors[w->in2].off == b0));
+      RN_ASSERT(w->in2 < 0 || m->tensors[w->in].off != m->tensors[w->in2].off);
+      RN_ASSERT(last_use[t] <= producer[u]);
+      RN_ASSERT(!bwd_need[t]);
+    }
+  }
+  free(last_use);
+  free(bwd_need);
 }
 
 static void plan(rn_model *m) {
@@ -414,19 +544,23 @@ static void plan(rn_model *m) {
   }
 
   /* Activation arena. Every tensor gets its own buffer, except:
+   *  - tensors left unused by the fusion pass get none;
    *  - ReLU runs in place (relu backward needs only its output; its input is a BN or add output
    *    with no other consumer, and neither BN nor add backward needs its own output);
-   *  - add writes into its shortcut input when that is a private tensor (projection conv/BN output
-   *    or option-A output, consumed by nothing else, not needed by its producer's backward). */
+   *  - add writes into its shortcut input when that is private: consumed by nothing else and
+   *    not needed by its producer's backward (projection conv/BN output or option-A output).
+   * The backward of an add with a fused ReLU reads the add's output, i.e. that shared buffer: it
+   * holds the add's output until backward, since its input was dead after the add.
+   * The check below verifies these rules on the result. */
   size_t off = 0;
   for (int t = 0; t < T; t++) m->tensors[t].off = (size_t)-1;
   for (int t = 0; t < T; t++) {
     int k = producer[t];
     const rn_node *n = k >= 0 ? &m->nodes[k] : NULL;
-    if (n && n->op == RN_OP_RELU && nuse[n->in] == 1) {
+    if (!n && nuse[t] == 0 && t != m->input) continue; /* unused (fused away) */
+    if (n && n->op == RN_OP_RELU && private_in(m, nuse, producer, n->in)) {
       m->tensors[t].off = m->tensors[n->in].off;
-    } else if (n && n->op == RN_OP_ADD && nuse[n->in] == 1 && producer[n->in] >= 0 &&
-               m->nodes[producer[n->in]].op != RN_OP_RELU) {
+    } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in)) {
       m->tensors[t].off = m->tensors[n->in].off;
     } else {
       m->tensors[t].off = off;
@@ -434,6 +568,7 @@ static void plan(rn_model *m) {
     }
   }
   m->act_floats = off;
+  check_act(m, nuse, producer);
 
   /* acc flags: walking backward, the first node to write a tensor's gradient overwrites. */
   char *written = calloc((size_t)T, 1);
@@ -450,31 +585,18 @@ static void plan(rn_model *m) {
   }
   free(written);
 
-  /* Gradient arena: a tensor's gradient lives from the backward step of its last consumer to
-   * the backward step of its producer. The logits gradient is m->dlogits. */
-  ff_alloc fa = {0};
-  for (int t = 0; t < T; t++) m->tensors[t].goff = (size_t)-1;
-  for (int k = m->nnodes - 1; k >= 0; k--) {
-    rn_node *n = &m->nodes[k];
-    int ins[2] = {n->in, n->in2};
-    for (int i = 0; i < 2; i++) {
-      int t = ins[i];
-      if (t >= 0 && m->tensors[t].goff == (size_t)-1) m->tensors[t].goff = ff_get(&fa, tsize(m, t), t);
-    }
-    if (n->out != m->logits) ff_put(&fa, n->out);
+  /* Gradient arena: liveness-based reuse (place_grads). */
+  int *born = malloc((size_t)T * sizeof(int));
+  RN_ASSERT(born);
+  for (int t = 0; t < T; t++) born[t] = -1;
+  for (int k = 0; k < m->nnodes; k++) {
+    born[m->nodes[k].in] = k;
+    if (m->nodes[k].in2 >= 0) born[m->nodes[k].in2] = k;
   }
-  m->dact_floats = fa.peak;
-  free(fa.b);
+  m->dact_floats = place_grads(m, producer, born);
   /* Verify: gradients that are live at the same backward step never share memory. Step of a
    * tensor's birth = its last consumer (highest node index), death = its producer. */
   {
-    int *born = malloc((size_t)T * sizeof(int));
-    RN_ASSERT(born);
-    for (int t = 0; t < T; t++) born[t] = -1;
-    for (int k = 0; k < m->nnodes; k++) {
-      born[m->nodes[k].in] = k;
-      if (m->nodes[k].in2 >= 0) born[m->nodes[k].in2] = k;
-    }
     for (int t = 0; t < T; t++)
       for (int u = t + 1; u < T; u++) {
         if (born[t] < 0 || born[u] < 0) continue;
@@ -562,6 +684,8 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
     if (pass == 0) m->ntrain = off;
   }
   m->ntotal = off;
+  m->fused = fusion_on();
+  if (m->fused) fuse(m);
   plan(m);
   m->param = rn_alloc(m->ntotal * sizeof(float));
   m->grad = rn_alloc(m->ntrain * sizeof(float));
@@ -676,9 +800,15 @@ void rn_model_summary(const rn_model *m, FILE *f) {
     char shape[40], cnt[32];
     snprintf(shape, sizeof shape, "%dx%dx%d", t->h, t->w, t->c);
     fmt_count(cnt, sizeof cnt, np);
-    fprintf(f, "  %-4d %-24s %-10s %-16s %12s", k, n->name[0] ? n->name : "-", rn_op_name(n->op), shape, np ? cnt : "");
+    fprintf(f, "  %-4d %-24s %-10s %-16s %12s", k, n->name[0] ? n->name : "-", rn_node_kind(n), shape, np ? cnt : "");
     if (n->op == RN_OP_ADD && n->survival < 1.0f) fprintf(f, "  (survival %.3f)", (double)n->survival);
     fputc('\n', f);
+  }
+  if (m->fused) {
+    int nb = 0, na = 0;
+    for (int k = 0; k < m->nnodes; k++) nb += m->nodes[k].relu && m->nodes[k].op == RN_OP_BN,
+                                        na += m->nodes[k].relu && m->nodes[k].op == RN_OP_ADD;
+    fprintf(f, "  fused: %d bn+relu, %d add+relu (RN_FUSE=0: separate ReLU nodes)\n", nb, na);
   }
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));

@@ -1,4 +1,6 @@
-/* model: the graph driver (forward, loss, backward). No allocation here. */
+/* model: the graph driver (forward, loss, backward). No allocation here. BN and add nodes with
+ * relu set (build-time fusion) apply the ReLU themselves; their backward reads their output as the
+ * mask. */
 #include <string.h>
 
 #include "rn/model.h"
@@ -62,7 +64,7 @@ void rn_model_forward(rn_model *m, int n, int train) {
         break;
       case RN_OP_ADD:
         d->scale = sd_scale(m, d, train);
-        rn_add_forward(numel(m, d->out, n), x, A(m, d->in2), d->scale, y);
+        rn_add_forward(numel(m, d->out, n), x, A(m, d->in2), d->scale, d->relu, y);
         break;
       case RN_OP_SHORTCUT_A:
         rn_shortcut_a_forward(&d->u.sa, n, x, y);
@@ -113,11 +115,11 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
       case RN_OP_BN: {
         int64_t rows = (int64_t)n * ti->h * ti->w;
         if (bn_train)
-          rn_bn_backward_train(&d->u.bn, rows, x, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
+          rn_bn_backward_train(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
                                G(m, d->param[0]), G(m, d->param[1]));
         else
-          rn_bn_backward_eval(&d->u.bn, rows, x, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]), dy, dx,
-                              d->acc_in, G(m, d->param[0]), G(m, d->param[1]));
+          rn_bn_backward_eval(&d->u.bn, rows, x, y, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]), dy,
+                              dx, d->acc_in, G(m, d->param[0]), G(m, d->param[1]));
         break;
       }
       case RN_OP_RELU:
@@ -134,7 +136,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
                            G(m, d->param[0]), G(m, d->param[1]));
         break;
       case RN_OP_ADD:
-        rn_add_backward(numel(m, d->out, n), dy, d->scale, dx, d->acc_in,
+        rn_add_backward(numel(m, d->out, n), d->relu ? y : NULL, dy, d->scale, dx, d->acc_in,
                         m->dact + m->tensors[d->in2].goff, d->acc_in2);
         break;
       case RN_OP_SHORTCUT_A:

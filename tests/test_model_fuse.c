@@ -1,0 +1,198 @@
+/* Fused BN+ReLU and add+ReLU (build-time fusion, rn_model_set_fusion / RN_FUSE) against the same
+ * model built without fusion: bitwise identical loss, logits, parameter gradients, input gradient
+ * and BN running statistics over two training steps (the second accumulating into the gradients),
+ * a partial batch, an eval forward and a backward with BN in eval mode; for basic and bottleneck
+ * blocks, post- and pre-activation, shortcuts A/B/C, plain nets, stochastic depth (a step with
+ * dropped and kept branches) and BN with running statistics in training. Also: the fused graph has
+ * no ReLU node left, the per-kind names, the same activation memory, and the parameter list is
+ * untouched (checkpoints do not see the fusion). */
+#include <math.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/model.h"
+#include "rn/optim.h"
+#include "testutil.h"
+
+typedef struct {
+  const char *tag, *arch;
+  int shortcut, preact, width, hw, classes, batch;
+  float sd_pl;
+  int bn_eval;
+} fcase;
+
+static const fcase cases[] = {
+    {"cifar8 A", "cifar-resnet8", RN_SHORTCUT_A, 0, 16, 32, 10, 8, 1.0f, 0}, /* large enough to thread */
+    {"cifar8 B", "cifar-resnet8", RN_SHORTCUT_B, 0, 4, 8, 5, 3, 1.0f, 0},
+    {"cifar8 C", "cifar-resnet8", RN_SHORTCUT_C, 0, 4, 8, 5, 3, 1.0f, 0},
+    {"cifar8 preact A", "cifar-resnet8", RN_SHORTCUT_A, 1, 8, 16, 5, 4, 1.0f, 0},
+    {"cifar8 preact B", "cifar-resnet8", RN_SHORTCUT_B, 1, 4, 8, 5, 3, 1.0f, 0},
+    {"cifar14 stochastic depth", "cifar-resnet14", RN_SHORTCUT_A, 0, 8, 16, 5, 4, 0.3f, 0},
+    {"cifar14 preact stochastic depth", "cifar-resnet14", RN_SHORTCUT_B, 1, 8, 16, 5, 4, 0.3f, 0},
+    {"cifar-plain8", "cifar-plain8", RN_SHORTCUT_A, 0, 4, 8, 4, 3, 1.0f, 0},
+    {"cifar8 B bn_eval_in_train", "cifar-resnet8", RN_SHORTCUT_B, 0, 4, 8, 5, 3, 1.0f, 1},
+    {"resnet18 w4 48x48", "resnet18", RN_SHORTCUT_B, 0, 4, 48, 6, 2, 1.0f, 0},
+    {"resnet50 w4 64x64", "resnet50", RN_SHORTCUT_B, 0, 4, 64, 6, 2, 1.0f, 0},
+    {"resnet50 w2 64x64 preact", "resnet50", RN_SHORTCUT_B, 1, 2, 64, 6, 2, 1.0f, 0},
+    {"resnet50 w2 64x64 stochastic depth", "resnet50", RN_SHORTCUT_B, 0, 2, 64, 6, 2, 0.5f, 0},
+};
+
+typedef struct {
+  rn_model m;
+  double loss[3];
+  float *logits, *grad, *gin, *state, *eval_logits, *grad_eval;
+} run_out;
+
+static int same(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+/* Builds the case (fusion on/off), runs the fixed sequence, keeps every result. */
+static int run(const fcase *fc, int fuse, run_out *o) {
+  rn_model_config c;
+  rn_err e = {0};
+  rn_model_config_default(&c);
+  if (rn_model_config_arch(&c, fc->arch, &e)) {
+    CHECK(0, "%s: %s", fc->tag, e.msg);
+    return 1;
+  }
+  c.shortcut = (rn_shortcut)fc->shortcut;
+  c.preact = fc->preact;
+  c.width = fc->width;
+  c.in_h = c.in_w = fc->hw;
+  c.num_classes = fc->classes;
+  c.sd_pl = fc->sd_pl;
+  int prev = rn_model_set_fusion(fuse);
+  rn_status st = rn_model_build(&o->m, &c, fc->batch, &e);
+  rn_model_set_fusion(prev);
+  if (st) {
+    CHECK(0, "%s: %s", fc->tag, e.msg);
+    return 1;
+  }
+  rn_model *m = &o->m;
+  m->bn_eval_in_train = fc->bn_eval;
+  m->input_grad = 1;
+  rn_model_init(m, 11);
+  rn_rng r = rn_rng_make(rn_key(5, 6, 7, 8));
+  for (int i = 0; i < m->nparams; i++) { /* BN affine params and running stats away from 1/0 */
+    rn_param *p = &m->params[i];
+    if (p->ohwi || !strncmp(p->name, "fc.", 3)) continue;
+    const char *leaf = strrchr(p->name, '.') + 1;
+    for (size_t j = 0; j < p->count; j++) {
+      float *v = &m->param[p->off + j];
+      if (!strcmp(leaf, "weight")) *v = 1.0f + 0.3f * rn_rng_normal(&r);
+      else if (!strcmp(leaf, "bias")) *v = 0.2f * rn_rng_normal(&r);
+      else if (!strcmp(leaf, "running_mean")) *v = 0.2f * rn_rng_normal(&r);
+      else *v = 0.5f + rn_rng_uniform(&r);
+    }
+  }
+  int n = fc->batch, K = fc->classes;
+  int32_t labels[16];
+  for (int i = 0; i < n; i++) labels[i] = (int32_t)rn_rng_below(&r, (uint64_t)K);
+  size_t nin = (size_t)n * fc->hw * fc->hw * 3;
+  float *x = rn_model_input(m);
+  for (size_t i = 0; i < nin; i++) x[i] = rn_rng_normal(&r);
+  /* stochastic depth: the first step with at least one dropped and one kept branch */
+  int64_t step = 0;
+  if (fc->sd_pl < 1.0f) {
+    for (; step < 1000; step++) {
+      rn_model_set_step(m, 3, step);
+      rn_model_forward(m, n, 1);
+      int drop = 0, keep = 0;
+      for (int k = 0; k < m->nnodes; k++)
+        if (m->nodes[k].op == RN_OP_ADD && m->nodes[k].survival < 1.0f)
+          drop += m->nodes[k].scale == 0.0f, keep += m->nodes[k].scale > 1.0f;
+      if (drop && keep) break;
+    }
+  }
+  rn_model_set_step(m, 3, step);
+  o->logits = malloc((size_t)n * K * sizeof(float));
+  o->eval_logits = malloc((size_t)n * K * sizeof(float));
+  o->grad = malloc(m->ntrain * sizeof(float));
+  o->grad_eval = malloc(m->ntrain * sizeof(float));
+  o->gin = malloc(nin * sizeof(float));
+  o->state = malloc(m->ntotal * sizeof(float));
+  /* step 1, an SGD update, step 2 (its gradients accumulate onto step 1's) */
+  rn_model_zero_grad(m);
+  for (int s = 0; s < 2; s++) {
+    rn_model_forward(m, n, 1);
+    o->loss[s] = rn_model_loss(m, n, labels, 0.1f, NULL, NULL);
+    rn_model_backward(m, n, NULL, NULL);
+    if (s == 0) rn_sgd_step(m, 0.05f, 0.9f, 1e-4f, 0);
+  }
+  memcpy(o->logits, rn_model_logits(m), (size_t)n * K * sizeof(float));
+  memcpy(o->grad, m->grad, m->ntrain * sizeof(float));
+  memcpy(o->gin, rn_model_input_grad(m), nin * sizeof(float));
+  /* a partial batch */
+  rn_model_forward(m, n - 1 > 0 ? n - 1 : 1, 1);
+  o->loss[2] = rn_model_loss(m, n - 1 > 0 ? n - 1 : 1, labels, 0.0f, NULL, NULL);
+  memcpy(o->state, m->param, m->ntotal * sizeof(float)); /* includes running statistics */
+  /* eval forward, and a backward of the eval-mode forward */
+  rn_model_forward(m, n, 0);
+  memcpy(o->eval_logits, rn_model_logits(m), (size_t)n * K * sizeof(float));
+  rn_model_loss(m, n, labels, 0.0f, NULL, NULL);
+  rn_model_zero_grad(m);
+  rn_model_backward(m, n, NULL, NULL);
+  memcpy(o->grad_eval, m->grad, m->ntrain * sizeof(float));
+  return 0;
+}
+
+static void free_out(run_out *o) {
+  free(o->logits), free(o->eval_logits), free(o->grad), free(o->grad_eval), free(o->gin), free(o->state);
+  rn_model_free(&o->m);
+}
+
+static void run_case(const fcase *fc) {
+  run_out a, b;
+  memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
+  if (run(fc, 0, &a)) return;
+  if (run(fc, 1, &b)) {
+    free_out(&a);
+    return;
+  }
+  const rn_model *ma = &a.m, *mb = &b.m;
+  int n = fc->batch, K = fc->classes;
+  size_t nin = (size_t)n * fc->hw * fc->hw * 3;
+  /* structure: no ReLU node left, fused kinds named, params untouched, same activation memory */
+  int relu_a = 0, relu_b = 0, fb = 0, fa = 0, named = 1;
+  for (int k = 0; k < ma->nnodes; k++) relu_a += ma->nodes[k].op == RN_OP_RELU, fa += ma->nodes[k].relu;
+  for (int k = 0; k < mb->nnodes; k++) {
+    const rn_node *d = &mb->nodes[k];
+    relu_b += d->op == RN_OP_RELU;
+    fb += d->relu;
+    if (d->relu) named &= !strcmp(rn_node_kind(d), d->op == RN_OP_BN ? "bn+relu" : "add+relu") && d->op != RN_OP_CONV;
+  }
+  int params_same = ma->nparams == mb->nparams && ma->ntotal == mb->ntotal;
+  for (int i = 0; params_same && i < ma->nparams; i++)
+    params_same &= !strcmp(ma->params[i].name, mb->params[i].name) && ma->params[i].off == mb->params[i].off;
+  CHECK(!ma->fused && mb->fused && fa == 0 && relu_b == 0 && fb == relu_a && mb->nnodes == ma->nnodes - relu_a && named,
+        "%s: fusion structure (unfused %d ReLU nodes; fused %d ReLU nodes, %d fused nodes)", fc->tag, relu_a, relu_b, fb);
+  CHECK(params_same, "%s: parameter list differs with fusion", fc->tag);
+  CHECK(ma->act_floats == mb->act_floats, "%s: activation arena %zu (unfused) vs %zu (fused)", fc->tag, ma->act_floats,
+        mb->act_floats);
+  int ok_loss = !memcmp(a.loss, b.loss, sizeof a.loss);
+  int ok_logits = same(a.logits, b.logits, (size_t)n * K) && same(a.eval_logits, b.eval_logits, (size_t)n * K);
+  int ok_grad = same(a.grad, b.grad, ma->ntrain) && same(a.grad_eval, b.grad_eval, ma->ntrain);
+  int ok_gin = same(a.gin, b.gin, nin);
+  int ok_state = same(a.state, b.state, ma->ntotal);
+  double nz = 0;
+  for (size_t i = 0; i < ma->ntrain; i++) nz += a.grad[i] != 0.0f;
+  CHECK(ok_loss && ok_logits && ok_grad && ok_gin && ok_state && isfinite(a.loss[0]) && nz > ma->ntrain / 2,
+        "%s: fused differs from unfused: loss %d logits %d grads %d input grad %d state %d (loss %.17g vs %.17g)",
+        fc->tag, ok_loss, ok_logits, ok_grad, ok_gin, ok_state, a.loss[0], b.loss[0]);
+  printf("%-36s %3d -> %3d nodes (%2d fused), loss %.6f %.6f: %s\n", fc->tag, ma->nnodes, mb->nnodes, fb, a.loss[0],
+         a.loss[1], ok_loss && ok_logits && ok_grad && ok_gin && ok_state ? "bitwise identical" : "DIFFERENT");
+  free_out(&a);
+  free_out(&b);
+}
+
+int main(void) {
+  rn_err e = {0};
+  if (rn_blas_init(NULL, 2, stderr, &e)) {
+    fprintf(stderr, "%s\n", e.msg);
+    return 1;
+  }
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+  /* the setting: -1 restores the environment default */
+  int prev = rn_model_set_fusion(0);
+  CHECK(rn_model_set_fusion(1) == 0 && rn_model_set_fusion(prev) == 1, "rn_model_set_fusion round trip");
+  return tu_done("test_model_fuse");
+}
