@@ -1,5 +1,5 @@
 /* The direct AVX-512 convolution (stride 1, channels multiples of 16) against the naive reference:
- * 2x2..5x5 kernels with every legal padding, widths 1..37 (all pixel-tile tails: 16, 8, 4, 1 and the
+ * 1x1 (read in place) and 2x2..5x5 kernels with every legal padding, widths 1..37 (all pixel-tile tails: 16, 8, 4, 1 and the
  * two-channel-block path for short lines), 16..64 channels, batches 1..5 on 1 and 2 threads
  * (images split unevenly), forward, dx (acc 0 and 1), dw accumulation, dx or dw NULL. Workspace
  * malloc'ed at exactly rn_conv_workspace's size and filled with NaN (ASan catches overruns). */
@@ -13,6 +13,7 @@
 
 static const double TOL = 5e-5;
 static double g_max;
+static int g_expect_direct = 1; /* 0: the production rules pick per direction (mixed paths) */
 
 static double relerr(const float *a, const float *b, size_t n) {
   double md = 0, mb = 1e-3;
@@ -36,15 +37,15 @@ static float *nanbuf(size_t n) {
   return p;
 }
 
-static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
+static void ones(int cin, int cout, int k, int p, int s, int h, int w, int n, uint64_t seed) {
   rn_conv_desc d;
   rn_err e;
-  if (rn_conv_desc_init(&d, cin, cout, k, k, 1, p, h, w, &e)) {
+  if (rn_conv_desc_init(&d, cin, cout, k, k, s, p, h, w, &e)) {
     CHECK(0, "desc: %s", e.msg);
     return;
   }
-  CHECK(rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d), "cin=%d cout=%d k=%d p=%d: direct path not taken", cin,
-        cout, k, p);
+  CHECK(!g_expect_direct || (rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d) && (s > 1 || rn_conv_direct_dx_ok(&d))),
+        "cin=%d cout=%d k=%d p=%d s=%d: direct path not taken", cin, cout, k, p, s);
   size_t wsn = rn_conv_workspace(&d, n);
   CHECK(wsn >= rn_conv_direct_workspace(&d, n, rn_blas_threads()), "workspace too small");
   float *ws = nanbuf(wsn);
@@ -71,7 +72,7 @@ static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t s
   double edw2 = relerr(dw, dwx, nw);
 
   char tag[128];
-  snprintf(tag, sizeof tag, "cin=%d cout=%d k=%d p=%d in=%dx%d n=%d T=%d", cin, cout, k, p, h, w, n,
+  snprintf(tag, sizeof tag, "cin=%d cout=%d k=%d p=%d s=%d in=%dx%d n=%d T=%d", cin, cout, k, p, s, h, w, n,
            rn_blas_threads());
   CHECK(ef < TOL, "%s forward rel err %.3g", tag, ef);
   CHECK(edx < TOL, "%s dx(acc=0) rel err %.3g", tag, edx);
@@ -82,6 +83,10 @@ static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t s
   if (m > g_max) g_max = m;
   free(ws), free(x), free(wt), free(dy), free(y), free(yr), free(dxr), free(dwr), free(dx), free(dw), free(dwx);
   free(dw0), free(dx1), free(dxx);
+}
+
+static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
+  ones(cin, cout, k, p, 1, h, w, n, seed);
 }
 
 int main(void) {
@@ -95,7 +100,7 @@ int main(void) {
     return 0;
   }
   rn_conv_set_direct_all_widths(1); /* every tail tile, whatever the speed rule */
-  static const int kp[][2] = {{3, 1}, {3, 0}, {3, 2}, {2, 0}, {2, 1}, {5, 2}, {5, 4}};
+  static const int kp[][2] = {{3, 1}, {3, 0}, {3, 2}, {2, 0}, {2, 1}, {5, 2}, {5, 4}, {1, 0}};
   static const int chans[] = {16, 32, 48, 64};
   int cases = 0;
   for (int threads = 2; threads >= 1; threads--) {
@@ -116,14 +121,20 @@ int main(void) {
     /* ResNet-50 line widths 7, 14, 28 (7 x 2-block and 14-pixel tiles), odd channel-block counts. */
     one(48, 48, 3, 1, 7, 7, 3, 6), one(32, 64, 3, 1, 14, 14, 2, 7), one(16, 32, 3, 1, 28, 28, 2, 8);
     one(80, 48, 3, 1, 5, 14, 2, 9);
-    cases += 9;
+    /* ResNet-50 1x1 shapes (expansion, reduction) at 7/14/28-wide lines, read in place (no padding). */
+    one(64, 256, 1, 0, 14, 14, 2, 10), one(256, 64, 1, 0, 7, 7, 3, 11), one(32, 128, 1, 0, 28, 28, 1, 12);
+    /* Stride 2 (forward and dW direct, dx on the GEMM path): CIFAR/ResNet-50 down-sampling 3x3 and
+     * 1x1, odd and even input sizes, the 7-wide tiles. */
+    ones(16, 32, 3, 1, 2, 32, 32, 2, 13), ones(32, 64, 3, 1, 2, 15, 17, 3, 14), ones(64, 64, 3, 1, 2, 14, 14, 2, 15);
+    ones(64, 128, 1, 0, 2, 28, 28, 2, 16), ones(48, 16, 1, 0, 2, 9, 11, 3, 17), ones(32, 32, 5, 2, 2, 13, 29, 2, 18);
+    cases += 18;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
   rn_conv_desc d;
   CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 1, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
             rn_conv_direct_shape(&d), "switch off must disable the direct path");
-  CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 2, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "stride 2 accepted");
+  CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 3, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "stride 3 accepted");
   CHECK(rn_conv_desc_init(&d, 24, 16, 3, 3, 1, 1, 8, 8, &e) == RN_OK && !rn_conv_direct_shape(&d), "cin 24 accepted");
   rn_conv_set_direct(1);
   rn_conv_set_direct_all_widths(0);
@@ -134,6 +145,23 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 28, 28, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             rn_conv_direct_bwd_ok(&d), "28-wide refused");
   CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_shape(&d), "32-wide refused");
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && rn_conv_direct_dx_ok(&d),
+        "7-wide dx: direct expected");
+  CHECK(rn_conv_desc_init(&d, 64, 256, 1, 1, 1, 0, 56, 56, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
+            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "1x1 expansion@56: GEMM fwd/dx, direct dW expected");
+  CHECK(rn_conv_desc_init(&d, 256, 64, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d), "1x1 reduction@14: direct fwd, GEMM dW expected");
+  CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "stride 2: direct fwd only expected");
+  /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):
+   * same accuracy checks on both thread counts. */
+  g_expect_direct = 0;
+  for (int threads = 2; threads >= 1; threads--) {
+    rn_blas_set_threads(threads);
+    one(48, 48, 3, 1, 7, 7, 3, 19), one(32, 64, 3, 1, 14, 14, 2, 20);
+    ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
+    cases += 5;
+  }
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");
 }

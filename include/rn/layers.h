@@ -62,25 +62,27 @@ void rn_col2im_rows_serial(const rn_conv_desc *d, const float *dcol, int64_t m0,
  * RN_CONV_PAR=0|1 sets the default. */
 void rn_conv_set_parallel(int mode);
 int rn_conv_parallel(void);
-/* Direct AVX-512 convolution (src/kernels/conv_direct.c) for stride 1, cin and cout multiples of 16,
- * kernel up to 7x7 (not 1x1), pad < kernel: no im2col; threads own whole images. rn_conv_forward
- * and rn_conv_backward use it for such shapes when enabled (default on with AVX-512; the
- * environment variable RN_CONV_DIRECT=0|1 or rn_conv_set_direct sets it). Workspace:
- * rn_conv_direct_workspace floats (rn_conv_workspace includes it for such shapes). */
+/* Direct AVX-512 convolution (src/kernels/conv_direct.c) for stride 1 or 2, cin and cout multiples
+ * of 16, kernel up to 7x7 (1x1 included), pad < kernel: no im2col; threads own whole images.
+ * rn_conv_forward and rn_conv_backward use it per shape and direction by measured rules (forward:
+ * k x k stride 1 and 2, 1x1 reductions; dW: k x k stride 1, 1x1 stride 1 on lines >= 28 wide;
+ * dx: k x k stride 1), when enabled (default on with AVX-512; the environment variable
+ * RN_CONV_DIRECT=0|1 or rn_conv_set_direct sets it). Workspace: rn_conv_direct_workspace floats
+ * (rn_conv_workspace includes it for such shapes). */
 void rn_conv_set_direct(int on);
 int rn_conv_direct_enabled(void);
 int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch/width) */
 int rn_conv_direct_ok(const rn_conv_desc *d);    /* forward uses it: shape, switch and width rule */
-int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward uses it (stricter width rule; 1x1: dW) */
-int rn_conv_direct_dx_ok(const rn_conv_desc *d);  /* ... and also for dx (1x1: dx stays on the GEMM) */
+int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward dW uses it (stricter width rule) */
+int rn_conv_direct_dx_ok(const rn_conv_desc *d);  /* backward dx uses it */
 /* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
 void rn_conv_set_direct_max_channels(int c);
 /* Width rules (measured, see conv_direct.c): forward takes widths that are multiples of 8, 24+,
  * 14 or 7; backward only multiples of 8 and 24+; others go to the GEMM path, which is faster
  * there. on = take every width in both directions (tests of the tail tiles). */
 void rn_conv_set_direct_all_widths(int on);
-/* 1x1 convolutions (stride 1) on the direct path too (default on; RN_CONV_DIRECT_1X1=0 or
- * rn_conv_set_direct_1x1(0) sends them to one whole-batch GEMM each). Set before planning. */
+/* 1x1 convolutions on the direct path too (default on; RN_CONV_DIRECT_1X1=0 or
+ * rn_conv_set_direct_1x1(0) sends them to the GEMM path). Set before planning. */
 void rn_conv_set_direct_1x1(int on);
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,

@@ -100,10 +100,10 @@ static size_t par_workspace(const rn_conv_desc *d, int n, int T) {
 }
 
 size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
-  if (pointwise(d)) return 0;
   int t = rn_blas_threads();
   if (t < 1) t = 1;
   if (g_plan_threads == 0 || t < g_plan_threads) g_plan_threads = t;
+  if (pointwise(d)) return rn_conv_direct_shape(d) ? rn_conv_direct_workspace(d, n, t) : 0;
   size_t a = col_floats(d, n), b = par_workspace(d, n, t);
   if (b > a) a = b;
   if (rn_conv_direct_shape(d)) {
@@ -118,7 +118,7 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
   const int K = d->kh * d->kw * d->cin, cout = d->cout;
   RN_ASSERT(M <= INT_MAX);
   if (M <= 0) return;
-  if (pointwise(d)) {
+  if (pointwise(d) && !rn_conv_direct_ok(d)) {
     rn_sgemm(0, 1, (int)M, cout, K, 1.0f, x, K, w, K, 0.0f, y, cout);
     return;
   }
@@ -235,15 +235,24 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
   RN_ASSERT(M <= INT_MAX);
   if (M <= 0) return;
   if (pointwise(d)) {
-    if (dw) rn_sgemm(1, 0, cout, K, (int)M, 1.0f, dy, cout, x, K, 1.0f, dw, K);
-    if (dx) rn_sgemm(0, 0, (int)M, K, cout, 1.0f, dy, cout, w, K, acc ? 1.0f : 0.0f, dx, K);
+    int ddw = dw && rn_conv_direct_bwd_ok(d), ddx = dx && rn_conv_direct_dx_ok(d);
+    if (ddw || ddx) rn_conv_direct_backward(d, n, x, w, dy, ddx ? dx : NULL, acc, ddw ? dw : NULL, ws, conv_threads());
+    if (dw && !ddw) rn_sgemm(1, 0, cout, K, (int)M, 1.0f, dy, cout, x, K, 1.0f, dw, K);
+    if (dx && !ddx) rn_sgemm(0, 0, (int)M, K, cout, 1.0f, dy, cout, w, K, acc ? 1.0f : 0.0f, dx, K);
     return;
   }
   if (!dw && !dx) return;
   RN_ASSERT(ws != NULL);
-  if (rn_conv_direct_bwd_ok(d)) {
-    rn_conv_direct_backward(d, n, x, w, dy, dx, acc, dw, ws, conv_threads());
-    return;
+  if (dw && rn_conv_direct_bwd_ok(d)) {
+    /* Direct dW (and dx when the direct kernel takes it: stride 1); otherwise dx below. */
+    int ddx = dx && rn_conv_direct_dx_ok(d);
+    rn_conv_direct_backward(d, n, x, w, dy, ddx ? dx : NULL, acc, dw, ws, conv_threads());
+    if (ddx || !dx) return;
+    dw = NULL;
+  } else if (dx && rn_conv_direct_dx_ok(d)) {
+    rn_conv_direct_backward(d, n, x, w, dy, dx, acc, NULL, ws, conv_threads());
+    if (!dw) return;
+    dx = NULL; /* dW on the GEMM path below */
   }
   const int R = rn_conv_chunk_rows(d, n);
   int T = conv_threads();
