@@ -4,6 +4,7 @@
  * (images split unevenly), forward, dx (acc 0 and 1), dw accumulation, dx or dw NULL. Workspace
  * malloc'ed at exactly rn_conv_workspace's size and filled with NaN (ASan catches overruns). */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -147,20 +148,43 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 16, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_shape(&d), "32-wide refused");
   CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && rn_conv_direct_dx_ok(&d),
         "7-wide dx: direct expected");
-  CHECK(rn_conv_desc_init(&d, 64, 256, 1, 1, 1, 0, 56, 56, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
-            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "1x1 expansion@56: GEMM fwd/dx, direct dW expected");
+  CHECK(rn_conv_desc_init(&d, 64, 256, 1, 1, 1, 0, 56, 56, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "1x1@56: direct fwd/dW, GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 256, 64, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d), "1x1 reduction@14: direct fwd, GEMM dW expected");
+            !rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd, GEMM dW expected");
+  CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d), "1x1@7: GEMM expected");
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "stride 2: direct fwd only expected");
+  /* Streaming stores: a 1x1 forward with > 16 MB of 64-byte aligned output takes them; the result
+   * must be bitwise that of the same kernel with ordinary stores (unaligned y) and match the GEMM. */
+  {
+    rn_blas_set_threads(2);
+    rn_conv_desc sd;
+    CHECK(rn_conv_desc_init(&sd, 64, 256, 1, 1, 1, 0, 64, 64, &e) == RN_OK && rn_conv_direct_ok(&sd), "1x1 big: direct");
+    const int sn = 5;
+    size_t nx = (size_t)sn * 64 * 64 * 64, ny = (size_t)sn * 64 * 64 * 256, nw = 256 * 64;
+    float *x = randf(nx, 91), *wt = randf(nw, 92), *ws = nanbuf(rn_conv_workspace(&sd, sn));
+    float *ya = aligned_alloc(64, ny * 4), *yu0 = malloc(ny * 4 + 64), *yg = malloc(ny * 4);
+    float *yu = ((uintptr_t)yu0 & 63) ? yu0 : yu0 + 1; /* not 64-byte aligned: ordinary stores */
+    rn_conv_forward(&sd, sn, x, wt, ya, ws);
+    rn_conv_forward(&sd, sn, x, wt, yu, ws);
+    rn_conv_set_direct(0);
+    rn_conv_forward(&sd, sn, x, wt, yg, ws);
+    rn_conv_set_direct(1);
+    CHECK(memcmp(ya, yu, ny * 4) == 0, "streaming-store output differs from the ordinary stores");
+    double es = relerr(ya, yg, ny);
+    CHECK(es < TOL, "streaming 1x1 vs GEMM rel err %.3g", es);
+    free(x), free(wt), free(ws), free(ya), free(yu0), free(yg);
+  }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):
    * same accuracy checks on both thread counts. */
   g_expect_direct = 0;
   for (int threads = 2; threads >= 1; threads--) {
     rn_blas_set_threads(threads);
     one(48, 48, 3, 1, 7, 7, 3, 19), one(32, 64, 3, 1, 14, 14, 2, 20);
-    ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
-    cases += 5;
+    ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(64, 32, 1, 0, 1, 7, 7, 3, 24), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
+    cases += 6;
   }
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");

@@ -21,6 +21,7 @@
  *   others into partial buffers in ws, summed at the end in a fixed order.
  * Which shapes and directions take it is decided per shape by measured rules (below).
  * Everything is in float; results differ from the GEMM path only by summation order. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,12 +59,15 @@ void rn_conv_set_direct_all_widths(int on) { g_all_widths = on != 0; }
 static int fwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24 || w == 14 || w == 7; }
 static int bwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
 
-static int g_direct_1x1 = -1; /* -1: read RN_CONV_DIRECT_1X1 at first use */
+static int g_direct_1x1 = -1; /* -1: read RN_CONV_DIRECT_1X1 (and RN_CONV_STREAM) at first use */
+static int g_stream = 1;      /* streaming stores for large 1x1 outputs (RN_CONV_STREAM=0: off) */
 void rn_conv_set_direct_1x1(int on) { g_direct_1x1 = on != 0; }
 static int direct_1x1(void) {
   if (g_direct_1x1 < 0) {
     const char *v = getenv("RN_CONV_DIRECT_1X1");
     g_direct_1x1 = !(v && v[0] == '0');
+    v = getenv("RN_CONV_STREAM");
+    g_stream = !(v && v[0] == '0');
   }
   return g_direct_1x1;
 }
@@ -74,11 +78,13 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
          d->cout <= g_direct_max_c && d->pad < d->kh && d->pad < d->kw && d->kh <= 7 && d->kw <= 7 &&
          (!is_1x1(d) || direct_1x1());
 }
-/* 1x1 rules (back-to-back per-shape measurements, b32, 2 threads, GF/s direct vs GEMM, see
- * docs/PERF.md): forward is direct only for reductions (cin > cout: 512->128@28 211/174,
- * 1024->256@14 257/243; expansions lose: 64->256@56 136/179, 256->1024@14 185/278); dW is direct for
- * lines >= 28 wide (64->256@56 150/90, 256->64@56 128/104, 512->128@28 176/120); dx stays on the
- * GEMM (equal or slower direct). All-widths mode (tests) takes every part direct. */
+/* 1x1 rules (back-to-back per-shape measurements, b32, GF/s direct vs GEMM, docs/PERF.md):
+ * forward is direct for lines >= 14 wide (1 thread: 64->256@56 119-125/97-107, 128->512@28
+ * 134/113-136, 1024->256@14 142-156/131-136, 256->64@56 90-98/84); the 7-wide layers (4 MB of
+ * weights, 49-pixel images) lose (512->2048@7 108-119/149-151, 2048->512@7 123/149-152). dW is
+ * direct for stride 1 on lines >= 28 wide (2 threads: 64->256@56 150/90, 256->64@56 128/104,
+ * 512->128@28 176/120); dx stays on the GEMM (equal or slower direct). All-widths mode (tests)
+ * takes every part direct. */
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
   if (g_all_widths) return 1;
@@ -99,7 +105,7 @@ int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
 }
 int rn_conv_direct_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
-  if (is_1x1(d)) return g_all_widths || d->cin > d->cout;
+  if (is_1x1(d)) return g_all_widths || d->ow >= 14;
   return fwd_width(d->ow);
 }
 
@@ -154,7 +160,7 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
   /* Partial sums over one kernel row (one tap when C*kw is large) are added into y: shorter
    * float accumulation chains (accuracy close to BLIS's) for the price of a few loads/stores. */
   const int per_tap = C * kw > 256;
-  int first = !acc;
+  int first = acc != 1; /* acc: 0 = overwrite y, 1 = add into y, 2 = overwrite with streaming stores */
   for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
   for (int ky = 0; ky < kh; ky++) {
     const float *row = xp + ((size_t)(oy * S + ky) * wp + (size_t)ox0 * S) * C;
@@ -182,7 +188,10 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
             float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
             __m512 v = a[j * NC + c];
             if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
-            _mm512_storeu_ps(o, v);
+            if (acc == 2 && first)
+              _mm512_stream_ps(o, v);
+            else
+              _mm512_storeu_ps(o, v);
           }
         first = 0;
       }
@@ -279,6 +288,11 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
     for (int k = 0; k < K; k++) wt[((size_t)(co / 16) * K + k) * 16 + co % 16] = w[(size_t)co * K + k];
   const int T = threads_for(n, threads);
   const int wp = d->w + 2 * d->pad, one = is_1x1(d); /* 1x1: x is read in place */
+  /* 1x1 (one flush per output vector) with a large output (> 16 MB, far beyond L2): streaming
+   * stores write y without reading it first (the store bandwidth is ~9 GB/s per core with
+   * read-for-ownership, ~23 GB/s streaming). y is 64-byte aligned in the model's arena. */
+  const int streaming = one && (size_t)n * d->oh * d->ow * Co * sizeof(float) > ((size_t)16 << 20) &&
+                 ((uintptr_t)y & 63) == 0 && g_stream;
 #pragma omp parallel num_threads(T)
   {
     int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -287,8 +301,9 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
       const float *xi = x + (size_t)i * d->h * d->w * C;
       if (!one) pad_image(xi, d->h, d->w, C, d->pad, d->pad, xp);
       float *yi = y + (size_t)i * d->oh * d->ow * Co;
-      conv_plane(one ? xi : xp, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, yi, 0);
+      conv_plane(one ? xi : xp, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, yi, streaming ? 2 : 0);
     }
+    if (streaming) _mm_sfence(); /* streaming stores are visible to the other threads after the region */
   }
 }
 
