@@ -13,6 +13,7 @@
 #   RN_ARGS      extra trainer options, word-split     (default empty)
 #   RN_LAUNCHER  srun (default: srun --mpi=pmix) or mpirun (Open MPI's mpirun in the allocation)
 #   RN_THREADS   threads per rank (default $SLURM_CPUS_PER_TASK, else 1)
+#   GOMP_SPINCOUNT  OpenMP spin before sleeping (default 20000 here; see docs/PERF.md)
 #   RN_MAX_RESTARTS  stop requeueing after this many restarts (default 1000)
 
 RN_EXIT_REQUEUE=75
@@ -100,6 +101,11 @@ rn_job_main() {
   mkdir -p "$RN_OUT" || { rn_log "error: cannot create $RN_OUT"; return 2; }
 
   export OMP_NUM_THREADS=$threads
+  # OpenMP threads that wait spin ~300000 iterations before sleeping (libgomp's default); on a node
+  # shared with other jobs (or oversubscribed) a thread spinning while the one it waits for is
+  # descheduled makes a step 2-3x slower. A short spin keeps the speed on an idle node
+  # (docs/PERF.md, "Threads, OpenMP waiting and oversubscription"). libgomp reads it at start-up.
+  export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-20000}
   # RN_ARGS is split on whitespace, without glob expansion.
   set -f
   # shellcheck disable=SC2206
@@ -123,7 +129,7 @@ rn_job_main() {
       # starts its daemons with srun; ranks fill each node's slots in order, like srun's block
       # distribution. No binding: each rank runs T threads (RN_MPIRUN_ARGS adds options).
       # shellcheck disable=SC2206  # RN_MPIRUN_ARGS is split on purpose
-      cmd=(mpirun -np "${SLURM_NTASKS:-1}" --bind-to none -x OMP_NUM_THREADS
+      cmd=(mpirun -np "${SLURM_NTASKS:-1}" --bind-to none -x OMP_NUM_THREADS -x GOMP_SPINCOUNT
            ${RN_MPIRUN_ARGS:-} "$train" "${args[@]}")
       ;;
     *)
