@@ -2,20 +2,21 @@
  * optional fused ReLU (d->relu).
  *
  * Per-channel sums are accumulated in double over a FIXED partition of the rows into G groups
- * (G depends on c and m only); inside a group, tiles of TILE rows in row order, each tile summed
- * into two double accumulators (even and odd rows) that are added into the group's sums at the end
- * of the tile; groups added in order. So the result is bitwise the same whatever the thread count.
- * Partial sums live on the stack (G*2*c doubles, <= 256 KB), nothing is allocated. The elementwise
- * passes use float coefficients per channel (FMA).
+ * (G depends on c and m only); inside a group, tiles of TILE = 16 rows in row order, each tile
+ * summed per channel into two double accumulators (even and odd rows) that are added into the
+ * group's sums; groups added in order. So the result is bitwise the same whatever the thread
+ * count. Partial sums live on the stack (G*2*c doubles, <= 256 KB), nothing is allocated. The
+ * backward sums sum g and g*x (mean subtracted afterwards, in double). The elementwise passes use float
+ * coefficients per channel (FMA).
  *
  * Fused ReLU: the forward applies max(0, .) in the affine pass (NaN propagates); the backward reads
  * the forward output y and uses g = (y > 0 ? dy : 0) instead of dy in the channel-sum pass and in
  * the dx pass. g is exactly what rn_relu_backward would have written, and every later operation is
  * the same, so fused and unfused (ReLU node + plain BN) results are bitwise identical.
  *
- * With AVX-512 the passes use 16-channel vectors (masked for the last, partial block); the portable
- * fallback does the same arithmetic in scalar code (bitwise equal to itself, not to the AVX-512
- * build). */
+ * With AVX-512 the elementwise passes use 16-channel float vectors and the sums 8-channel double
+ * vectors (masked for the last, partial block); the portable fallback does the same arithmetic in
+ * scalar code (deterministic as well, not bitwise equal to the AVX-512 build). */
 #include <math.h>
 #include <string.h>
 
@@ -56,52 +57,51 @@ static inline __attribute__((always_inline)) __m512 load_g(const float *a, const
   }
   return v;
 }
+/* Store of 16 floats: unmasked for a whole vector (c a multiple of 16: a full, aligned 64-byte
+ * line), masked for the last, partial block. */
+static inline __attribute__((always_inline)) void store16(float *p, __mmask16 k, __m512 v) {
+  if (k == (__mmask16)0xFFFF) _mm512_storeu_ps(p, v);
+  else _mm512_mask_storeu_ps(p, k, v);
+}
 #endif
 
-/* Sums over rows [r0, r1) into p1/p2 (zero on entry), in the fixed tile order. */
+/* Sums over rows [r0, r1) into p1/p2 (zero on entry), in double: v = a, or with mask (fused ReLU)
+ * v = (mask > 0 ? a : 0); p1 += v, p2 += v * (has_b ? b : v) (float products are exact in
+ * double). Fixed order: per tile of TILE rows and per 8 channels, even and odd rows into two double
+ * accumulators, added into p at the end of the tile. 8 channels per vector, converted to double
+ * straight from memory (vcvtps2pd with a memory operand): this runs at about the speed of float
+ * sums, whereas float partial sums (tried: over 8 rows) lose accuracy that matters. The gradients
+ * of a deep, untrained net at a small batch are ill-conditioned in the BN statistics: with float
+ * partial sums of x and x^2 ResNet-18 b2's gradients were 1000x further from float64 than with
+ * double ones, some beyond 3x PyTorch's own float32 error. */
 static inline __attribute__((always_inline)) void sums_rows(int c, int64_t r0, int64_t r1, const float *a,
-                                                            const float *b, const double *bsub, const float *mask,
-                                                            double *p1, double *p2, const int has_b,
-                                                            const int has_mask) {
-#if defined(__AVX512F__)
+                                                            const float *b, const float *mask, double *p1,
+                                                            double *p2, const int has_b, const int has_mask) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
   for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
     const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
-    for (int j = 0; j < c; j += 16) {
-      const __mmask16 k = tail16(c - j);
-      const __mmask8 kl = (__mmask8)k, kh = (__mmask8)(k >> 8);
-      __m512d s1l[2], s1h[2], s2l[2], s2h[2], ml = _mm512_setzero_pd(), mh = _mm512_setzero_pd();
-      for (int e = 0; e < 2; e++)
-        s1l[e] = s1h[e] = s2l[e] = s2h[e] = _mm512_setzero_pd();
-      if (has_b) ml = _mm512_maskz_loadu_pd(kl, bsub + j), mh = _mm512_maskz_loadu_pd(kh, bsub + j + 8);
+    for (int j = 0; j < c; j += 8) {
+      const __mmask8 k = c - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (c - j)) - 1);
+      __m512d s1[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()}, s2[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
 #define SUM_ROW(i, e)                                                                                           \
   do {                                                                                                         \
     const size_t o = (size_t)(i) * c + j;                                                                      \
-    const __m512 v = load_g(a, mask, o, k, has_mask);                                                          \
-    const __m512d vl = lo_pd(v), vh = hi_pd(v);                                                                \
-    s1l[e] = _mm512_add_pd(s1l[e], vl);                                                                        \
-    s1h[e] = _mm512_add_pd(s1h[e], vh);                                                                        \
-    if (has_b) {                                                                                               \
-      const __m512 w = _mm512_maskz_loadu_ps(k, b + o);                                                        \
-      s2l[e] = _mm512_fmadd_pd(vl, _mm512_sub_pd(lo_pd(w), ml), s2l[e]);                                       \
-      s2h[e] = _mm512_fmadd_pd(vh, _mm512_sub_pd(hi_pd(w), mh), s2h[e]);                                       \
-    } else {                                                                                                   \
-      s2l[e] = _mm512_fmadd_pd(vl, vl, s2l[e]);                                                                \
-      s2h[e] = _mm512_fmadd_pd(vh, vh, s2h[e]);                                                                \
-    }                                                                                                          \
+    __mmask8 kv = k;                                                                                           \
+    if (has_mask) kv = _mm256_mask_cmp_ps_mask(k, _mm256_maskz_loadu_ps(k, mask + o), _mm256_setzero_ps(), _CMP_GT_OQ); \
+    const __m512d v = _mm512_maskz_cvtps_pd(kv, _mm256_maskz_loadu_ps(kv, a + o));                             \
+    s1[e] = _mm512_add_pd(s1[e], v);                                                                           \
+    if (has_b) s2[e] = _mm512_fmadd_pd(v, _mm512_maskz_cvtps_pd(k, _mm256_maskz_loadu_ps(k, b + o)), s2[e]);   \
+    else s2[e] = _mm512_fmadd_pd(v, v, s2[e]);                                                                 \
   } while (0)
       int64_t i = t0;
-      for (; i + 1 < t1; i += 2) { /* even rows into set 0, odd rows into set 1 */
+      for (; i + 1 < t1; i += 2) { /* even rows into accumulator 0, odd rows into 1 */
         SUM_ROW(i, 0);
         SUM_ROW(i + 1, 1);
       }
       if (i < t1) SUM_ROW(i, 0);
 #undef SUM_ROW
-      _mm512_mask_storeu_pd(p1 + j, kl, _mm512_add_pd(_mm512_maskz_loadu_pd(kl, p1 + j), _mm512_add_pd(s1l[0], s1l[1])));
-      _mm512_mask_storeu_pd(p1 + j + 8, kh,
-                            _mm512_add_pd(_mm512_maskz_loadu_pd(kh, p1 + j + 8), _mm512_add_pd(s1h[0], s1h[1])));
-      _mm512_mask_storeu_pd(p2 + j, kl, _mm512_add_pd(_mm512_maskz_loadu_pd(kl, p2 + j), _mm512_add_pd(s2l[0], s2l[1])));
-      _mm512_mask_storeu_pd(p2 + j + 8, kh,
-                            _mm512_add_pd(_mm512_maskz_loadu_pd(kh, p2 + j + 8), _mm512_add_pd(s2h[0], s2h[1])));
+      _mm512_mask_storeu_pd(p1 + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, p1 + j), _mm512_add_pd(s1[0], s1[1])));
+      _mm512_mask_storeu_pd(p2 + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, p2 + j), _mm512_add_pd(s2[0], s2[1])));
     }
   }
 #else
@@ -112,10 +112,9 @@ static inline __attribute__((always_inline)) void sums_rows(int c, int64_t r0, i
       for (int64_t i = t0; i < t1; i++) {
         const int e = (int)((i - t0) & 1);
         const size_t o = (size_t)i * c + j;
-        const float g = has_mask ? (mask[o] > 0.0f ? a[o] : 0.0f) : a[o];
-        const double v = g;
+        const double v = has_mask ? (mask[o] > 0.0f ? a[o] : 0.0f) : a[o];
         s1[e] += v;
-        s2[e] = fma(v, has_b ? (double)b[o] - bsub[j] : v, s2[e]);
+        s2[e] = fma(v, has_b ? (double)b[o] : v, s2[e]);
       }
       p1[j] += s1[0] + s1[1];
       p2[j] += s2[0] + s2[1];
@@ -124,10 +123,10 @@ static inline __attribute__((always_inline)) void sums_rows(int c, int64_t r0, i
 #endif
 }
 
-/* s1[j] = sum_i g[i][j], s2[j] = sum_i g[i][j] * (b ? b[i][j] - bsub[j] : g[i][j]) over m rows, double;
- * g = a, or with mask (fused ReLU) g = (mask > 0 ? a : 0). */
-static void channel_sums(int c, int64_t m, const float *a, const float *b, const double *bsub, const float *mask,
-                         double *s1, double *s2) {
+/* Per-channel sums over m rows (rows split into G fixed groups, summed as in sums_rows, groups
+ * added in order): s1 = sum v, s2 = sum v * (b ? b : v), v = a, or with mask v = (mask > 0 ? a : 0). */
+static void channel_sums(int c, int64_t m, const float *a, const float *b, const float *mask, double *s1,
+                         double *s2) {
   const int G = groups_for(c, m);
   double part[G][2][c];
   const int T = nthreads_for(m * c);
@@ -136,10 +135,9 @@ static void channel_sums(int c, int64_t m, const float *a, const float *b, const
     double *p1 = part[g][0], *p2 = part[g][1];
     for (int j = 0; j < c; j++) p1[j] = 0, p2[j] = 0;
     int64_t r0 = m * g / G, r1 = m * (g + 1) / G;
-    if (b && mask) sums_rows(c, r0, r1, a, b, bsub, mask, p1, p2, 1, 1);
-    else if (b) sums_rows(c, r0, r1, a, b, bsub, NULL, p1, p2, 1, 0);
-    else if (mask) sums_rows(c, r0, r1, a, NULL, NULL, mask, p1, p2, 0, 1);
-    else sums_rows(c, r0, r1, a, NULL, NULL, NULL, p1, p2, 0, 0);
+    if (!b) sums_rows(c, r0, r1, a, NULL, NULL, p1, p2, 0, 0);
+    else if (mask) sums_rows(c, r0, r1, a, b, mask, p1, p2, 1, 1);
+    else sums_rows(c, r0, r1, a, b, NULL, p1, p2, 1, 0);
   }
   for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
   for (int g = 0; g < G; g++)
@@ -176,7 +174,7 @@ static inline __attribute__((always_inline)) void affine_row(int c, const float 
     __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xr + j), _mm512_maskz_loadu_ps(k, sc + j),
                                _mm512_maskz_loadu_ps(k, sh + j));
     if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v); /* 0 > v ? 0 : v, as v < 0 ? 0 : v */
-    _mm512_mask_storeu_ps(yr + j, k, v);
+    store16(yr + j, k, v);
   }
 #else
   for (int j = 0; j < c; j++) {
@@ -186,7 +184,9 @@ static inline __attribute__((always_inline)) void affine_row(int c, const float 
 #endif
 }
 
-/* y = x*sc + sh per channel [then ReLU] (y may alias x). */
+/* y = x*sc + sh per channel [then ReLU] (y may alias x). Plain stores: non-temporal ones (tried
+ * for outputs >= 4 MB) made the BN passes of ResNet-50 b32 ~10% faster but its convolutions ~5%
+ * slower (they then read their input from memory instead of the last-level cache): a net loss. */
 static void affine(int c, int64_t m, const float *x, const float *sc, const float *sh, int relu, float *y) {
   const int T = nthreads_for(m * c);
   if (relu) {
@@ -203,7 +203,7 @@ void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const f
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
   double s1[c], s2[c];
-  channel_sums(c, m, x, NULL, NULL, NULL, s1, s2);
+  channel_sums(c, m, x, NULL, NULL, s1, s2);
   const double M = sync_sums(c, s1, s2, m); /* rows over all ranks with synchronised BN */
   float sc[c], sh[c];
   const double mom = d->momentum;
@@ -255,7 +255,7 @@ static inline __attribute__((always_inline)) void dx_row(int c, const float *xr,
       r = _mm512_mul_ps(_mm512_maskz_loadu_ps(km, a + j), g);
     }
     if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(km, o + j), r);
-    _mm512_mask_storeu_ps(o + j, km, r);
+    store16(o + j, km, r);
   }
 #else
   for (int j = 0; j < c; j++) {
@@ -292,6 +292,7 @@ static void bn_dx(int c, int64_t m, const float *x, const float *y, const float 
     else DX_LOOP(0, 0, 0);
   }
 }
+#undef DX_LOOP
 
 void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                           const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta) {
@@ -299,9 +300,9 @@ void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const 
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
   RN_ASSERT(!d->relu || y);
   const float *mask = d->relu ? y : NULL;
-  double mean[c], sdy[c], sdyx[c];
-  for (int j = 0; j < c; j++) mean[j] = save[j];
-  channel_sums(c, m, dy, x, mean, mask, sdy, sdyx); /* sdy = sum g, sdyx = sum g*(x-mean) */
+  double sdy[c], sdyx[c];
+  channel_sums(c, m, dy, x, mask, sdy, sdyx); /* sdy = sum g, sdyx = sum g*x */
+  for (int j = 0; j < c; j++) sdyx[j] -= (double)save[j] * sdy[j]; /* sum g*(x - mean) */
   for (int j = 0; j < c; j++) {
     /* dL/dgamma, dL/dbeta of this rank's batch (averaged over ranks with the other gradients) */
     if (dgamma) dgamma[j] += (float)(sdyx[j] * save[c + j]);
@@ -329,10 +330,10 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
   RN_ASSERT(c >= 1 && c <= MAX_C);
   RN_ASSERT(!d->relu || y);
   const float *mask = d->relu ? y : NULL;
-  double rm[c], sdy[c], sdyx[c];
-  for (int j = 0; j < c; j++) rm[j] = run_mean[j];
+  double sdy[c], sdyx[c];
   if (dgamma || dbeta) {
-    channel_sums(c, m, dy, x, rm, mask, sdy, sdyx);
+    channel_sums(c, m, dy, x, mask, sdy, sdyx);
+    for (int j = 0; j < c; j++) sdyx[j] -= (double)run_mean[j] * sdy[j]; /* sum g*(x - running mean) */
     for (int j = 0; j < c; j++) {
       double is = 1.0 / sqrt((double)run_var[j] + (double)d->eps);
       if (dgamma) dgamma[j] += (float)(sdyx[j] * is);

@@ -4,6 +4,13 @@
 #include <omp.h>
 #include <string.h>
 
+/* 512-bit vectors for these loops (GCC prefers 256-bit ones on AVX-512 CPUs): whole 64-byte lines
+ * per store. Measured on one core, add+ReLU backward over 102.8 MB: 40.8 ms with 256-bit vectors,
+ * 29.8 ms with 512-bit ones (full-line stores avoid reading the destination lines first). */
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("prefer-vector-width=512")
+#endif
+
 #include "rn/kernels.h"
 #include "rn/layers.h"
 
