@@ -122,13 +122,16 @@ int main(void) {
     /* ResNet-50 line widths 7, 14, 28 (7 x 2-block and 14-pixel tiles), odd channel-block counts. */
     one(48, 48, 3, 1, 7, 7, 3, 6), one(32, 64, 3, 1, 14, 14, 2, 7), one(16, 32, 3, 1, 28, 28, 2, 8);
     one(80, 48, 3, 1, 5, 14, 2, 9);
+    /* More than 128 input channels: the 3-wide kernel's partial sums per 128 channels. */
+    one(272, 32, 3, 1, 6, 9, 2, 25), one(256, 48, 3, 1, 7, 7, 2, 26), one(32, 160, 3, 1, 5, 21, 2, 27);
+    one(128, 128, 3, 1, 28, 28, 2, 28);
     /* ResNet-50 1x1 shapes (expansion, reduction) at 7/14/28-wide lines, read in place (no padding). */
     one(64, 256, 1, 0, 14, 14, 2, 10), one(256, 64, 1, 0, 7, 7, 3, 11), one(32, 128, 1, 0, 28, 28, 1, 12);
     /* Stride 2 (forward and dW direct, dx on the GEMM path): CIFAR/ResNet-50 down-sampling 3x3 and
      * 1x1, odd and even input sizes, the 7-wide tiles. */
     ones(16, 32, 3, 1, 2, 32, 32, 2, 13), ones(32, 64, 3, 1, 2, 15, 17, 3, 14), ones(64, 64, 3, 1, 2, 14, 14, 2, 15);
     ones(64, 128, 1, 0, 2, 28, 28, 2, 16), ones(48, 16, 1, 0, 2, 9, 11, 3, 17), ones(32, 32, 5, 2, 2, 13, 29, 2, 18);
-    cases += 18;
+    cases += 22;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);

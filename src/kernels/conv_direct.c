@@ -199,9 +199,99 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
   }
 }
 
+/* 3-wide kernels, stride 1: one broadcast input value serves the three taps of its kernel row.
+ * Per input channel: 3*NC weight vectors and NB+2 broadcasts for 3*NB*NC FMAs (the generic tile
+ * needs one broadcast per FMA row: 17 loads per 16 FMAs at NC = 1, the CIFAR 16-channel layers).
+ * Partial sums are flushed per kernel row and per 128 input channels (chains of <= 384 FMAs). */
+#ifndef TILE3_CH
+#define TILE3_CH 32
+#endif
+AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int Co, int oy, int ox0, int cb0,
+              float *yl, int acc, const int NB, const int NC) {
+  __m512 a[16];
+  int first = acc != 1;
+  const size_t bs = (size_t)kh * 3 * C * 16; /* one channel block of blocked weights */
+  const size_t ts = (size_t)C * 16;          /* one tap */
+  for (int ky = 0; ky < kh; ky++) {
+    const float *row = xp + ((size_t)(oy + ky) * wp + ox0) * C;
+    for (int c0 = 0; c0 < C; c0 += TILE3_CH) {
+      const int c1 = c0 + TILE3_CH < C ? c0 + TILE3_CH : C;
+      for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
+      const float *r = row + c0;
+      const float *wk = wt + (size_t)cb0 * bs + (size_t)(ky * 3) * ts + (size_t)c0 * 16;
+      for (int ci = c0; ci < c1; ci++, r++, wk += 16) {
+        __m512 w[3][4];
+#pragma GCC unroll 4
+        for (int kx = 0; kx < 3; kx++)
+#pragma GCC unroll 4
+          for (int c = 0; c < NC; c++) w[kx][c] = _mm512_loadu_ps(wk + kx * ts + c * bs);
+#pragma GCC unroll 18
+        for (int ix = 0; ix < NB + 2; ix++) {
+          __m512 xv = _mm512_set1_ps(r[(size_t)ix * C]);
+#pragma GCC unroll 3
+          for (int kx = 0; kx < 3; kx++) {
+            const int o = ix - kx;
+            if (o >= 0 && o < NB)
+#pragma GCC unroll 4
+              for (int c = 0; c < NC; c++) a[o * NC + c] = _mm512_fmadd_ps(xv, w[kx][c], a[o * NC + c]);
+          }
+        }
+      }
+      for (int j = 0; j < NB; j++)
+        for (int c = 0; c < NC; c++) {
+          float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
+          __m512 v = a[j * NC + c];
+          if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
+          _mm512_storeu_ps(o, v);
+        }
+      first = 0;
+    }
+  }
+}
+
+/* One output line of a 3-wide stride-1 kernel: 7 x 2 tiles on 7k-wide lines (ResNet-50), 16 x 1
+ * for single channel blocks (CIFAR 16 channels), 8 x 2 otherwise; tails of 4 and 1 pixels. */
+AI void conv_line3_c(const float *xp, int wp, const int C, int kh, const float *wt, int Co, int oy, int ow,
+                     float *yl, int acc, int cb_begin, int ncb) {
+  int cb = cb_begin;
+  if (ow % 7 == 0) {
+    for (; cb + 2 <= ncb; cb += 2)
+      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 7, 2);
+    for (; cb < ncb; cb++)
+      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 7, 1);
+    return;
+  }
+  for (; cb + 2 <= ncb; cb += 2) {
+    int ox = 0;
+    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 8, 2);
+    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 4, 2);
+    for (; ox < ow; ox++) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 1, 2);
+  }
+  for (; cb < ncb; cb++) {
+    int ox = 0;
+    for (; ox + 16 <= ow; ox += 16) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 16, 1);
+    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 8, 1);
+    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 4, 1);
+    for (; ox < ow; ox++) tile3(xp, wp, C, kh, wt, Co, oy, ox, cb, yl, acc, 1, 1);
+  }
+}
+
+static int g_tile3 = -1; /* RN_CONV_TILE3=0 turns the 3-wide kernel off (A/B) */
+static int use_tile3(void) {
+  if (g_tile3 < 0) {
+    const char *v = getenv("RN_CONV_TILE3");
+    g_tile3 = !(v && v[0] == '0');
+  }
+  return g_tile3;
+}
+
 /* One output line: all pixels, channel blocks [cb_begin, ncb). */
 AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co, int oy, int ow,
                     float *yl, int acc, int cb_begin, int ncb) {
+  if (kw == 3 && S == 1 && acc != 2 && use_tile3()) {
+    conv_line3_c(xp, wp, C, kh, wt, Co, oy, ow, yl, acc, cb_begin, ncb);
+    return;
+  }
   int cb = cb_begin;
   if (ow % 14 == 0) { /* 14, 28, 56 (ResNet-50): 14 pixels x 2 channel blocks, no tails */
     for (; cb + 2 <= ncb; cb += 2)
@@ -339,6 +429,43 @@ AI void dw_block_t(const float *xp, size_t xstride, int wp, int C, int S, const 
     }
 }
 
+/* dW for a 3-wide kernel row: dW[co0..co0+8)[ky][0..3)[cb*16..+16) over the group's pixels.
+ * Each broadcast dy value serves the row's three taps: 24 accumulators, per pixel 3 input vectors
+ * and 8 broadcasts for 24 FMAs (the generic block: 17 loads per 16 FMAs). */
+static void dw_block3(const float *xp, size_t xstride, int wp, int C, int S, const float *dy, size_t dystride,
+                      int nimg, int Co, int oy0, int oy1, int ow, int ky, int cb, int co0, float *dwt, int K) {
+  __m512 a[8][3];
+  const size_t off = (size_t)(ky * 3) * C + (size_t)cb * 16, xs = (size_t)S * C;
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; j++)
+#pragma GCC unroll 3
+    for (int kx = 0; kx < 3; kx++) a[j][kx] = _mm512_setzero_ps();
+  for (int g = 0; g < nimg; g++)
+    for (int oy = oy0; oy < oy1; oy++) {
+      const float *xr = xp + (size_t)g * xstride + (size_t)(oy * S + ky) * wp * C + (size_t)cb * 16;
+      const float *dr = dy + (size_t)g * dystride + (size_t)oy * ow * Co + co0;
+      for (int ox = 0; ox < ow; ox++) {
+        const float *xo = xr + (size_t)ox * xs;
+        __m512 x0 = _mm512_loadu_ps(xo), x1 = _mm512_loadu_ps(xo + C), x2 = _mm512_loadu_ps(xo + 2 * C);
+        const float *gr = dr + (size_t)ox * Co;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+          __m512 gv = _mm512_set1_ps(gr[j]);
+          a[j][0] = _mm512_fmadd_ps(gv, x0, a[j][0]);
+          a[j][1] = _mm512_fmadd_ps(gv, x1, a[j][1]);
+          a[j][2] = _mm512_fmadd_ps(gv, x2, a[j][2]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; j++)
+#pragma GCC unroll 3
+    for (int kx = 0; kx < 3; kx++) {
+      float *o = dwt + (size_t)(co0 + j) * K + off + (size_t)kx * C;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a[j][kx]));
+    }
+}
+
 /* dW += the contribution of a group of nimg images. Large images are swept in groups of lines
  * (>= 256 pixels); per group every (tap, input block, output block) is accumulated and added into
  * dW: the group's x and dy (a few hundred KB) stay in L2 while all of dW's blocks are visited, and
@@ -349,6 +476,13 @@ static void dw_images(const float *xp, size_t xstride, int wp, int C, int S, con
   const int lines = nimg > 1 ? oh : ow >= 256 ? 1 : 256 / ow;
   for (int oy0 = 0; oy0 < oh; oy0 += lines) {
     const int oy1 = oy0 + lines < oh ? oy0 + lines : oh;
+    if (kw == 3 && use_tile3()) {
+      for (int ky = 0; ky < kh; ky++)
+        for (int cb = 0; cb < C / 16; cb++)
+          for (int co0 = 0; co0 < Co; co0 += 8)
+            dw_block3(xp, xstride, wp, C, S, dy, dystride, nimg, Co, oy0, oy1, ow, ky, cb, co0, dwt, K);
+      continue;
+    }
     for (int ky = 0; ky < kh; ky++)
       for (int kx = 0; kx < kw; kx++)
         for (int cb = 0; cb < C / 16; cb++)
