@@ -563,6 +563,20 @@ static void test_bn_fused_bitwise(int m, int c, int eval, int threads) {
     }
     ok &= same_bits(dx0, dx1, n) && same_bits(dg0, dg1, c) && same_bits(db0, db1, c);
   }
+  /* in place: dx written over dy (the model's gradient arena does this) */
+  memcpy(dx1, dy, n * 4);
+  if (eval) rn_bn_backward_eval(&d1, m, x, y1, g, rm, rv, dx1, dx1, 0, NULL, NULL);
+  else rn_bn_backward_train(&d1, m, x, y1, g, s1, dx1, dx1, 0, NULL, NULL);
+  memcpy(dx0, dz, n * 4);
+  if (eval) rn_bn_backward_eval(&d0, m, x, NULL, g, rm, rv, dx0, dx0, 0, NULL, NULL);
+  else rn_bn_backward_train(&d0, m, x, NULL, g, s0, dx0, dx0, 0, NULL, NULL);
+  ok &= same_bits(dx0, dx1, n);
+  rn_bn_backward_train(&d1, m, x, y1, g, s1, dy, dz, 0, NULL, NULL); /* reference for the train case */
+  if (!eval) ok &= same_bits(dx1, dz, n);
+  memcpy(dx1, dy, n * 4); /* ReLU backward in place */
+  rn_relu_backward((int64_t)n, y0, dx1, dx1, 0);
+  rn_relu_backward((int64_t)n, y0, dy, dz, 0);
+  ok &= same_bits(dx1, dz, n);
   CHECK(ok && zeros > n / 10, "bn+relu %s m=%d c=%d threads=%d: fused differs from BN then ReLU (%zu zeros)",
         eval ? "eval" : "train", m, c, threads, zeros);
   printf("  bn+relu %-5s m=%-6d c=%-3d threads=%d  bitwise equal to bn, relu: %s\n", eval ? "eval" : "train", m, c,

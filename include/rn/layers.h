@@ -120,18 +120,18 @@ void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const fl
 typedef void (*rn_bn_reduce_fn)(void *ctx, double *v, int n);
 void rn_bn_set_sync(rn_bn_reduce_fn fn, void *ctx);
 /* Backward of the training forward (save from it). y is the forward output, read only when
- * d->relu (the ReLU mask; may be NULL otherwise). */
+ * d->relu (the ReLU mask; may be NULL otherwise). dx may alias dy (not with acc). */
 void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
                           const float *gamma, const float *save, const float *dy, float *dx, int acc,
                           float *dgamma, float *dbeta);
-/* Backward of the eval-mode forward (fixed statistics: an affine map); y as above. */
+/* Backward of the eval-mode forward (fixed statistics: an affine map); y and dx as above. */
 void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
                          const float *gamma, const float *run_mean, const float *run_var,
                          const float *dy, float *dx, int acc, float *dgamma, float *dbeta);
 
 /* ---------------- ReLU (count = n*h*w*c); y may alias x ---------------- */
 void rn_relu_forward(int64_t count, const float *x, float *y);
-/* dx = dy * (y > 0); uses the OUTPUT y (so in-place forward is fine). */
+/* dx = dy * (y > 0); uses the OUTPUT y (so in-place forward is fine). dx may alias dy. */
 void rn_relu_backward(int64_t count, const float *y, const float *dy, float *dx, int acc);
 
 /* ---------------- max pool (k x k, stride s, pad p; pads never win) ---------------- */
@@ -159,7 +159,7 @@ void rn_linear_backward(int n, int in, int out, const float *x, const float *w, 
 void rn_add_forward(int64_t count, const float *a, const float *b, float scale, int relu, float *y);
 /* da (=/+= g), db (=/+= scale*g), g = dy, or with a fused ReLU (y = the forward output, non-NULL)
  * g = (y > 0 ? dy : 0): bitwise rn_relu_backward followed by the plain add backward. da or db may
- * be NULL; da (not db) may alias dy. */
+ * be NULL; da (not db) may alias dy (the model writes the shortcut gradient over dy). */
 void rn_add_backward(int64_t count, const float *y, const float *dy, float scale, float *da, int acc_a,
                      float *db, int acc_b);
 

@@ -426,33 +426,23 @@ static size_t tsize(const rn_model *m, int t) {
 
 /* Gradient arena placement (offline, greedy by size): every tensor that has a consumer has a
  * gradient, live over the node indices [producer, last consumer] (backward runs from its last
- * consumer, which writes it first, down to its producer, which reads it last). Tensors are placed
- * largest first (ties: by id), each at the lowest offset where it overlaps no already placed
- * tensor whose live interval intersects its own. Returns the arena size (floats). */
-static size_t place_grads(rn_model *m, const int *producer, const int *born) {
-  int T = m->ntensors, n = 0;
-  int *ord = malloc((size_t)T * sizeof(int));
-  size_t *b0 = malloc((size_t)T * sizeof(size_t)), *b1 = malloc((size_t)T * sizeof(size_t));
-  RN_ASSERT(ord && b0 && b1);
-  for (int t = 0; t < T; t++) {
-    m->tensors[t].goff = (size_t)-1;
-    if (born[t] >= 0) ord[n++] = t;
-  }
-  for (int i = 1; i < n; i++) { /* insertion sort: size descending, id ascending */
-    int t = ord[i], j = i;
-    while (j > 0 && tsize(m, ord[j - 1]) < tsize(m, t)) ord[j] = ord[j - 1], j--;
-    ord[j] = t;
-  }
+ * consumer, which writes it first, down to its producer, which reads it last). A tensor t with
+ * root[t] != t shares the buffer of root[t] (in-place backward, see plan()); a group is placed as
+ * one buffer live over the union of its members' intervals. Groups are placed largest first, each
+ * at the lowest offset where it overlaps no already placed group whose live interval intersects
+ * its own. Ties between equal sizes are broken in four orders (by id, by start, by end
+ * descending, by length descending), the smallest arena wins (first one on equal sizes). Returns
+ * the arena size (floats). */
+static size_t place_order(rn_model *m, const int *ord, int n, const int *lo, const int *hi, size_t *goff, size_t *b0,
+                          size_t *b1) {
   size_t peak = 0;
   for (int i = 0; i < n; i++) {
     int t = ord[i], nb = 0;
     size_t size = tsize(m, t);
-    for (int j = 0; j < i; j++) { /* placed tensors live at the same time, sorted by offset */
+    for (int j = 0; j < i; j++) { /* placed groups live at the same time, sorted by offset */
       int u = ord[j];
-      int lo = producer[t] > producer[u] ? producer[t] : producer[u];
-      int hi = born[t] < born[u] ? born[t] : born[u];
-      if (lo > hi) continue;
-      size_t o = m->tensors[u].goff, e = o + tsize(m, u);
+      if ((lo[t] > lo[u] ? lo[t] : lo[u]) > (hi[t] < hi[u] ? hi[t] : hi[u])) continue;
+      size_t o = goff[u], e = o + tsize(m, u);
       int q = nb++;
       while (q > 0 && b0[q - 1] > o) b0[q] = b0[q - 1], b1[q] = b1[q - 1], q--;
       b0[q] = o, b1[q] = e;
@@ -460,13 +450,62 @@ static size_t place_grads(rn_model *m, const int *producer, const int *born) {
     size_t off = 0;
     for (int q = 0; q < nb && b0[q] < off + size; q++)
       if (b1[q] > off) off = b1[q];
-    m->tensors[t].goff = off;
+    goff[t] = off;
     if (off + size > peak) peak = off + size;
   }
+  return peak;
+}
+
+static size_t place_grads(rn_model *m, const int *producer, const int *born, const int *root) {
+  int T = m->ntensors, n = 0;
+  int *ord = malloc((size_t)T * sizeof(int)), *lo = malloc((size_t)T * sizeof(int)), *hi = malloc((size_t)T * sizeof(int));
+  size_t *b0 = malloc((size_t)T * sizeof(size_t)), *b1 = malloc((size_t)T * sizeof(size_t));
+  size_t *goff = malloc((size_t)T * sizeof(size_t)), *best_goff = malloc((size_t)T * sizeof(size_t));
+  RN_ASSERT(ord && lo && hi && b0 && b1 && goff && best_goff);
+  for (int t = 0; t < T; t++) lo[t] = T + 1, hi[t] = -2;
+  for (int t = 0; t < T; t++) {
+    if (born[t] < 0) continue;
+    int r = root[t];
+    RN_ASSERT(born[r] >= 0 && tsize(m, r) == tsize(m, t));
+    if (producer[t] < lo[r]) lo[r] = producer[t];
+    if (born[t] > hi[r]) hi[r] = born[t];
+  }
+  size_t best = (size_t)-1;
+  for (int tie = 0; tie < 4; tie++) {
+    n = 0;
+    for (int t = 0; t < T; t++)
+      if (born[t] >= 0 && root[t] == t) ord[n++] = t;
+    for (int i = 1; i < n; i++) { /* insertion sort (stable): size descending, then the tie order */
+      int t = ord[i], j = i;
+      for (; j > 0; j--) {
+        int u = ord[j - 1];
+        size_t st = tsize(m, t), su = tsize(m, u);
+        int before = st > su;
+        if (st == su) {
+          if (tie == 1) before = lo[t] < lo[u];
+          else if (tie == 2) before = hi[t] > hi[u];
+          else if (tie == 3) before = hi[t] - lo[t] > hi[u] - lo[u];
+        }
+        if (!before) break;
+        ord[j] = u;
+      }
+      ord[j] = t;
+    }
+    size_t peak = place_order(m, ord, n, lo, hi, goff, b0, b1);
+    if (peak < best) {
+      best = peak;
+      memcpy(best_goff, goff, (size_t)T * sizeof(size_t));
+    }
+  }
+  for (int t = 0; t < T; t++) m->tensors[t].goff = born[t] >= 0 ? best_goff[root[t]] : (size_t)-1;
   free(ord);
+  free(lo);
+  free(hi);
   free(b0);
   free(b1);
-  return peak;
+  free(goff);
+  free(best_goff);
+  return best;
 }
 
 /* 1 if node n's backward reads its own output (ReLU: the mask). */
@@ -477,6 +516,11 @@ static int needs_output(const rn_node *n) {
 /* 1 if node n's backward reads its input activation(s). */
 static int needs_input(const rn_node *n) {
   return n->op == RN_OP_CONV || n->op == RN_OP_BN || n->op == RN_OP_LINEAR;
+}
+
+/* 1 if node n's backward may write d(in) over d(out) (same shape, acc_in = 0; see plan()). */
+static int inplace_grad(const rn_node *n) {
+  return n->op == RN_OP_ADD || n->op == RN_OP_BN || n->op == RN_OP_RELU;
 }
 
 /* Tensor t may be overwritten in place by its only consumer: it has a producer node, exactly one
@@ -547,8 +591,10 @@ static void plan(rn_model *m) {
    *  - tensors left unused by the fusion pass get none;
    *  - ReLU runs in place (relu backward needs only its output; its input is a BN or add output
    *    with no other consumer, and neither BN nor add backward needs its own output);
-   *  - add writes into its shortcut input when that is private: consumed by nothing else and
-   *    not needed by its producer's backward (projection conv/BN output or option-A output).
+   *  - add writes into its shortcut input, or else into its residual-branch input, when that is
+   *    private: consumed by nothing else and not needed by its producer's backward (projection
+   *    conv/BN output, option-A output, the branch's last BN (post-activation) or conv
+   *    (pre-activation) output; never a fused BN+ReLU output: its backward reads it as the mask).
    * The backward of an add with a fused ReLU reads the add's output, i.e. that shared buffer: it
    * holds the add's output until backward, since its input was dead after the add.
    * The check below verifies these rules on the result. */
@@ -562,6 +608,8 @@ static void plan(rn_model *m) {
       m->tensors[t].off = m->tensors[n->in].off;
     } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in)) {
       m->tensors[t].off = m->tensors[n->in].off;
+    } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in2)) {
+      m->tensors[t].off = m->tensors[n->in2].off;
     } else {
       m->tensors[t].off = off;
       off += tsize(m, t);
@@ -585,17 +633,31 @@ static void plan(rn_model *m) {
   }
   free(written);
 
-  /* Gradient arena: liveness-based reuse (place_grads). */
-  int *born = malloc((size_t)T * sizeof(int));
-  RN_ASSERT(born);
-  for (int t = 0; t < T; t++) born[t] = -1;
+  /* Gradient arena: liveness-based reuse (place_grads). In-place backward: an add (its shortcut
+   * input), a BN or a ReLU that is the first writer of its input's gradient (acc_in = 0) writes
+   * it over its output's gradient dy, whose life ends at that same step: the kernels allow
+   * dx == dy (add: da = dy or masked dy, db written first or in the same pass; BN: the channel
+   * sums read dy before the dx pass, which reads each dy element before writing it; ReLU:
+   * elementwise). Such a pair shares one buffer; chains of them (e.g. conv <- BN <- ReLU, or
+   * identity blocks: a block's output is the next add's shortcut input) share one buffer over
+   * their whole, contiguous life. */
+  int *born = malloc((size_t)T * sizeof(int)), *root = malloc((size_t)T * sizeof(int));
+  RN_ASSERT(born && root);
+  for (int t = 0; t < T; t++) born[t] = -1, root[t] = t;
   for (int k = 0; k < m->nnodes; k++) {
     born[m->nodes[k].in] = k;
     if (m->nodes[k].in2 >= 0) born[m->nodes[k].in2] = k;
   }
-  m->dact_floats = place_grads(m, producer, born);
-  /* Verify: gradients that are live at the same backward step never share memory. Step of a
-   * tensor's birth = its last consumer (highest node index), death = its producer. */
+  for (int k = m->nnodes - 1; k >= 0; k--) { /* backward order: out's root is final already */
+    const rn_node *n = &m->nodes[k];
+    if (inplace_grad(n) && !n->acc_in && n->out != m->logits && born[n->in] == k && born[n->out] >= 0 &&
+        tsize(m, n->in) == tsize(m, n->out))
+      root[n->in] = root[n->out];
+  }
+  m->dact_floats = place_grads(m, producer, born, root);
+  /* Verify: gradients that are live at the same backward step never share memory, except d(in)
+   * and d(out) of an in-place add, BN or ReLU at that node. Step of a tensor's birth = its last consumer
+   * (highest node index), death = its producer. */
   {
     for (int t = 0; t < T; t++)
       for (int u = t + 1; u < T; u++) {
@@ -605,9 +667,16 @@ static void plan(rn_model *m) {
         int hi = born[t] < born[u] ? born[t] : born[u];
         if (lo > hi) continue;
         size_t a0 = m->tensors[t].goff, a1 = a0 + tsize(m, t), b0 = m->tensors[u].goff, b1 = b0 + tsize(m, u);
+        if (root[t] == root[u]) { /* shared on purpose: only at the step of the add writing d(in) over d(out) */
+          const rn_node *n = &m->nodes[lo];
+          RN_ASSERT(lo == hi && inplace_grad(n) && ((n->in == t && n->out == u) || (n->in == u && n->out == t)));
+          RN_ASSERT(a0 == b0 && a1 == b1);
+          continue;
+        }
         RN_ASSERT(a1 <= b0 || b1 <= a0);
       }
     free(born);
+    free(root);
   }
 
   /* Saved state, workspace, GEMM reservation. */
