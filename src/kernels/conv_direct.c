@@ -73,8 +73,11 @@ static int direct_1x1(void) {
 }
 static int is_1x1(const rn_conv_desc *d) { return d->kh == 1 && d->kw == 1; }
 
+/* Input channels: multiples of 16, or up to 4 for a network's first convolution (forward only:
+ * its dW needs 16-channel blocks, and it has no dx). */
+static int stem(const rn_conv_desc *d) { return d->cin <= 4 && !is_1x1(d); }
 int rn_conv_direct_shape(const rn_conv_desc *d) {
-  return (d->stride == 1 || d->stride == 2) && d->cin % 16 == 0 && d->cout % 16 == 0 && d->cin <= g_direct_max_c &&
+  return (d->stride == 1 || d->stride == 2) && (d->cin % 16 == 0 || stem(d)) && d->cout % 16 == 0 && d->cin <= g_direct_max_c &&
          d->cout <= g_direct_max_c && d->pad < d->kh && d->pad < d->kw && d->kh <= 7 && d->kw <= 7 &&
          (!is_1x1(d) || direct_1x1());
 }
@@ -86,7 +89,7 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
  * 512->128@28 176/120); dx stays on the GEMM (equal or slower direct). All-widths mode (tests)
  * takes every part direct. */
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
-  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
+  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->cin % 16) return 0;
   if (g_all_widths) return 1;
   /* stride 2: forward only (3x3 s2, b32: 56->28 261/205 GF/s, 28->14 295/240, CIFAR 32->16 ~1.5x);
    * its backward stays on the GEMM path, where im2col serves dW and dx in one pass (direct dW plus
@@ -99,7 +102,7 @@ int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
  * ResNet-50 layers run it faster than the GEMM path (b32, 1 thread, GF/s: 256@14 161/125, 512@7
  * 129/115) while their dW stays on the GEMM (direct 96-106/120, 81/129). */
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
-  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->stride != 1) return 0;
+  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->stride != 1 || d->cin % 16) return 0;
   if (g_all_widths) return 1;
   return !is_1x1(d) && fwd_width(d->w) && fwd_width(d->ow);
 }
@@ -346,6 +349,7 @@ static void conv_plane(const float *xp, int wp, int C, int S, int kh, int kw, co
                        int ow, float *y, int acc) {
 #define RN_PLANE_S(SS)                                                              \
   switch (C) {                                                                      \
+    case 3: conv_plane_c(xp, wp, 3, SS, kh, kw, wt, Co, oh, ow, y, acc); break;     \
     case 16: conv_plane_c(xp, wp, 16, SS, kh, kw, wt, Co, oh, ow, y, acc); break;   \
     case 32: conv_plane_c(xp, wp, 32, SS, kh, kw, wt, Co, oh, ow, y, acc); break;   \
     case 64: conv_plane_c(xp, wp, 64, SS, kh, kw, wt, Co, oh, ow, y, acc); break;   \
