@@ -157,8 +157,10 @@ int main(void) {
             !rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd, GEMM dW expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d), "1x1@7: GEMM expected");
-  CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "stem: direct fwd only expected");
+  CHECK(rn_conv_desc_init(&d, 3, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "CIFAR stem: direct fwd only expected");
+  CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_direct_shape(&d),
+        "ImageNet stem: GEMM path expected");
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "stride 2: direct fwd only expected");
   /* Streaming stores: a 1x1 forward with > 16 MB of 64-byte aligned output takes them; the result
@@ -190,7 +192,7 @@ int main(void) {
     one(48, 48, 3, 1, 7, 7, 3, 19), one(32, 64, 3, 1, 14, 14, 2, 20);
     ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(64, 32, 1, 0, 1, 7, 7, 3, 24), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
     /* First convolutions (3 input channels): forward direct, dW on the GEMM path. */
-    ones(3, 16, 3, 1, 1, 32, 32, 2, 29), ones(3, 64, 7, 3, 2, 30, 30, 2, 30), ones(1, 16, 3, 1, 1, 28, 28, 3, 31);
+    ones(3, 16, 3, 1, 1, 32, 32, 2, 29), ones(3, 32, 3, 1, 1, 9, 30, 2, 30), ones(1, 16, 3, 1, 1, 28, 28, 3, 31);
     cases += 9;
   }
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
