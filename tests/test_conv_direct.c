@@ -152,7 +152,9 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 1, 1, 7, 7, &e) == RN_OK && rn_conv_direct_dx_ok(&d),
         "7-wide dx: direct expected");
   CHECK(rn_conv_desc_init(&d, 64, 256, 1, 1, 1, 0, 56, 56, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "1x1@56: direct fwd/dW, GEMM dx expected");
+            rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d), "1x1@56: direct fwd/dW/dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 128, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
+        "1x1@7: GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 256, 64, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd, GEMM dW expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
@@ -162,7 +164,9 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_direct_shape(&d),
         "ImageNet stem: GEMM path expected");
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "stride 2: direct fwd only expected");
+            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "3x3 stride 2, 32 ch: direct fwd/dW, GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 256, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "3x3 stride 2, 256 ch: direct fwd only expected");
   /* Streaming stores: a 1x1 forward with > 16 MB of 64-byte aligned output takes them; the result
    * must be bitwise that of the same kernel with ordinary stores (unaligned y) and match the GEMM. */
   {

@@ -63,13 +63,13 @@ void rn_col2im_rows_serial(const rn_conv_desc *d, const float *dcol, int64_t m0,
 void rn_conv_set_parallel(int mode);
 int rn_conv_parallel(void);
 /* Direct AVX-512 convolution (src/kernels/conv_direct.c) for stride 1 or 2, cin and cout multiples
- * of 16 (cin <= 4 too for a 3x3 stride-1 first convolution, forward only), kernel up to 7x7 (1x1 included),
- * pad < kernel: no im2col; threads own whole images.
- * rn_conv_forward and rn_conv_backward use it per shape and direction by measured rules (forward:
- * k x k stride 1 and 2, 1x1 on lines >= 14 wide; dW: k x k stride 1, 1x1 stride 1 on lines >= 28 wide;
- * dx: k x k stride 1), when enabled (default on with AVX-512; the environment variable
- * RN_CONV_DIRECT=0|1 or rn_conv_set_direct sets it). Workspace: rn_conv_direct_workspace floats
- * (rn_conv_workspace includes it for such shapes). */
+ * of 16 (cin <= 4 too for a 3x3 stride-1 first convolution, forward only), kernel up to 7x7 (1x1
+ * included), pad < kernel: no im2col; threads own whole images. rn_conv_forward and
+ * rn_conv_backward use it per shape and direction by measured rules (rn-bench-conv): forward k x k
+ * stride 1 and 2, 1x1 on lines >= 14 wide; dx stride 1 (1x1 on lines >= 14 wide); dW k x k stride 1,
+ * 3x3 stride 2 up to 128 channels, 1x1 stride 1 on lines >= 28 wide. It is on by default with
+ * AVX-512 (the environment variable RN_CONV_DIRECT=0|1 or rn_conv_set_direct sets it).
+ * Workspace: rn_conv_direct_workspace floats (rn_conv_workspace includes it for such shapes). */
 void rn_conv_set_direct(int on);
 int rn_conv_direct_enabled(void);
 int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whatever the switch/width) */

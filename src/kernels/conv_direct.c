@@ -87,25 +87,28 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
  * 134/113-136, 1024->256@14 142-156/131-136, 256->64@56 90-98/84); the 7-wide layers (4 MB of
  * weights, 49-pixel images) lose (512->2048@7 108-119/149-151, 2048->512@7 123/149-152). dW is
  * direct for stride 1 on lines >= 28 wide (2 threads: 64->256@56 150/90, 256->64@56 128/104,
- * 512->128@28 176/120); dx stays on the GEMM (equal or slower direct). All-widths mode (tests)
+ * 512->128@28 176/120); dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
  * takes every part direct. */
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->cin % 16) return 0;
   if (g_all_widths) return 1;
-  /* stride 2: forward only (3x3 s2, b32: 56->28 261/205 GF/s, 28->14 295/240, CIFAR 32->16 ~1.5x);
-   * its backward stays on the GEMM path, where im2col serves dW and dx in one pass (direct dW plus
-   * GEMM dx measured equal or slower). */
-  if (d->stride != 1) return 0;
+  /* stride 2 (no direct dx): dW direct for 3x3 up to 128 input channels (rn-bench-conv, 2 threads,
+   * GF/s direct/GEMM: 16->32@32 228/153, 32->64@16 253/147, 128->128@56 248/231; 256->256@28
+   * 225/271 and the 1x1 ones 147/211 stay on the GEMM, where im2col serves dW and dx in one pass). */
+  if (d->stride != 1) return !is_1x1(d) && d->kw == 3 && d->cin <= 128;
   if (is_1x1(d)) return d->ow >= 28;
   return bwd_width(d->ow) && bwd_width(d->w);
 }
-/* dx (stride 1 k x k): the forward kernel on dy, so the forward's width rule; the 14- and 7-wide
+/* dx (stride 1): the forward kernel on dy, so the forward's width rule; the 14- and 7-wide
  * ResNet-50 layers run it faster than the GEMM path (b32, 1 thread, GF/s: 256@14 161/125, 512@7
- * 129/115) while their dW stays on the GEMM (direct 96-106/120, 81/129). */
+ * 129/115) while their dW stays on the GEMM (direct 96-106/120, 81/129). 1x1: direct on lines
+ * >= 14 wide (rn-bench-conv on a quiet machine, 2 threads: 64->256@56 184/150, 128->512@28
+ * 293/198, 256->1024@14 292/276, 1024->256@14 315/306); 7-wide 285/302 stays on the GEMM. */
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->stride != 1 || d->cin % 16) return 0;
   if (g_all_widths) return 1;
-  return !is_1x1(d) && fwd_width(d->w) && fwd_width(d->ow);
+  if (is_1x1(d)) return d->ow >= 14;
+  return fwd_width(d->w) && fwd_width(d->ow);
 }
 int rn_conv_direct_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;

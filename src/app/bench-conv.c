@@ -1,0 +1,132 @@
+/* rn-bench-conv: convolution-shape benchmark (a program, not a test). For each shape it times the
+ * forward, dx and dW passes of rn_conv_forward / rn_conv_backward three ways:
+ *   gemm    the direct kernel switched off (im2col / 1x1 GEMMs on BLIS),
+ *   rules   the production choice per shape and direction (what the trainer runs),
+ *   direct  the direct kernel for every direction it supports (its all-widths test mode),
+ * and prints GFLOP/s (2 x MACs per pass; dx and dW each count one forward's FLOPs). Times are the
+ * MINIMUM over repetitions (robust to other processes stealing the CPU). These figures are the
+ * measurements behind the per-shape rules in src/kernels/conv_direct.c (docs/PERF.md).
+ * Usage: rn-bench-conv [--threads T] [--reps R] [CIN,COUT,K,STRIDE,HW,BATCH ...]
+ *        (default: the ResNet-20 and ResNet-50 convolution shapes) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/layers.h"
+
+typedef struct {
+  int cin, cout, k, stride, hw, batch;
+} shape;
+
+static const shape k_default[] = {
+    {3, 16, 3, 1, 32, 128},     {16, 16, 3, 1, 32, 128},    {16, 32, 3, 2, 32, 128},  {32, 32, 3, 1, 16, 128},
+    {32, 64, 3, 2, 16, 128},    {64, 64, 3, 1, 8, 128},     {3, 64, 7, 2, 224, 32},   {64, 64, 3, 1, 56, 32},
+    {64, 256, 1, 1, 56, 32},    {256, 64, 1, 1, 56, 32},    {256, 128, 1, 1, 56, 32}, {128, 128, 3, 2, 56, 32},
+    {256, 512, 1, 2, 56, 32},   {128, 128, 3, 1, 28, 32},   {128, 512, 1, 1, 28, 32}, {512, 128, 1, 1, 28, 32},
+    {256, 256, 3, 2, 28, 32},   {256, 256, 3, 1, 14, 32},   {256, 1024, 1, 1, 14, 32}, {1024, 256, 1, 1, 14, 32},
+    {512, 512, 3, 1, 7, 32},    {512, 2048, 1, 1, 7, 32},   {2048, 512, 1, 1, 7, 32},
+};
+
+static float *buf(size_t n, float v) {
+  float *p = rn_alloc((n ? n : 1) * sizeof(float));
+  for (size_t i = 0; i < n; i++) p[i] = v * (float)((i % 13) + 1) / 13.0f;
+  return p;
+}
+
+/* mode 0 = gemm, 1 = rules, 2 = direct everywhere it applies */
+static void set_mode(int mode) {
+  rn_conv_set_direct(mode > 0);
+  rn_conv_set_direct_all_widths(mode == 2);
+}
+
+static void run(const shape *s, int reps) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, s->cin, s->cout, s->k, s->k, s->stride, s->k / 2, s->hw, s->hw, &e)) {
+    fprintf(stderr, "rn-bench-conv: %s\n", e.msg);
+    return;
+  }
+  const int n = s->batch;
+  size_t nx = (size_t)n * d.h * d.w * d.cin, ny = (size_t)n * d.oh * d.ow * d.cout,
+         nw = (size_t)d.cout * d.kh * d.kw * d.cin;
+  size_t wsn = 0;
+  for (int mode = 0; mode < 3; mode++) { /* the largest workspace any mode plans */
+    set_mode(mode);
+    size_t w = rn_conv_workspace(&d, n);
+    if (w > wsn) wsn = w;
+  }
+  float *x = buf(nx, 1), *w = buf(nw, 0.1f), *dy = buf(ny, 0.01f), *y = buf(ny, 0), *dx = buf(nx, 0),
+        *dw = buf(nw, 0), *ws = buf(wsn, 0);
+  const double fl = 2.0 * (double)ny * d.kh * d.kw * d.cin;
+  printf("%4d->%-4d %dx%d s%d @%-3d b%-3d", s->cin, s->cout, s->k, s->k, s->stride, s->hw, n);
+  for (int mode = 0; mode < 3; mode++) {
+    set_mode(mode);
+    const char *dir = mode == 0 ? "" : (rn_conv_direct_ok(&d) ? "D" : "g");
+    double bf = 1e30, bx = 1e30, bw = 1e30;
+    for (int r = 0; r < reps; r++) {
+      double t0 = rn_now();
+      rn_conv_forward(&d, n, x, w, y, ws);
+      double t1 = rn_now();
+      if (s->cin > 4) rn_conv_backward(&d, n, x, w, dy, dx, 0, NULL, ws);
+      double t2 = rn_now();
+      rn_conv_backward(&d, n, x, w, dy, NULL, 0, dw, ws);
+      double t3 = rn_now();
+      if (t1 - t0 < bf) bf = t1 - t0;
+      if (t2 - t1 < bx) bx = t2 - t1;
+      if (t3 - t2 < bw) bw = t3 - t2;
+    }
+    char fx[16] = "   -";
+    if (s->cin > 4) snprintf(fx, sizeof fx, "%6.1f", fl / bx / 1e9);
+    printf(" | %6.1f%s %s%s %6.1f%s", fl / bf / 1e9, dir, fx,
+           mode == 0 ? "" : (s->cin > 4 ? (rn_conv_direct_dx_ok(&d) ? "D" : "g") : " "), fl / bw / 1e9,
+           mode == 0 ? "" : (rn_conv_direct_bwd_ok(&d) ? "D" : "g"));
+  }
+  printf("\n");
+  fflush(stdout);
+  set_mode(1);
+  free(x), free(w), free(dy), free(y), free(dx), free(dw), free(ws);
+}
+
+int main(int argc, char **argv) {
+  int threads = 0, reps = 5, i = 1;
+  for (; i < argc; i++) {
+    if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+      threads = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+      reps = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      printf("usage: rn-bench-conv [--threads T] [--reps R] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
+             "GFLOP/s of the forward, dx and dW passes of one convolution shape: GEMM path (direct\n"
+             "kernel off), the production rules, and the direct kernel wherever it applies;\n"
+             "D/g after a figure = that pass ran direct / on the GEMM path. Minimum time over R\n"
+             "repetitions (default 5). Default shapes: the ResNet-20 and ResNet-50 convolutions.\n");
+      return 0;
+    } else {
+      break;
+    }
+  }
+  rn_err e;
+  if (reps < 1) reps = 1;
+  if (rn_blas_init(NULL, threads, stderr, &e)) {
+    fprintf(stderr, "rn-bench-conv: %s\n", e.msg);
+    return 1;
+  }
+  printf("GF/s, %d thread(s), min of %d         |   gemm: fwd    dx     dW |  rules: fwd    dx     dW | "
+         "direct: fwd    dx     dW\n",
+         rn_blas_threads(), reps);
+  if (i < argc) {
+    for (; i < argc; i++) {
+      shape s;
+      if (sscanf(argv[i], "%d,%d,%d,%d,%d,%d", &s.cin, &s.cout, &s.k, &s.stride, &s.hw, &s.batch) != 6 ||
+          s.cin < 1 || s.cout < 1 || s.k < 1 || s.stride < 1 || s.hw < s.k || s.batch < 1) {
+        fprintf(stderr, "rn-bench-conv: bad shape '%s' (want CIN,COUT,K,STRIDE,HW,BATCH)\n", argv[i]);
+        return 2;
+      }
+      run(&s, reps);
+    }
+  } else {
+    for (size_t k = 0; k < sizeof k_default / sizeof *k_default; k++) run(&k_default[k], reps);
+  }
+  return 0;
+}
