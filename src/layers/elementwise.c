@@ -1,6 +1,7 @@
 /* ReLU, residual add (optionally with a fused ReLU), global average pool, option-A shortcut:
  * memory-bound loops over NHWC, vectorised over channels, split over threads (rn_blas_threads())
  * when large enough. */
+#include <math.h>
 #include <omp.h>
 #include <string.h>
 
@@ -52,7 +53,10 @@ void rn_relu_backward(int64_t count, const float *y, const float *dy, float *dx,
   }
 }
 
-/* ---- residual add [+ ReLU] ---- */
+/* ---- residual add [+ ReLU] ----
+ * a + scale*b and d + scale*g are written as fmaf: one rounding whatever the optimisation level
+ * (left to the compiler, -O2 and -O3 contracted the fused and the unfused loops differently, and
+ * their results were no longer bitwise equal). */
 void rn_add_forward(int64_t count, const float *a, const float *b, float scale, int relu, float *y) {
   const int T = nthreads_for(count);
   if (!relu) {
@@ -63,7 +67,7 @@ void rn_add_forward(int64_t count, const float *a, const float *b, float scale, 
       if (y != a) par_copy(count, a, y);
     } else {
 #pragma omp parallel for simd num_threads(T) schedule(static)
-      for (int64_t i = 0; i < count; i++) y[i] = a[i] + scale * b[i];
+      for (int64_t i = 0; i < count; i++) y[i] = fmaf(scale, b[i], a[i]);
     }
     return;
   }
@@ -80,7 +84,7 @@ void rn_add_forward(int64_t count, const float *a, const float *b, float scale, 
   } else {
 #pragma omp parallel for simd num_threads(T) schedule(static)
     for (int64_t i = 0; i < count; i++) {
-      const float v = a[i] + scale * b[i];
+      const float v = fmaf(scale, b[i], a[i]);
       y[i] = v < 0.0f ? 0.0f : v;
     }
   }
@@ -91,7 +95,7 @@ static void scaled_copy(int64_t count, const float *dy, float scale, float *d, i
   if (acc) {
     if (scale == 0.0f) return;
 #pragma omp parallel for simd num_threads(T) schedule(static)
-    for (int64_t i = 0; i < count; i++) d[i] += scale * dy[i];
+    for (int64_t i = 0; i < count; i++) d[i] = fmaf(scale, dy[i], d[i]);
   } else if (scale == 1.0f) {
     if (d != dy) par_copy(count, dy, d);
   } else if (scale == 0.0f) {
@@ -128,7 +132,7 @@ void rn_add_backward(int64_t count, const float *y, const float *dy, float scale
   }
   const int T = nthreads_for(count);
   if (!db || (acc_b && scale == 0.0f)) ADD_RELU_BWD_DA((void)0);
-  else if (acc_b) ADD_RELU_BWD_DA(db[i] += scale * g);
+  else if (acc_b) ADD_RELU_BWD_DA(db[i] = fmaf(scale, g, db[i]));
   else if (scale == 1.0f) ADD_RELU_BWD_DA(db[i] = g);
   else if (scale == 0.0f) ADD_RELU_BWD_DA(db[i] = 0.0f);
   else ADD_RELU_BWD_DA(db[i] = scale * g);
