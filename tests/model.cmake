@@ -24,3 +24,4 @@ rn_parity(parity_resnet18_mnist resnet18 28 4 10 1)
 rn_parity(parity_cifar_resnet20_mnist cifar-resnet20 28 4 10 1)
 # Fused BN+ReLU / add+ReLU: bitwise identical to the unfused graph (loss, gradients, statistics).
 rn_test(test_model_fuse LABELS unit)
+rn_test(test_model_epilogue LABELS unit ref)

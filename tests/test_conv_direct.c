@@ -86,6 +86,41 @@ static void ones(int cin, int cout, int k, int p, int s, int h, int w, int n, ui
   free(dw0), free(dx1), free(dxx);
 }
 
+/* BN statistics from the forward epilogue: per image and channel, the sum and the sum of squares of
+ * the output, against double sums over the output the same call wrote (only the order of the
+ * double additions differs: rel. err ~1e-15). */
+static void stats_case(int cin, int cout, int k, int p, int s, int h, int w, int n, uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, k, k, s, p, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * d.oh * d.ow * cout, nw = (size_t)cout * k * k * cin;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *y = nanbuf(ny), *ws = nanbuf(rn_conv_workspace(&d, n));
+  double *st = malloc((size_t)n * 2 * cout * sizeof(double));
+  for (size_t i = 0; i < (size_t)n * 2 * cout; i++) st[i] = NAN;
+  int got = rn_conv_forward_stats(&d, n, x, wt, y, ws, st);
+  CHECK(got == rn_conv_direct_ok(&d), "stats k=%d s=%d cin=%d: returned %d, direct path %d", k, s, cin, got,
+        rn_conv_direct_ok(&d));
+  double worst = 0;
+  if (got)
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < cout; c++) {
+        double s1 = 0, s2 = 0, a = 0;
+        for (int q = 0; q < d.oh * d.ow; q++) {
+          double v = y[((size_t)i * d.oh * d.ow + q) * cout + c];
+          s1 += v, s2 += v * v, a += fabs(v);
+        }
+        double e1 = fabs(st[(size_t)i * 2 * cout + c] - s1) / (a > 1e-30 ? a : 1e-30);
+        double e2 = fabs(st[((size_t)i * 2 + 1) * cout + c] - s2) / (s2 > 1e-30 ? s2 : 1e-30);
+        if (!(e1 <= worst)) worst = e1; /* NaN (a channel never written) counts as worst */
+        if (!(e2 <= worst)) worst = e2;
+      }
+  CHECK(worst < 1e-12, "stats k=%d s=%d cin=%d cout=%d %dx%d n=%d: rel err %.3g", k, s, cin, cout, h, w, n, worst);
+  free(x), free(wt), free(y), free(ws), free(st);
+}
+
 static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
   ones(cin, cout, k, p, 1, h, w, n, seed);
 }
@@ -187,6 +222,16 @@ int main(void) {
     double es = relerr(ya, yg, ny);
     CHECK(es < TOL, "streaming 1x1 vs GEMM rel err %.3g", es);
     free(x), free(wt), free(ws), free(ya), free(yu0), free(yg);
+  }
+  /* BN statistics in the forward epilogue: generic tile (5x5, stride 2, 1x1 with streaming-size
+   * output excluded), 3-wide tile (16/32/64/160 channels, >= 128 input channels), the CIFAR stem,
+   * 7-wide tiles; and a GEMM-path shape (no statistics: returns 0). */
+  for (int threads = 2; threads >= 1; threads--) {
+    rn_blas_set_threads(threads);
+    stats_case(16, 16, 3, 1, 1, 32, 32, 3, 40), stats_case(32, 64, 3, 1, 2, 16, 16, 3, 41);
+    stats_case(160, 48, 3, 1, 1, 9, 14, 2, 42), stats_case(3, 16, 3, 1, 1, 32, 32, 2, 43);
+    stats_case(64, 128, 1, 0, 1, 14, 14, 3, 44), stats_case(32, 32, 5, 2, 1, 11, 13, 2, 45);
+    stats_case(64, 64, 3, 1, 1, 7, 7, 5, 46), stats_case(512, 64, 1, 0, 1, 7, 7, 2, 47);
   }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):
    * same accuracy checks on both thread counts. */

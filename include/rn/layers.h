@@ -29,6 +29,11 @@ rn_status rn_conv_desc_init(rn_conv_desc *d, int cin, int cout, int kh, int kw, 
 size_t rn_conv_workspace(const rn_conv_desc *d, int n); /* floats */
 /* y[n][oh][ow][cout] = conv(x[n][h][w][cin], w[cout][kh][kw][cin]) */
 void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws);
+/* The forward, and when it runs on the direct kernel also the per-image channel sums of y for a
+ * batch norm that follows (see rn_conv_direct_forward): returns 1 if stats were filled, 0 if not
+ * (GEMM path, or stats NULL). stats holds n*2*cout doubles. */
+int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                          double *stats);
 /* dw[cout][kh][kw][cin] += ...; dx[n][h][w][cin] (=, or += when acc) ... */
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                       float *dx, int acc, float *dw, float *ws);
@@ -86,8 +91,10 @@ void rn_conv_set_direct_all_widths(int on);
  * rn_conv_set_direct_1x1(0) sends them to the GEMM path). Set before planning. */
 void rn_conv_set_direct_1x1(int on);
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
+/* stats (NULL = none): per image i, stats[i*2*cout + c] = sum and stats[(i*2+1)*cout + c] = sum of
+ * squares (double) of output channel c, computed from the final output values in the epilogue. */
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
-                            int threads);
+                            int threads, double *stats);
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
@@ -111,6 +118,13 @@ typedef struct {
  * results do not depend on the thread count. y may alias x. */
 void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                          const float *beta, float *run_mean, float *run_var, float *save, float *y);
+/* The same with the statistics already summed per image by the convolution that produced x
+ * (rn_conv_forward_stats: nimg images, per image cout sums then cout sums of squares): the images'
+ * sums are added in image order (independent of the thread count), and the statistics pass over x
+ * is skipped. */
+void rn_bn_forward_train_stats(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                               const float *beta, float *run_mean, float *run_var, float *save, float *y,
+                               int nimg, const double *stats);
 /* Eval: running statistics. */
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                         const float *beta, const float *run_mean, const float *run_var, float *y);

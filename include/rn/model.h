@@ -68,6 +68,8 @@ typedef struct {
   int acc_in, acc_in2; /* backward: 1 = add into d(in)/d(in2) (an earlier backward node wrote it) */
   int relu;         /* BN, ADD: a following ReLU is fused into this node (out = the ReLU's output;
                        backward masks with out > 0); set by the fusion pass at build time */
+  int stats_next;   /* CONV: its output is read only by the next node, a BN: a training forward on the
+                       direct kernel hands that BN the channel sums (rn_conv_forward_stats) */
   union {
     rn_conv_desc conv;
     rn_bn_desc bn;
@@ -106,6 +108,10 @@ typedef struct {
   int last_train;            /* mode of the last forward (selects the BN backward) */
   size_t dact_floats;        /* gradient arena size */
   int fused;                 /* 1: BN+ReLU and add+ReLU were fused at build (rn_model_set_fusion) */
+  int bn_epilogue;           /* 1 (default; RN_BN_EPILOGUE=0 at build: 0): convolutions on the direct
+                                kernel compute the BN statistics of their output (stats_next) */
+  double *stats;             /* [batch][2][max cout] per-image channel sums of the last such conv */
+  int stats_node;            /* BN node the sums in stats are for (-1: none) */
 } rn_model;
 
 void rn_model_config_default(rn_model_config *c);

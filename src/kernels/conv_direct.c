@@ -157,6 +157,27 @@ static void pad_image(const float *img, int hi, int wi, int c, int py, int px, f
   memset(pad + (size_t)(hi + py) * rowp, 0, (size_t)py * rowp * sizeof(float));
 }
 
+/* BN statistics in the forward epilogue: when t_stats is set (per thread, per image: s1[Co] then
+ * s2[Co], doubles), the final value of every output vector is added into the per-channel sum and
+ * sum of squares of its image (in double, summed over the tile's pixels in registers first). The
+ * BN that consumes the output then skips its own statistics pass over it. */
+static __thread double *t_stats;
+AI void stat_add(__m512 v, __m512d *s) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  s[0] = _mm512_add_pd(s[0], lo);
+  s[1] = _mm512_add_pd(s[1], hi);
+  s[2] = _mm512_fmadd_pd(lo, lo, s[2]);
+  s[3] = _mm512_fmadd_pd(hi, hi, s[3]);
+}
+AI void stat_flush(double *st, int Co, int ch0, const __m512d *s) {
+  double *p1 = st + ch0, *p2 = st + Co + ch0;
+  _mm512_storeu_pd(p1, _mm512_add_pd(_mm512_loadu_pd(p1), s[0]));
+  _mm512_storeu_pd(p1 + 8, _mm512_add_pd(_mm512_loadu_pd(p1 + 8), s[1]));
+  _mm512_storeu_pd(p2, _mm512_add_pd(_mm512_loadu_pd(p2), s[2]));
+  _mm512_storeu_pd(p2 + 8, _mm512_add_pd(_mm512_loadu_pd(p2 + 8), s[3]));
+}
+
 /* NB output pixels x NC channel blocks of 16 at output line oy, pixels ox0.., channel block cb0..
  * xp: padded input [..][wp][C]; wt: [kh][kw][C][Co]. Fixed-size arrays and constant NB, NC (and C
  * where specialised) so that the accumulators stay in registers and the broadcast offsets are
@@ -190,8 +211,10 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
         }
       }
       if (kx == kw - 1 || per_tap) {
-        for (int j = 0; j < NB; j++)
-          for (int c = 0; c < NC; c++) {
+        double *st = ky == kh - 1 && kx == kw - 1 ? t_stats : NULL; /* final values: statistics */
+        for (int c = 0; c < NC; c++) {
+          __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+          for (int j = 0; j < NB; j++) {
             float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
             __m512 v = a[j * NC + c];
             if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
@@ -199,7 +222,10 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
               _mm512_stream_ps(o, v);
             else
               _mm512_storeu_ps(o, v);
+            if (st) stat_add(v, sv);
           }
+          if (st) stat_flush(st, Co, (cb0 + c) * 16, sv);
+        }
         first = 0;
       }
     }
@@ -244,13 +270,18 @@ AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int
           }
         }
       }
-      for (int j = 0; j < NB; j++)
-        for (int c = 0; c < NC; c++) {
+      double *st = ky == kh - 1 && c1 == C ? t_stats : NULL; /* final values: statistics */
+      for (int c = 0; c < NC; c++) {
+        __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+        for (int j = 0; j < NB; j++) {
           float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
           __m512 v = a[j * NC + c];
           if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
           _mm512_storeu_ps(o, v);
+          if (st) stat_add(v, sv);
         }
+        if (st) stat_flush(st, Co, (cb0 + c) * 16, sv);
+      }
       first = 0;
     }
   }
@@ -377,7 +408,7 @@ static int threads_for(int n, int threads) {
 }
 
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
-                            int threads) {
+                            int threads, double *stats) {
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   float *wt = ws, *pads = ws + al16(nw);
@@ -399,7 +430,12 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
       const float *xi = x + (size_t)i * d->h * d->w * C;
       if (!one) pad_image(xi, d->h, d->w, C, d->pad, d->pad, xp);
       float *yi = y + (size_t)i * d->oh * d->ow * Co;
+      if (stats) {
+        t_stats = stats + (size_t)i * 2 * Co;
+        memset(t_stats, 0, 2 * (size_t)Co * sizeof(double));
+      }
       conv_plane(one ? xi : xp, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, yi, streaming ? 2 : 0);
+      t_stats = NULL;
     }
     if (streaming) _mm_sfence(); /* streaming stores are visible to the other threads after the region */
   }
@@ -582,8 +618,8 @@ size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads) {
   return 0;
 }
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
-                            int threads) {
-  (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads;
+                            int threads, double *stats) {
+  (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads, (void)stats;
   RN_ASSERT(0 && "direct convolution needs AVX-512 at compile time");
 }
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -198,12 +198,37 @@ static void affine(int c, int64_t m, const float *x, const float *sc, const floa
   }
 }
 
+static void forward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                               const float *beta, float *run_mean, float *run_var, float *save, float *y,
+                               double *s1, double *s2);
+
 void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                          float *run_mean, float *run_var, float *save, float *y) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
   double s1[c], s2[c];
   channel_sums(c, m, x, NULL, NULL, s1, s2);
+  forward_train_sums(d, m, x, gamma, beta, run_mean, run_var, save, y, s1, s2);
+}
+
+void rn_bn_forward_train_stats(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                               const float *beta, float *run_mean, float *run_var, float *save, float *y,
+                               int nimg, const double *stats) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && nimg >= 1);
+  double s1[c], s2[c];
+  for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
+  for (int i = 0; i < nimg; i++) {
+    const double *p = stats + (size_t)i * 2 * c;
+    for (int j = 0; j < c; j++) s1[j] += p[j], s2[j] += p[c + j];
+  }
+  forward_train_sums(d, m, x, gamma, beta, run_mean, run_var, save, y, s1, s2);
+}
+
+static void forward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                               const float *beta, float *run_mean, float *run_var, float *save, float *y,
+                               double *s1, double *s2) {
+  const int c = d->c;
   const double M = sync_sums(c, s1, s2, m); /* rows over all ranks with synchronised BN */
   float sc[c], sh[c];
   const double mom = d->momentum;

@@ -113,6 +113,17 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   return a;
 }
 
+int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                          double *stats) {
+  if (n >= 1 && rn_conv_direct_ok(d)) {
+    RN_ASSERT(ws != NULL);
+    rn_conv_direct_forward(d, n, x, w, y, ws, conv_threads(), stats);
+    return stats != NULL;
+  }
+  rn_conv_forward(d, n, x, w, y, ws);
+  return 0;
+}
+
 void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws) {
   const int64_t M = (int64_t)n * d->oh * d->ow;
   const int K = d->kh * d->kw * d->cin, cout = d->cout;
@@ -124,7 +135,7 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
   }
   RN_ASSERT(ws != NULL);
   if (rn_conv_direct_ok(d)) {
-    rn_conv_direct_forward(d, n, x, w, y, ws, conv_threads());
+    rn_conv_direct_forward(d, n, x, w, y, ws, conv_threads(), NULL);
     return;
   }
   const int R = rn_conv_chunk_rows(d, n);

@@ -763,6 +763,23 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   m->dact = rn_alloc(m->dact_floats * sizeof(float));
   m->save = rn_alloc(m->save_floats * sizeof(float));
   m->ws = rn_alloc(m->ws_floats * sizeof(float));
+  {
+    /* Convolutions whose only reader is the BN right after them get a per-image statistics buffer. */
+    const char *v = getenv("RN_BN_EPILOGUE");
+    m->bn_epilogue = !(v && v[0] == '0');
+    m->stats_node = -1;
+    int maxc = 0;
+    for (int k = 0; k + 1 < m->nnodes; k++) {
+      rn_node *cv = &m->nodes[k], *bn = &m->nodes[k + 1];
+      if (cv->op != RN_OP_CONV || bn->op != RN_OP_BN || bn->in != cv->out) continue;
+      int readers = 0;
+      for (int q = 0; q < m->nnodes; q++) readers += (m->nodes[q].in == cv->out) + (m->nodes[q].in2 == cv->out);
+      if (readers != 1) continue;
+      cv->stats_next = 1;
+      if (cv->u.conv.cout > maxc) maxc = cv->u.conv.cout;
+    }
+    m->stats = maxc ? rn_alloc((size_t)batch * 2 * maxc * sizeof(double)) : NULL;
+  }
   m->dlogits = rn_alloc(rn_align16((size_t)batch * c.num_classes) * sizeof(float));
   m->last_train = 1;
   return RN_OK;
@@ -780,6 +797,7 @@ void rn_model_free(rn_model *m) {
   rn_free(m->save);
   rn_free(m->ws);
   rn_free(m->dlogits);
+  rn_free(m->stats);
   memset(m, 0, sizeof *m);
 }
 

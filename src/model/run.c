@@ -40,10 +40,20 @@ void rn_model_forward(rn_model *m, int n, int train) {
     double t0 = m->prof_fwd ? rn_now() : 0;
     switch (d->op) {
       case RN_OP_CONV:
-        rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
+        /* BN statistics in the convolution's epilogue when a training BN reads only this output. */
+        m->stats_node = -1;
+        if (bn_train && d->stats_next && m->bn_epilogue && m->stats) {
+          if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats)) m->stats_node = k + 1;
+        } else {
+          rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
+        }
         break;
       case RN_OP_BN:
-        if (bn_train)
+        if (bn_train && m->stats_node == k)
+          rn_bn_forward_train_stats(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]),
+                                    P(m, d->param[1]), P(m, d->param[2]), P(m, d->param[3]),
+                                    m->save + d->save_off, y, n, m->stats);
+        else if (bn_train)
           rn_bn_forward_train(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]), P(m, d->param[1]),
                               P(m, d->param[2]), P(m, d->param[3]), m->save + d->save_off, y);
         else
