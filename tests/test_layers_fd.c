@@ -633,6 +633,88 @@ static void test_add_fused_bitwise(size_t n, float scale) {
   free(ba), free(bb);
 }
 
+/* BN of the residual branch fused with the add [+ReLU] (rn_bn_add_*) vs the BN, then rn_add_forward
+ * (and rn_add_backward, then the BN backward): output (also over the shortcut input), saved and
+ * running statistics, the statistics handed over by a convolution, the shortcut gradient (=, +=,
+ * and written over dy), dx (=, +=), dgamma, dbeta; every scale kind, with and without the ReLU. */
+static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale, int relu) {
+  rn_blas_set_threads(threads);
+  size_t n = (size_t)m * c;
+  rn_bn_desc d0 = {c, 0.1f, 1e-5f, 0}, d1 = {c, 0.1f, 1e-5f, relu};
+  float *x = special(n, 301 + (uint64_t)m, -1.5f, 1.5f, 0), *g = randf(c, 302, -1.5f, 1.5f);
+  float *b = randf(c, 303, -0.5f, 0.5f), *rm = randf(c, 304, -0.3f, 0.3f), *rv = randf(c, 305, 0.5f, 2.0f);
+  float *sc = special(n, 306, -1, 1, 0), *dy = special(n, 307, -1, 1, 0), *bs = randf(n, 308, -1, 1);
+  float *bx = randf(n, 309, -1, 1);
+  float *rm0 = malloc(c * 4), *rv0 = malloc(c * 4), *rm1 = malloc(c * 4), *rv1 = malloc(c * 4);
+  memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
+  float *s0 = nanbuf(2 * c), *s1 = nanbuf(2 * c), *z = nanbuf(n), *y0 = nanbuf(n), *y1 = nanbuf(n), *w = nanbuf(n);
+  float *ds0 = malloc(n * 4), *ds1 = malloc(n * 4), *gb = malloc(n * 4), *dx0 = malloc(n * 4), *dx1 = malloc(n * 4);
+  float *dg0 = calloc(c, 4), *db0 = calloc(c, 4), *dg1 = calloc(c, 4), *db1 = calloc(c, 4);
+  int ok = 1;
+  /* per-image statistics as a convolution hands them over (4 "images" of m/4 rows) */
+  int nimg = 4;
+  double *st = calloc((size_t)nimg * 2 * c, sizeof(double));
+  for (size_t i = 0; i < (size_t)m; i++) {
+    double *p = st + (size_t)(i * nimg / m) * 2 * c;
+    for (int j = 0; j < c; j++) p[j] += x[i * c + j], p[c + j] += (double)x[i * c + j] * x[i * c + j];
+  }
+  for (int use_stats = 0; use_stats < (eval ? 1 : 2); use_stats++) {
+    memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
+    if (eval) {
+      rn_bn_forward_eval(&d0, m, x, g, b, rm, rv, z);
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sc, scale, y1);
+    } else if (use_stats) {
+      rn_bn_forward_train_stats(&d0, m, x, g, b, rm0, rv0, s0, z, nimg, st);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, nimg, st, sc, scale, y1);
+    } else {
+      rn_bn_forward_train(&d0, m, x, g, b, rm0, rv0, s0, z);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sc, scale, y1);
+    }
+    if (!eval) ok &= same_bits(s0, s1, 2 * c) && same_bits(rm0, rm1, c) && same_bits(rv0, rv1, c);
+    rn_add_forward((int64_t)n, sc, z, scale, relu, y0);
+    ok &= same_bits(y0, y1, n);
+  }
+  memcpy(w, sc, n * 4); /* output over the shortcut input (the model's in-place add) */
+  if (eval) rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, w, scale, w);
+  else rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, w, scale, w);
+  ok &= same_bits(w, y0, n);
+  size_t zeros = 0;
+  for (size_t i = 0; i < n; i++) zeros += y1[i] == 0.0f;
+  for (int acc = 0; acc < 4; acc++) {
+    int as = acc & 1, ax = acc >> 1;
+    memcpy(ds0, as ? bs : dy, n * 4), memcpy(ds1, as ? bs : dy, n * 4);
+    memcpy(dx0, ax ? bx : dy, n * 4), memcpy(dx1, ax ? bx : dy, n * 4);
+    rn_add_backward((int64_t)n, relu ? y0 : NULL, dy, scale, ds0, as, gb, 0);
+    if (eval) {
+      rn_bn_backward_eval(&d0, m, x, NULL, g, rm, rv, gb, dx0, ax, dg0, db0);
+      rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, dy, scale, ds1, as, dx1, ax, dg1, db1);
+    } else {
+      rn_bn_backward_train(&d0, m, x, NULL, g, s0, gb, dx0, ax, dg0, db0);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds1, as, dx1, ax, dg1, db1);
+    }
+    ok &= same_bits(ds0, ds1, n) && same_bits(dx0, dx1, n) && same_bits(dg0, dg1, c) && same_bits(db0, db1, c);
+  }
+  /* shortcut gradient written over dy */
+  memcpy(w, dy, n * 4);
+  rn_add_backward((int64_t)n, relu ? y0 : NULL, dy, scale, ds0, 0, gb, 0);
+  if (eval) {
+    rn_bn_backward_eval(&d0, m, x, NULL, g, rm, rv, gb, dx0, 0, NULL, NULL);
+    rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, w, scale, w, 0, dx1, 0, NULL, NULL);
+  } else {
+    rn_bn_backward_train(&d0, m, x, NULL, g, s0, gb, dx0, 0, NULL, NULL);
+    rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL);
+  }
+  ok &= same_bits(w, ds0, n) && same_bits(dx0, dx1, n);
+  CHECK(ok && (!relu || zeros > n / 10), "bn+add%s %s m=%d c=%d threads=%d scale=%g: fused differs from BN then add "
+        "(%zu zeros)", relu ? "+relu" : "", eval ? "eval" : "train", m, c, threads, scale, zeros);
+  printf("  bn+add%-5s %-5s m=%-6d c=%-3d threads=%d scale=%-6g bitwise equal to bn, add: %s\n", relu ? "+relu" : "",
+         eval ? "eval" : "train", m, c, threads, scale, ok ? "yes" : "NO");
+  free(x), free(g), free(b), free(rm), free(rv), free(sc), free(dy), free(bs), free(bx), free(rm0), free(rv0);
+  free(rm1), free(rv1), free(s0), free(s1), free(z), free(y0), free(y1), free(w), free(ds0), free(ds1), free(gb);
+  free(dx0), free(dx1), free(dg0), free(db0), free(dg1), free(db1), free(st);
+  rn_blas_set_threads(2);
+}
+
 /* ---------- option-A shortcut ---------- */
 static rn_shortcut_a_desc SD;
 static int SN;
@@ -786,6 +868,15 @@ int main(int argc, char **argv) {
     test_add_fused_bitwise(777, scales[i]);
     test_add_fused_bitwise(100003, scales[i]); /* threaded */
   }
+  for (int t = 1; t <= 2; t++)
+    for (int i = 0; i < 3; i++)
+      for (int relu = 0; relu < 2; relu++) {
+        test_bn_add_bitwise(60, 7, 0, t, scales[i], relu);
+        test_bn_add_bitwise(60, 7, 1, t, scales[i], relu);
+        test_bn_add_bitwise(3000, 16, 0, t, scales[i], relu); /* threaded, several groups */
+        test_bn_add_bitwise(1500, 40, 0, t, scales[i], relu); /* 8/16-channel blocks + a partial one */
+        test_bn_add_bitwise(1500, 40, 1, t, scales[i], relu);
+      }
   test_shortcut(4, 8, 7, 7, 2, 2);
   test_shortcut(5, 8, 6, 5, 1, 2);
   test_shortcut(16, 32, 8, 8, 2, 1);

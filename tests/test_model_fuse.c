@@ -1,4 +1,5 @@
-/* Fused BN+ReLU and add+ReLU (build-time fusion, rn_model_set_fusion / RN_FUSE) against the same
+/* Fused BN+ReLU and add+ReLU (fusion level 1), and also the branch BN fused into the add (level 2,
+ * the default) (build-time fusion, rn_model_set_fusion / RN_FUSE) against the same
  * model built without fusion: bitwise identical loss, logits, parameter gradients, input gradient
  * and BN running statistics over two training steps (the second accumulating into the gradients),
  * a partial batch, an eval forward and a backward with BN in eval mode; for basic and bottleneck
@@ -140,11 +141,11 @@ static void free_out(run_out *o) {
   rn_model_free(&o->m);
 }
 
-static void run_case(const fcase *fc) {
+static void run_case(const fcase *fc, int level) {
   run_out a, b;
   memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
   if (run(fc, 0, &a)) return;
-  if (run(fc, 1, &b)) {
+  if (run(fc, level, &b)) {
     free_out(&a);
     return;
   }
@@ -152,22 +153,38 @@ static void run_case(const fcase *fc) {
   int n = fc->batch, K = fc->classes;
   size_t nin = (size_t)n * fc->hw * fc->hw * 3;
   /* structure: no ReLU node left, fused kinds named, params untouched, same activation memory */
-  int relu_a = 0, relu_b = 0, fb = 0, fa = 0, named = 1;
-  for (int k = 0; k < ma->nnodes; k++) relu_a += ma->nodes[k].op == RN_OP_RELU, fa += ma->nodes[k].relu;
+  int relu_a = 0, relu_b = 0, fb = 0, fa = 0, named = 1, bnadd_a = 0, bnadd_b = 0, adds_b = 0;
+  for (int k = 0; k < ma->nnodes; k++)
+    relu_a += ma->nodes[k].op == RN_OP_RELU, fa += ma->nodes[k].relu, bnadd_a += ma->nodes[k].bn_add;
   for (int k = 0; k < mb->nnodes; k++) {
     const rn_node *d = &mb->nodes[k];
     relu_b += d->op == RN_OP_RELU;
     fb += d->relu;
-    if (d->relu) named &= !strcmp(rn_node_kind(d), d->op == RN_OP_BN ? "bn+relu" : "add+relu") && d->op != RN_OP_CONV;
+    bnadd_b += d->bn_add;
+    adds_b += d->op == RN_OP_ADD;
+    const char *want = d->op == RN_OP_BN ? "bn+relu" : d->bn_add ? (d->relu ? "bn+add+relu" : "bn+add") : "add+relu";
+    if (d->relu || d->bn_add) named &= !strcmp(rn_node_kind(d), want) && d->op != RN_OP_CONV;
   }
+  /* level 2: a post-activation residual net fuses the branch BN of its blocks without projection */
+  int want_bnadd = 0;
+  for (int k = 0; level >= 2 && !fc->preact && k < mb->nnodes; k++) {
+    const rn_node *d = &mb->nodes[k];
+    int proj = 0;
+    for (int q = 0; q < mb->nnodes; q++) proj |= mb->nodes[q].out == d->in && strstr(mb->nodes[q].name, "downsample");
+    want_bnadd += d->op == RN_OP_ADD && !proj;
+  }
+  int bnadd_ok = bnadd_a == 0 && bnadd_b == want_bnadd && (level < 2 || fc->preact || !adds_b || fc->shortcut == RN_SHORTCUT_C || bnadd_b > 0);
   int params_same = ma->nparams == mb->nparams && ma->ntotal == mb->ntotal;
   for (int i = 0; params_same && i < ma->nparams; i++)
     params_same &= !strcmp(ma->params[i].name, mb->params[i].name) && ma->params[i].off == mb->params[i].off;
-  CHECK(!ma->fused && mb->fused && fa == 0 && relu_b == 0 && fb == relu_a && mb->nnodes == ma->nnodes - relu_a && named,
-        "%s: fusion structure (unfused %d ReLU nodes; fused %d ReLU nodes, %d fused nodes)", fc->tag, relu_a, relu_b, fb);
+  CHECK(!ma->fused && mb->fused == level && fa == 0 && relu_b == 0 && fb == relu_a &&
+            mb->nnodes == ma->nnodes - relu_a - bnadd_b && named && bnadd_ok,
+        "%s level %d: fusion structure (unfused %d ReLU nodes; fused %d ReLU nodes, %d fused nodes, %d BN+add)", fc->tag,
+        level, relu_a, relu_b, fb, bnadd_b);
   CHECK(params_same, "%s: parameter list differs with fusion", fc->tag);
-  CHECK(ma->act_floats == mb->act_floats, "%s: activation arena %zu (unfused) vs %zu (fused)", fc->tag, ma->act_floats,
-        mb->act_floats);
+  /* level 1: the same memory; level 2: no more (option-A blocks no longer store the branch BN output) */
+  CHECK(level == 1 ? ma->act_floats == mb->act_floats : mb->act_floats <= ma->act_floats,
+        "%s level %d: activation arena %zu (unfused) vs %zu (fused)", fc->tag, level, ma->act_floats, mb->act_floats);
   int ok_loss = !memcmp(a.loss, b.loss, sizeof a.loss);
   int ok_logits = same(a.logits, b.logits, (size_t)n * K) && same(a.eval_logits, b.eval_logits, (size_t)n * K);
   int ok_grad = same(a.grad, b.grad, ma->ntrain) && same(a.grad_eval, b.grad_eval, ma->ntrain);
@@ -178,7 +195,8 @@ static void run_case(const fcase *fc) {
   CHECK(ok_loss && ok_logits && ok_grad && ok_gin && ok_state && isfinite(a.loss[0]) && nz > ma->ntrain / 2,
         "%s: fused differs from unfused: loss %d logits %d grads %d input grad %d state %d (loss %.17g vs %.17g)",
         fc->tag, ok_loss, ok_logits, ok_grad, ok_gin, ok_state, a.loss[0], b.loss[0]);
-  printf("%-36s %3d -> %3d nodes (%2d fused), loss %.6f %.6f: %s\n", fc->tag, ma->nnodes, mb->nnodes, fb, a.loss[0],
+  printf("%-36s level %d: %3d -> %3d nodes (%2d fused ReLU, %d BN+add), loss %.6f %.6f: %s\n", fc->tag, level,
+         ma->nnodes, mb->nnodes, fb, bnadd_b, a.loss[0],
          a.loss[1], ok_loss && ok_logits && ok_grad && ok_gin && ok_state ? "bitwise identical" : "DIFFERENT");
   free_out(&a);
   free_out(&b);
@@ -190,9 +208,11 @@ int main(void) {
     fprintf(stderr, "%s\n", e.msg);
     return 1;
   }
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+  for (int level = 1; level <= 2; level++)
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], level);
   /* the setting: -1 restores the environment default */
   int prev = rn_model_set_fusion(0);
-  CHECK(rn_model_set_fusion(1) == 0 && rn_model_set_fusion(prev) == 1, "rn_model_set_fusion round trip");
+  CHECK(rn_model_set_fusion(2) == 0 && rn_model_set_fusion(1) == 2 && rn_model_set_fusion(prev) == 1,
+        "rn_model_set_fusion round trip");
   return tu_done("test_model_fuse");
 }

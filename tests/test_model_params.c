@@ -88,10 +88,27 @@ static void check_layout(const rn_model *m) {
   }
   CHECK(ok, "%s: tensor outside its arena", m->cfg.arch);
   /* every ReLU is fused (fusion on by default): one unused pre-ReLU tensor per removed node */
-  int nrelu = 0, nfused = 0;
-  for (int k = 0; k < m->nnodes; k++) nrelu += m->nodes[k].op == RN_OP_RELU, nfused += m->nodes[k].relu;
-  CHECK(ok_unused && unused == nfused && (!m->fused || nrelu == 0), "%s: fusion left %d ReLU nodes, %d unused tensors "
-        "for %d fused nodes", m->cfg.arch, nrelu, unused, nfused);
+  int nrelu = 0, nfused = 0, nbnadd = 0;
+  for (int k = 0; k < m->nnodes; k++)
+    nrelu += m->nodes[k].op == RN_OP_RELU, nfused += m->nodes[k].relu, nbnadd += m->nodes[k].bn_add;
+  CHECK(ok_unused && unused == nfused + nbnadd && (!m->fused || nrelu == 0), "%s: fusion left %d ReLU nodes, %d unused "
+        "tensors for %d fused ReLUs and %d fused BN+add", m->cfg.arch, nrelu, unused, nfused, nbnadd);
+  /* level 2 (default): every post-activation add without a projection shortcut has its branch BN */
+  if (m->fused >= 2 && !m->cfg.preact && !m->cfg.plain) {
+    int want = 0;
+    for (int k = 0; k < m->nnodes; k++) {
+      const rn_node *d = &m->nodes[k];
+      if (d->op != RN_OP_ADD) continue;
+      int proj = 0;
+      for (int q = 0; q < m->nnodes; q++) proj |= m->nodes[q].out == d->in && strstr(m->nodes[q].name, "downsample");
+      want += !proj;
+      int conv_in2 = 0;
+      for (int q = 0; q < k; q++) conv_in2 |= m->nodes[q].out == d->in2 && m->nodes[q].op == RN_OP_CONV;
+      CHECK(d->bn_add == !proj && (!d->bn_add || (conv_in2 && strstr(d->name, ".bn") && d->param[3] >= 0)),
+            "%s: add %d: BN fusion %d (projection %d)", m->cfg.arch, k, d->bn_add, proj);
+    }
+    CHECK(nbnadd == want && want > 0, "%s: %d BN+add nodes, want %d", m->cfg.arch, nbnadd, want);
+  }
   CHECK(m->nodes[m->nnodes - 1].out == m->logits && m->tensors[m->logits].c == m->cfg.num_classes,
         "%s: logits tensor wrong", m->cfg.arch);
 }
@@ -108,6 +125,14 @@ static int check_add_inplace(const rn_model *m, const char *tag) {
     nadd++;
     size_t o = m->tensors[d->out].off;
     int on_in = o == m->tensors[d->in].off, on_in2 = o == m->tensors[d->in2].off;
+    if (d->bn_add) { /* fused branch BN: in2 is the BN input (kept for its backward): over in when private */
+      int users = 0, relu_src = 0;
+      for (int q = 0; q < m->nnodes; q++) users += (m->nodes[q].in == d->in) + (m->nodes[q].in2 == d->in);
+      for (int q = 0; q < m->nnodes; q++)
+        if (m->nodes[q].out == d->in) relu_src = m->nodes[q].relu || m->nodes[q].op == RN_OP_RELU;
+      ok &= !on_in2 && on_in == (users == 1 && !relu_src);
+      continue;
+    }
     ok &= on_in != on_in2; /* exactly one */
     int src = on_in ? d->in : d->in2, users = 0;
     for (int q = 0; q < m->nnodes; q++) users += (m->nodes[q].in == src) + (m->nodes[q].in2 == src);
@@ -206,7 +231,7 @@ int main(void) {
       c.preact = ip[i].preact;
       if (ip[i].shortcut >= 0) c.shortcut = (rn_shortcut)ip[i].shortcut;
       c.in_h = c.in_w = ip[i].hw;
-      for (int fuse = 0; fuse < 2; fuse++) {
+      for (int fuse = 0; fuse < 3; fuse++) {
         int prev = rn_model_set_fusion(fuse);
         int st = rn_model_build(&m, &c, 2, &e);
         rn_model_set_fusion(prev);
@@ -215,9 +240,10 @@ int main(void) {
           continue;
         }
         char tag[64];
-        snprintf(tag, sizeof tag, "%s%s%s", ip[i].arch, ip[i].preact ? " preact" : "", fuse ? " fused" : "");
-        int n2 = check_add_inplace(&m, tag);
-        CHECK(n2 == ip[i].in2, "%s: %d adds in place over the branch input, want %d", tag, n2, ip[i].in2);
+        snprintf(tag, sizeof tag, "%s%s fusion %d", ip[i].arch, ip[i].preact ? " preact" : "", fuse);
+        int n2 = check_add_inplace(&m, tag), want2 = fuse == 2 && !ip[i].preact ? 0 : ip[i].in2;
+        CHECK(n2 == want2, "%s: %d adds in place over the branch input, want %d", tag, n2, want2);
+        CHECK(m.fused == fuse, "%s: fusion level %d", tag, m.fused);
         /* gradient arena with in-place add/BN/ReLU backward: ResNet-50's peak is two of its
          * largest tensors (a stage-1 block's chain buffer and a 256-channel gradient) plus a
          * 64-channel one (b32 at 224: 308.3 MB before, 231.2 MB after) */

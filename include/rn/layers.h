@@ -144,6 +144,27 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
                          const float *gamma, const float *run_mean, const float *run_var,
                          const float *dy, float *dx, int acc, float *dgamma, float *dbeta);
 
+/* BN of a residual branch fused with the residual add (and its ReLU when d->relu):
+ * y = [relu](s + scale*bn(x)), s the shortcut, scale the stochastic-depth branch scale (1, 0 or
+ * 1/p). Results are bitwise those of the BN node followed by rn_add_forward (and the backward ones
+ * of rn_add_backward followed by the BN backward); the BN output is never stored: the forward is
+ * one pass over x, s and y instead of two passes (BN, add). y may alias s, not x.
+ * Training forward: stats as rn_bn_forward_train_stats (nimg images' sums) or NULL (own pass). */
+void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
+                             float *run_mean, float *run_var, float *save, int nimg, const double *stats,
+                             const float *s, float scale, float *y);
+void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
+                            const float *run_mean, const float *run_var, const float *s, float scale, float *y);
+/* Backward: dy is d(loss)/dy; writes the shortcut gradient ds (= masked dy; += with acc_s; ds may
+ * alias dy when !acc_s) and the BN input gradient dx (+= with acc), and adds dgamma, dbeta. y is
+ * read as the ReLU mask when d->relu. */
+void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                              const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
+                              int acc, float *dgamma, float *dbeta);
+void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                             const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
+                             int acc_s, float *dx, int acc, float *dgamma, float *dbeta);
+
 /* ---------------- ReLU (count = n*h*w*c); y may alias x ---------------- */
 void rn_relu_forward(int64_t count, const float *x, float *y);
 /* dx = dy * (y > 0); uses the OUTPUT y (so in-place forward is fine). dx may alias dy. */

@@ -68,8 +68,12 @@ typedef struct {
   int acc_in, acc_in2; /* backward: 1 = add into d(in)/d(in2) (an earlier backward node wrote it) */
   int relu;         /* BN, ADD: a following ReLU is fused into this node (out = the ReLU's output;
                        backward masks with out > 0); set by the fusion pass at build time */
-  int stats_next;   /* CONV: its output is read only by the next node, a BN: a training forward on the
-                       direct kernel hands that BN the channel sums (rn_conv_forward_stats) */
+  int bn_add;       /* ADD: the BN of the residual branch is fused into this node (set by the fusion
+                       pass): in2 is the BN's input, param[] and u.bn are the BN's, name the BN's;
+                       out = [relu](in + scale*bn(in2)) (rn_bn_add_forward_*) */
+  int stats_next;   /* CONV: its output is read only by a BN (or the BN of a bn_add node) with no other
+                       conv in between: a training forward on the direct kernel hands that BN the
+                       channel sums (rn_conv_forward_stats) */
   union {
     rn_conv_desc conv;
     rn_bn_desc bn;
@@ -107,21 +111,24 @@ typedef struct {
   int input_grad;            /* 1: backward also computes d loss / d input (rn_model_input_grad) */
   int last_train;            /* mode of the last forward (selects the BN backward) */
   size_t dact_floats;        /* gradient arena size */
-  int fused;                 /* 1: BN+ReLU and add+ReLU were fused at build (rn_model_set_fusion) */
+  int fused;                 /* fusion level used at build (rn_model_set_fusion): 0 none, 1 BN+ReLU and
+                                add+ReLU, 2 also the branch BN into the residual add */
   int bn_epilogue;           /* 1 (default; RN_BN_EPILOGUE=0 at build: 0): convolutions on the direct
                                 kernel compute the BN statistics of their output (stats_next) */
   double *stats;             /* [batch][2][max cout] per-image channel sums of the last such conv */
-  int stats_node;            /* BN node the sums in stats are for (-1: none) */
+  int stats_tensor;          /* tensor (a conv output) the sums in stats are for (-1: none) */
 } rn_model;
 
 void rn_model_config_default(rn_model_config *c);
 /* Parses an architecture name into c (arch, depth, bottleneck, cifar, plain, default shortcut).
  * Unknown names are errors listing the valid ones. */
 rn_status rn_model_config_arch(rn_model_config *c, const char *arch, rn_err *e);
-/* Fusion of ReLUs into the BN or add node that feeds them (when nothing else reads the pre-ReLU
- * tensor) for the models built from now on: 1 = on, 0 = off, -1 = the default, which is the
- * environment variable RN_FUSE (read once; "0" = off, anything else or unset = on). Results are
- * bitwise identical either way; only speed and the node list differ. Returns the previous setting. */
+/* Fusion for the models built from now on. Level 1: a ReLU is merged into the BN or add node that
+ * feeds it (when nothing else reads the pre-ReLU tensor). Level 2 (default): also the last BN of a
+ * post-activation residual branch is merged into the residual add (rn_bn_add_forward_*), so its
+ * output is never stored. 0 = off, -1 = the default, which is the environment variable RN_FUSE
+ * (read once; "0" = off, "1" = level 1, anything else or unset = 2). Results are bitwise identical
+ * at every level; only speed and the node list differ. Returns the previous setting. */
 int rn_model_set_fusion(int on);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
@@ -153,7 +160,8 @@ void rn_model_zero_grad(rn_model *m);
 const float *rn_model_input_grad(const rn_model *m);
 /* Human-readable name of an op ("conv", "bn", ...). */
 const char *rn_op_name(rn_op op);
-/* Name of a node's kind: rn_op_name, or "bn+relu" / "add+relu" for fused nodes. */
+/* Name of a node's kind: rn_op_name, or "bn+relu" / "add+relu" / "bn+add" / "bn+add+relu" for
+ * fused nodes. */
 const char *rn_node_kind(const rn_node *n);
 
 #endif

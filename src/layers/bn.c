@@ -225,12 +225,11 @@ void rn_bn_forward_train_stats(const rn_bn_desc *d, int64_t m, const float *x, c
   forward_train_sums(d, m, x, gamma, beta, run_mean, run_var, save, y, s1, s2);
 }
 
-static void forward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
-                               const float *beta, float *run_mean, float *run_var, float *save, float *y,
-                               double *s1, double *s2) {
+/* Statistics -> saved mean/invstd, running statistics, and the float affine coefficients sc, sh. */
+static void train_coeffs(const rn_bn_desc *d, int64_t m, const float *gamma, const float *beta, float *run_mean,
+                         float *run_var, float *save, double *s1, double *s2, float *sc, float *sh) {
   const int c = d->c;
   const double M = sync_sums(c, s1, s2, m); /* rows over all ranks with synchronised BN */
-  float sc[c], sh[c];
   const double mom = d->momentum;
   for (int j = 0; j < c; j++) {
     double mean = s1[j] / M;
@@ -245,6 +244,14 @@ static void forward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, c
     sc[j] = (float)(gamma[j] * invstd);
     sh[j] = (float)(beta[j] - mean * gamma[j] * invstd);
   }
+}
+
+static void forward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                               const float *beta, float *run_mean, float *run_var, float *save, float *y,
+                               double *s1, double *s2) {
+  const int c = d->c;
+  float sc[c], sh[c];
+  train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
   affine(c, m, x, sc, sh, d->relu, y);
 }
 
@@ -370,4 +377,279 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
     for (int j = 0; j < c; j++) a[j] = (float)(gamma[j] / sqrt((double)run_var[j] + (double)d->eps));
     bn_dx(c, m, x, mask, dy, a, NULL, NULL, NULL, dx, acc);
   }
+}
+
+/* ---------------- BN of a residual branch fused with the residual add [+ ReLU] ----------------
+ * Forward: y = [relu](s + scale*bn(x)), computed exactly as the separate nodes compute it: the BN's
+ * float output z = fmaf(x, sc, sh), then the add's s + z (scale 1), s (scale 0: dropped branch) or
+ * fmaf(scale, z, s), then v < 0 ? 0 : v. z is never stored: one pass reads x and s and writes y,
+ * where the separate nodes read x, write z, read z and s and write y.
+ * Backward: g = (y > 0 ? dy : 0) (dy without the ReLU) is the add's gradient of both inputs: the
+ * shortcut's, ds = g (+= g), and the branch's, gb = g (scale 1), 0 (scale 0) or scale*g, which is
+ * the BN's dy. The channel-sum pass computes g and gb on the fly, writes ds and sums gb, gb*x in the
+ * BN's fixed order; the dx pass takes g back from ds (or from dy and y when ds was accumulated
+ * into). Every value is the one the add and BN backward compute, so results are bitwise those of
+ * the separate nodes. */
+
+/* gb from g: mode 0 = scale 1, 1 = scale 0, 2 = scale*g */
+static int scale_mode(float scale) { return scale == 1.0f ? 0 : scale == 0.0f ? 1 : 2; }
+
+static void sums_rows_add(int c, int64_t r0, int64_t r1, const float *dy, const float *mask, const float *x,
+                          float scale, int mode, float *ds, int acc_s, double *p1, double *p2) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
+    const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
+    for (int j = 0; j < c; j += 8) {
+      const __mmask8 k = c - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (c - j)) - 1);
+      __m512d s1[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()}, s2[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+      for (int64_t i = t0; i < t1; i++) {
+        const int e = (int)((i - t0) & 1); /* even rows into accumulator 0, odd rows into 1 */
+        const size_t o = (size_t)i * c + j;
+        __mmask8 kv = k;
+        if (mask) kv = _mm256_mask_cmp_ps_mask(k, _mm256_maskz_loadu_ps(k, mask + o), _mm256_setzero_ps(), _CMP_GT_OQ);
+        const __m256 g = _mm256_maskz_loadu_ps(kv, dy + o);
+        if (ds) _mm256_mask_storeu_ps(ds + o, k, acc_s ? _mm256_add_ps(_mm256_maskz_loadu_ps(k, ds + o), g) : g);
+        const __m256 gb = mode == 0 ? g : mode == 1 ? _mm256_setzero_ps() : _mm256_mul_ps(vs, g);
+        const __m512d v = _mm512_cvtps_pd(gb);
+        s1[e] = _mm512_add_pd(s1[e], v);
+        s2[e] = _mm512_fmadd_pd(v, _mm512_maskz_cvtps_pd(k, _mm256_maskz_loadu_ps(k, x + o)), s2[e]);
+      }
+      _mm512_mask_storeu_pd(p1 + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, p1 + j), _mm512_add_pd(s1[0], s1[1])));
+      _mm512_mask_storeu_pd(p2 + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, p2 + j), _mm512_add_pd(s2[0], s2[1])));
+    }
+  }
+#else
+  for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
+    const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
+    for (int j = 0; j < c; j++) {
+      double s1[2] = {0, 0}, s2[2] = {0, 0};
+      for (int64_t i = t0; i < t1; i++) {
+        const int e = (int)((i - t0) & 1);
+        const size_t o = (size_t)i * c + j;
+        const float g = mask ? (mask[o] > 0.0f ? dy[o] : 0.0f) : dy[o];
+        if (ds) ds[o] = acc_s ? ds[o] + g : g;
+        const double v = mode == 0 ? g : mode == 1 ? 0.0f : scale * g;
+        s1[e] += v;
+        s2[e] = fma(v, (double)x[o], s2[e]);
+      }
+      p1[j] += s1[0] + s1[1];
+      p2[j] += s2[0] + s2[1];
+    }
+  }
+#endif
+}
+
+/* channel_sums(c, m, gb, x, NULL, s1, s2) of the branch gradient gb, writing ds on the way. */
+static void channel_sums_add(int c, int64_t m, const float *dy, const float *mask, const float *x, float scale,
+                             float *ds, int acc_s, double *s1, double *s2) {
+  const int G = groups_for(c, m), mode = scale_mode(scale);
+  double part[G][2][c];
+  const int T = nthreads_for(m * c);
+#pragma omp parallel for num_threads(T < G ? T : G) schedule(static)
+  for (int g = 0; g < G; g++) {
+    double *p1 = part[g][0], *p2 = part[g][1];
+    for (int j = 0; j < c; j++) p1[j] = 0, p2[j] = 0;
+    sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2);
+  }
+  for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
+  for (int g = 0; g < G; g++)
+    for (int j = 0; j < c; j++) s1[j] += part[g][0][j], s2[j] += part[g][1][j];
+}
+
+static inline __attribute__((always_inline)) void affine_add_row(int c, const float *xr, const float *sc,
+                                                                 const float *sh, const float *sr, float scale,
+                                                                 float *yr, const int relu, const int mode) {
+#if defined(__AVX512F__)
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int j = 0; j < c; j += 16) {
+    const __mmask16 k = tail16(c - j);
+    __m512 v = _mm512_maskz_loadu_ps(k, sr + j);
+    if (mode != 1) {
+      const __m512 z = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xr + j), _mm512_maskz_loadu_ps(k, sc + j),
+                                       _mm512_maskz_loadu_ps(k, sh + j));
+      v = mode == 0 ? _mm512_add_ps(v, z) : _mm512_fmadd_ps(vs, z, v);
+    }
+    if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+    store16(yr + j, k, v);
+  }
+#else
+  for (int j = 0; j < c; j++) {
+    float v = sr[j];
+    if (mode != 1) {
+      const float z = fmaf(xr[j], sc[j], sh[j]);
+      v = mode == 0 ? v + z : fmaf(scale, z, v);
+    }
+    yr[j] = relu && v < 0.0f ? 0.0f : v;
+  }
+#endif
+}
+
+#define AFFINE_ADD_LOOP(RELU, MODE)                                                                            \
+  do {                                                                                                         \
+    _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++)                \
+        affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU, MODE); \
+  } while (0)
+
+/* y = [relu](s + scale*(x*sc + sh)) per channel; y may alias s (not x). */
+static void affine_add(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s, float scale,
+                       int relu, float *y) {
+  const int T = nthreads_for(m * c), mode = scale_mode(scale);
+  if (relu) {
+    if (mode == 0) AFFINE_ADD_LOOP(1, 0);
+    else if (mode == 1) AFFINE_ADD_LOOP(1, 1);
+    else AFFINE_ADD_LOOP(1, 2);
+  } else {
+    if (mode == 0) AFFINE_ADD_LOOP(0, 0);
+    else if (mode == 1) AFFINE_ADD_LOOP(0, 1);
+    else AFFINE_ADD_LOOP(0, 2);
+  }
+}
+#undef AFFINE_ADD_LOOP
+
+void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
+                             float *run_mean, float *run_var, float *save, int nimg, const double *stats,
+                             const float *s, float scale, float *y) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && y != x);
+  double s1[c], s2[c];
+  if (stats) {
+    RN_ASSERT(nimg >= 1);
+    for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
+    for (int i = 0; i < nimg; i++) {
+      const double *p = stats + (size_t)i * 2 * c;
+      for (int j = 0; j < c; j++) s1[j] += p[j], s2[j] += p[c + j];
+    }
+  } else {
+    channel_sums(c, m, x, NULL, NULL, s1, s2);
+  }
+  float sc[c], sh[c];
+  train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
+  affine_add(c, m, x, sc, sh, s, scale, d->relu, y);
+}
+
+void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
+                            const float *run_mean, const float *run_var, const float *s, float scale, float *y) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && y != x);
+  float sc[c], sh[c];
+  for (int j = 0; j < c; j++) {
+    double k = gamma[j] / sqrt((double)run_var[j] + (double)d->eps);
+    sc[j] = (float)k;
+    sh[j] = (float)(beta[j] - run_mean[j] * k);
+  }
+  affine_add(c, m, x, sc, sh, s, scale, d->relu, y);
+}
+
+/* The dx pass of the fused backward: g from ds (already masked) when it holds g, else from dy and
+ * the mask; gb by mode; then dx_row's arithmetic. */
+static inline __attribute__((always_inline)) void dx_add_row(int c, const float *xr, const float *gr,
+                                                             const float *mr, float scale, int mode, const float *a,
+                                                             const float *b, const float *mu, const float *k,
+                                                             float *o, const int acc, const int has_b,
+                                                             const int has_mask) {
+#if defined(__AVX512F__)
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int j = 0; j < c; j += 16) {
+    const __mmask16 km = tail16(c - j);
+    __m512 g = load_g(gr, mr, (size_t)j, km, has_mask);
+    if (mode == 1) g = _mm512_setzero_ps();
+    else if (mode == 2) g = _mm512_mul_ps(vs, g);
+    __m512 r;
+    if (has_b) {
+      const __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(km, xr + j), _mm512_maskz_loadu_ps(km, mu + j));
+      r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, b + j), t, _mm512_maskz_loadu_ps(km, k + j));
+      r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, a + j), g, r);
+    } else {
+      r = _mm512_mul_ps(_mm512_maskz_loadu_ps(km, a + j), g);
+    }
+    if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(km, o + j), r);
+    store16(o + j, km, r);
+  }
+#else
+  for (int j = 0; j < c; j++) {
+    float g = has_mask ? (mr[j] > 0.0f ? gr[j] : 0.0f) : gr[j];
+    g = mode == 0 ? g : mode == 1 ? 0.0f : scale * g;
+    const float r = has_b ? fmaf(a[j], g, fmaf(b[j], xr[j] - mu[j], k[j])) : a[j] * g;
+    o[j] = acc ? o[j] + r : r;
+  }
+#endif
+}
+
+#define DX_ADD_LOOP(ACC, HB, HM)                                                                               \
+  do {                                                                                                         \
+    _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++) {              \
+      const size_t o = (size_t)i * c;                                                                          \
+      dx_add_row(c, x + o, g + o, (HM) ? mask + o : NULL, scale, mode, a, b, mu, k, dx + o, ACC, HB, HM);      \
+    }                                                                                                          \
+  } while (0)
+
+static void bn_add_dx(int c, int64_t m, const float *x, const float *g, const float *mask, float scale,
+                      const float *a, const float *b, const float *mu, const float *k, float *dx, int acc) {
+  const int T = nthreads_for(m * c), mode = scale_mode(scale);
+  const int hb = b != NULL, hm = mask != NULL;
+  if (acc) {
+    if (hb && hm) DX_ADD_LOOP(1, 1, 1);
+    else if (hb) DX_ADD_LOOP(1, 1, 0);
+    else if (hm) DX_ADD_LOOP(1, 0, 1);
+    else DX_ADD_LOOP(1, 0, 0);
+  } else {
+    if (hb && hm) DX_ADD_LOOP(0, 1, 1);
+    else if (hb) DX_ADD_LOOP(0, 1, 0);
+    else if (hm) DX_ADD_LOOP(0, 0, 1);
+    else DX_ADD_LOOP(0, 0, 0);
+  }
+}
+#undef DX_ADD_LOOP
+
+void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                              const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
+                              int acc, float *dgamma, float *dbeta) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
+  RN_ASSERT(!d->relu || y);
+  const float *mask = d->relu ? y : NULL;
+  double sdy[c], sdyx[c];
+  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx); /* sum gb, sum gb*x; writes ds */
+  for (int j = 0; j < c; j++) sdyx[j] -= (double)save[j] * sdy[j];
+  for (int j = 0; j < c; j++) {
+    if (dgamma) dgamma[j] += (float)(sdyx[j] * save[c + j]);
+    if (dbeta) dbeta[j] += (float)sdy[j];
+  }
+  const double M = sync_sums(c, sdy, sdyx, m);
+  float a[c], b[c], k[c];
+  for (int j = 0; j < c; j++) { /* as rn_bn_backward_train */
+    double is = save[c + j];
+    double dg = sdyx[j] * is;
+    double ga = gamma[j] * is;
+    double bb = -ga * is * dg / M;
+    a[j] = (float)ga;
+    b[j] = (float)bb;
+    k[j] = (float)(-ga * sdy[j] / M);
+  }
+  if (!dx) return;
+  if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, scale, a, b, save, k, dx, acc); /* ds holds g */
+  else bn_add_dx(c, m, x, dy, mask, scale, a, b, save, k, dx, acc);
+}
+
+void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                             const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
+                             int acc_s, float *dx, int acc, float *dgamma, float *dbeta) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C);
+  RN_ASSERT(!d->relu || y);
+  const float *mask = d->relu ? y : NULL;
+  double sdy[c], sdyx[c];
+  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx);
+  for (int j = 0; j < c; j++) sdyx[j] -= (double)run_mean[j] * sdy[j];
+  for (int j = 0; j < c; j++) {
+    double is = 1.0 / sqrt((double)run_var[j] + (double)d->eps);
+    if (dgamma) dgamma[j] += (float)(sdyx[j] * is);
+    if (dbeta) dbeta[j] += (float)sdy[j];
+  }
+  if (!dx) return;
+  float a[c];
+  for (int j = 0; j < c; j++) a[j] = (float)(gamma[j] / sqrt((double)run_var[j] + (double)d->eps));
+  if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, scale, a, NULL, NULL, NULL, dx, acc);
+  else bn_add_dx(c, m, x, dy, mask, scale, a, NULL, NULL, NULL, dx, acc);
 }

@@ -38,6 +38,7 @@ const char *rn_op_name(rn_op op) {
 
 const char *rn_node_kind(const rn_node *n) {
   if (n->relu && n->op == RN_OP_BN) return "bn+relu";
+  if (n->op == RN_OP_ADD && n->bn_add) return n->relu ? "bn+add+relu" : "bn+add";
   if (n->relu && n->op == RN_OP_ADD) return "add+relu";
   return rn_op_name(n->op);
 }
@@ -46,7 +47,7 @@ const char *rn_node_kind(const rn_node *n) {
 static int g_fusion = -1;
 int rn_model_set_fusion(int on) {
   int prev = g_fusion;
-  g_fusion = on < 0 ? -1 : !!on;
+  g_fusion = on < 0 ? -1 : on > 2 ? 2 : on;
   return prev;
 }
 static int fusion_on(void) {
@@ -54,7 +55,7 @@ static int fusion_on(void) {
   if (g_fusion >= 0) return g_fusion;
   if (env < 0) {
     const char *s = getenv("RN_FUSE");
-    env = !(s && !strcmp(s, "0"));
+    env = s && !strcmp(s, "0") ? 0 : s && !strcmp(s, "1") ? 1 : 2;
   }
   return env;
 }
@@ -416,6 +417,51 @@ static void fuse(rn_model *m) {
   free(producer);
 }
 
+/* Fusion level 2: the BN producing an add's branch input (in2), read by nothing else and without a
+ * fused ReLU, is merged into the add (node->bn_add = 1): the add takes the BN's input as in2, its
+ * parameters, descriptor and name, and runs where the add ran (the BN's input, a conv output, is
+ * kept for the BN backward anyway). The BN's output tensor is left unused; the BN node is removed.
+ * Blocks with a projection shortcut keep their separate BN (see the loop). */
+static void fuse_bn_add(rn_model *m) {
+  int T = m->ntensors;
+  int *nuse = calloc((size_t)T, sizeof(int)), *producer = malloc((size_t)T * sizeof(int));
+  char *drop = calloc((size_t)m->nnodes, 1);
+  RN_ASSERT(nuse && producer && drop);
+  for (int t = 0; t < T; t++) producer[t] = -1;
+  for (int k = 0; k < m->nnodes; k++) {
+    nuse[m->nodes[k].in]++;
+    if (m->nodes[k].in2 >= 0) nuse[m->nodes[k].in2]++;
+    producer[m->nodes[k].out] = k;
+  }
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node *a = &m->nodes[k];
+    if (a->op != RN_OP_ADD || a->bn_add) continue;
+    int p = producer[a->in2];
+    if (p < 0 || nuse[a->in2] != 1 || m->nodes[p].op != RN_OP_BN || m->nodes[p].relu) continue;
+    /* Not across a node with parameters (a projection shortcut): the BN's gradients would then be
+     * reported ready before that node's, out of the descending order the overlapped allreduce
+     * relies on (rn_grad_ready_fn). */
+    int params_between = 0;
+    for (int q = p + 1; q < k; q++) params_between |= m->nodes[q].param[0] >= 0;
+    if (params_between) continue;
+    const rn_node *b = &m->nodes[p];
+    a->bn_add = 1;
+    a->u.bn = b->u.bn;
+    a->u.bn.relu = a->relu;
+    for (int i = 0; i < 4; i++) a->param[i] = b->param[i];
+    memcpy(a->name, b->name, sizeof a->name);
+    a->in2 = b->in;
+    drop[p] = 1;
+  }
+  int w = 0;
+  for (int k = 0; k < m->nnodes; k++)
+    if (!drop[k]) m->nodes[w++] = m->nodes[k];
+  m->nnodes = w;
+  free(nuse);
+  free(producer);
+  free(drop);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Planning */
 
@@ -518,6 +564,9 @@ static int needs_input(const rn_node *n) {
   return n->op == RN_OP_CONV || n->op == RN_OP_BN || n->op == RN_OP_LINEAR;
 }
 
+/* 1 if node n's backward reads its input in2 (a fused BN+add: the BN's input). */
+static int needs_input2(const rn_node *n) { return n->op == RN_OP_ADD && n->bn_add; }
+
 /* 1 if node n's backward may write d(in) over d(out) (same shape, acc_in = 0; see plan()). */
 static int inplace_grad(const rn_node *n) {
   return n->op == RN_OP_ADD || n->op == RN_OP_BN || n->op == RN_OP_RELU;
@@ -546,7 +595,7 @@ static void check_act(const rn_model *m, const int *nuse, const int *producer) {
     for (int i = 0; i < 2; i++) {
       if (ins[i] < 0) continue;
       last_use[ins[i]] = k;
-      if (needs_input(n)) bwd_need[ins[i]] = 1;
+      if (needs_input(n) || (i == 1 && needs_input2(n))) bwd_need[ins[i]] = 1;
     }
     if (needs_output(n)) bwd_need[n->out] = 1;
   }
@@ -608,7 +657,7 @@ static void plan(rn_model *m) {
       m->tensors[t].off = m->tensors[n->in].off;
     } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in)) {
       m->tensors[t].off = m->tensors[n->in].off;
-    } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in2)) {
+    } else if (n && n->op == RN_OP_ADD && !n->bn_add && private_in(m, nuse, producer, n->in2)) {
       m->tensors[t].off = m->tensors[n->in2].off;
     } else {
       m->tensors[t].off = off;
@@ -684,7 +733,7 @@ static void plan(rn_model *m) {
   for (int k = 0; k < m->nnodes; k++) {
     rn_node *n = &m->nodes[k];
     n->save_off = save;
-    if (n->op == RN_OP_BN) {
+    if (n->op == RN_OP_BN || (n->op == RN_OP_ADD && n->bn_add)) {
       save += rn_align16(2 * (size_t)n->u.bn.c);
     } else if (n->op == RN_OP_MAXPOOL) {
       save += tsize(m, n->out); /* int32 argmax, one per output element */
@@ -755,6 +804,7 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   m->ntotal = off;
   m->fused = fusion_on();
   if (m->fused) fuse(m);
+  if (m->fused >= 2) fuse_bn_add(m);
   plan(m);
   m->param = rn_alloc(m->ntotal * sizeof(float));
   m->grad = rn_alloc(m->ntrain * sizeof(float));
@@ -764,17 +814,25 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   m->save = rn_alloc(m->save_floats * sizeof(float));
   m->ws = rn_alloc(m->ws_floats * sizeof(float));
   {
-    /* Convolutions whose only reader is the BN right after them get a per-image statistics buffer. */
+    /* Convolutions whose only reader is a BN (or a fused BN+add's BN), with no other convolution
+     * between them (the statistics buffer is shared), get a per-image statistics buffer. */
     const char *v = getenv("RN_BN_EPILOGUE");
     m->bn_epilogue = !(v && v[0] == '0');
-    m->stats_node = -1;
+    m->stats_tensor = -1;
     int maxc = 0;
-    for (int k = 0; k + 1 < m->nnodes; k++) {
-      rn_node *cv = &m->nodes[k], *bn = &m->nodes[k + 1];
-      if (cv->op != RN_OP_CONV || bn->op != RN_OP_BN || bn->in != cv->out) continue;
-      int readers = 0;
-      for (int q = 0; q < m->nnodes; q++) readers += (m->nodes[q].in == cv->out) + (m->nodes[q].in2 == cv->out);
+    for (int k = 0; k < m->nnodes; k++) {
+      rn_node *cv = &m->nodes[k];
+      if (cv->op != RN_OP_CONV) continue;
+      int readers = 0, reader = -1;
+      for (int q = 0; q < m->nnodes; q++)
+        if (m->nodes[q].in == cv->out || m->nodes[q].in2 == cv->out) readers++, reader = q;
       if (readers != 1) continue;
+      const rn_node *bn = &m->nodes[reader];
+      if (!((bn->op == RN_OP_BN && bn->in == cv->out) || (bn->op == RN_OP_ADD && bn->bn_add && bn->in2 == cv->out)))
+        continue;
+      int conv_between = 0;
+      for (int q = k + 1; q < reader; q++) conv_between |= m->nodes[q].op == RN_OP_CONV;
+      if (conv_between) continue;
       cv->stats_next = 1;
       if (cv->u.conv.cout > maxc) maxc = cv->u.conv.cout;
     }
@@ -813,6 +871,10 @@ void rn_model_init(rn_model *m, uint64_t seed) {
     for (int k = 0; k < m->nnodes; k++) {
       const rn_node *n = &m->nodes[k];
       if (n->op != RN_OP_ADD) continue;
+      if (n->bn_add) { /* the branch BN is fused into the add */
+        zero[n->param[0]] = 1;
+        continue;
+      }
       for (int j = k - 1; j >= 0; j--) /* producer of the branch input */
         if (m->nodes[j].out == n->in2) {
           zero[m->nodes[j].param[0]] = 1;
@@ -892,10 +954,12 @@ void rn_model_summary(const rn_model *m, FILE *f) {
     fputc('\n', f);
   }
   if (m->fused) {
-    int nb = 0, na = 0;
+    int nb = 0, na = 0, nba = 0;
     for (int k = 0; k < m->nnodes; k++) nb += m->nodes[k].relu && m->nodes[k].op == RN_OP_BN,
-                                        na += m->nodes[k].relu && m->nodes[k].op == RN_OP_ADD;
-    fprintf(f, "  fused: %d bn+relu, %d add+relu (RN_FUSE=0: separate ReLU nodes)\n", nb, na);
+                                        na += m->nodes[k].relu && m->nodes[k].op == RN_OP_ADD,
+                                        nba += m->nodes[k].bn_add;
+    fprintf(f, "  fused: %d bn+relu, %d add+relu, %d of them with the branch BN (RN_FUSE=1: no BN+add, "
+            "0: separate ReLU nodes)\n", nb, na, nba);
   }
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));

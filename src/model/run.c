@@ -1,6 +1,6 @@
 /* model: the graph driver (forward, loss, backward). No allocation here. BN and add nodes with
  * relu set (build-time fusion) apply the ReLU themselves; their backward reads their output as the
- * mask. */
+ * mask. Add nodes with bn_add apply the branch BN to in2 first (rn_bn_add_*). */
 #include <string.h>
 
 #include "rn/model.h"
@@ -41,15 +41,15 @@ void rn_model_forward(rn_model *m, int n, int train) {
     switch (d->op) {
       case RN_OP_CONV:
         /* BN statistics in the convolution's epilogue when a training BN reads only this output. */
-        m->stats_node = -1;
+        m->stats_tensor = -1;
         if (bn_train && d->stats_next && m->bn_epilogue && m->stats) {
-          if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats)) m->stats_node = k + 1;
+          if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats)) m->stats_tensor = d->out;
         } else {
           rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
         }
         break;
       case RN_OP_BN:
-        if (bn_train && m->stats_node == k)
+        if (bn_train && m->stats_tensor == d->in)
           rn_bn_forward_train_stats(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]),
                                     P(m, d->param[1]), P(m, d->param[2]), P(m, d->param[3]),
                                     m->save + d->save_off, y, n, m->stats);
@@ -74,7 +74,20 @@ void rn_model_forward(rn_model *m, int n, int train) {
         break;
       case RN_OP_ADD:
         d->scale = sd_scale(m, d, train);
-        rn_add_forward(numel(m, d->out, n), x, A(m, d->in2), d->scale, d->relu, y);
+        if (!d->bn_add) {
+          rn_add_forward(numel(m, d->out, n), x, A(m, d->in2), d->scale, d->relu, y);
+        } else {
+          const rn_tensor *t2 = &m->tensors[d->in2];
+          int64_t rows = (int64_t)n * t2->h * t2->w;
+          float *x2 = A(m, d->in2);
+          if (bn_train)
+            rn_bn_add_forward_train(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
+                                    P(m, d->param[3]), m->save + d->save_off, n,
+                                    m->stats_tensor == d->in2 ? m->stats : NULL, x, d->scale, y);
+          else
+            rn_bn_add_forward_eval(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
+                                   P(m, d->param[3]), x, d->scale, y);
+        }
         break;
       case RN_OP_SHORTCUT_A:
         rn_shortcut_a_forward(&d->u.sa, n, x, y);
@@ -146,8 +159,22 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
                            G(m, d->param[0]), G(m, d->param[1]));
         break;
       case RN_OP_ADD:
-        rn_add_backward(numel(m, d->out, n), d->relu ? y : NULL, dy, d->scale, dx, d->acc_in,
-                        m->dact + m->tensors[d->in2].goff, d->acc_in2);
+        if (!d->bn_add) {
+          rn_add_backward(numel(m, d->out, n), d->relu ? y : NULL, dy, d->scale, dx, d->acc_in,
+                          m->dact + m->tensors[d->in2].goff, d->acc_in2);
+        } else {
+          const rn_tensor *t2 = &m->tensors[d->in2];
+          int64_t rows = (int64_t)n * t2->h * t2->w;
+          const float *x2 = A(m, d->in2);
+          float *dx2 = m->dact + t2->goff;
+          if (bn_train)
+            rn_bn_add_backward_train(&d->u.bn, rows, x2, y, P(m, d->param[0]), m->save + d->save_off, dy, d->scale,
+                                     dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]));
+          else
+            rn_bn_add_backward_eval(&d->u.bn, rows, x2, y, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]),
+                                    dy, d->scale, dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]),
+                                    G(m, d->param[1]));
+        }
         break;
       case RN_OP_SHORTCUT_A:
         if (dx) rn_shortcut_a_backward(&d->u.sa, n, dy, dx, d->acc_in);
