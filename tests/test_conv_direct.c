@@ -121,6 +121,54 @@ static void stats_case(int cin, int cout, int k, int p, int s, int h, int w, int
   free(x), free(wt), free(y), free(ws), free(st);
 }
 
+/* BN backward sums from the dx epilogue (rn_conv_backward_bn): dx bitwise equal to the plain
+ * backward's; per image and input channel, sum g and sum g*x with g = (mask > 0 ? dx : 0) (or dx
+ * without a mask), against double sums over the dx the same call wrote; dx accumulated (acc) too. */
+static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int n, int use_mask, int acc,
+                       uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, k, k, s, p, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * d.oh * d.ow * cout, nw = (size_t)cout * k * k * cin;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2), *mask = randf(nx, seed + 3);
+  float *xb = randf(nx, seed + 4), *base = randf(nx, seed + 5), *ws = nanbuf(rn_conv_workspace(&d, n));
+  float *dx0 = malloc(nx * 4), *dx1 = malloc(nx * 4), *dw0 = calloc(nw, 4), *dw1 = calloc(nw, 4);
+  memcpy(dx0, base, nx * 4), memcpy(dx1, base, nx * 4);
+  double *st = malloc((size_t)n * 2 * cin * sizeof(double));
+  for (size_t i = 0; i < (size_t)n * 2 * cin; i++) st[i] = NAN;
+  rn_conv_backward(&d, n, x, wt, dy, dx0, acc, dw0, ws);
+  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st};
+  int got = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, acc, dw1, ws, &bs);
+  CHECK(got == rn_conv_direct_dx_ok(&d), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin, got,
+        rn_conv_direct_dx_ok(&d));
+  CHECK(!memcmp(dx0, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4), "bn sums k=%d cin=%d: dx/dW differ from the plain "
+        "backward", k, cin);
+  double worst = 0;
+  size_t masked = 0;
+  if (got)
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < cin; c++) {
+        double s1 = 0, s2 = 0, a1 = 0, a2 = 0;
+        for (int q = 0; q < h * w; q++) {
+          size_t o = ((size_t)i * h * w + q) * cin + c;
+          double g = use_mask && !(mask[o] > 0.0f) ? 0.0 : dx1[o];
+          masked += use_mask && !(mask[o] > 0.0f);
+          s1 += g, s2 += g * xb[o], a1 += fabs(g), a2 += fabs(g * xb[o]);
+        }
+        double e1 = fabs(st[(size_t)i * 2 * cin + c] - s1) / (a1 > 1e-30 ? a1 : 1e-30);
+        double e2 = fabs(st[((size_t)i * 2 + 1) * cin + c] - s2) / (a2 > 1e-30 ? a2 : 1e-30);
+        if (!(e1 <= worst)) worst = e1; /* NaN (a channel never written) counts as worst */
+        if (!(e2 <= worst)) worst = e2;
+      }
+  CHECK(worst < 1e-12 && (!use_mask || !got || masked > nx / 4), "bn sums k=%d s=%d cin=%d cout=%d %dx%d n=%d mask=%d "
+        "acc=%d: rel err %.3g (%zu masked)", k, s, cin, cout, h, w, n, use_mask, acc, worst, masked);
+  free(x), free(wt), free(dy), free(mask), free(xb), free(base), free(ws), free(dx0), free(dx1), free(dw0), free(dw1);
+  free(st);
+}
+
 static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
   ones(cin, cout, k, p, 1, h, w, n, seed);
 }
@@ -232,6 +280,19 @@ int main(void) {
     stats_case(160, 48, 3, 1, 1, 9, 14, 2, 42), stats_case(3, 16, 3, 1, 1, 32, 32, 2, 43);
     stats_case(64, 128, 1, 0, 1, 14, 14, 3, 44), stats_case(32, 32, 5, 2, 1, 11, 13, 2, 45);
     stats_case(64, 64, 3, 1, 1, 7, 7, 5, 46), stats_case(512, 64, 1, 0, 1, 7, 7, 2, 47);
+  }
+  /* BN backward sums in the dx epilogue: 3-wide tile (16/32/64/160 channels), generic tile (5x5),
+   * 1x1, 7-wide lines, with and without the ReLU mask, dx overwritten and accumulated; and a
+   * stride-2 shape (dx on the GEMM path: no sums, returns 0). randf: values in [-1, 1), so about
+   * half the mask is <= 0. */
+  for (int threads = 2; threads >= 1; threads--) {
+    rn_blas_set_threads(threads);
+    for (int m = 0; m < 2; m++) {
+      bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 0, 50), bsums_case(32, 64, 3, 1, 1, 16, 16, 3, m, 1, 51);
+      bsums_case(160, 48, 3, 1, 1, 9, 16, 2, m, 0, 52), bsums_case(32, 32, 5, 2, 1, 11, 16, 2, m, 0, 53);
+      bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 54), bsums_case(64, 64, 3, 1, 1, 7, 7, 5, m, 0, 55);
+      bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 57);
+    }
   }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):
    * same accuracy checks on both thread counts. */

@@ -1,4 +1,5 @@
-/* BN statistics from the convolution epilogue (rn_model.bn_epilogue, RN_BN_EPILOGUE) against the
+/* BN statistics from the convolution epilogue, and the BN backward channel sums from the dx
+ * epilogue of the convolution that reads the BN's output (rn_model.bn_epilogue, RN_BN_EPILOGUE), against the
  * same model computing them in the BN's own pass: two training steps (SGD update between, so the
  * running statistics and weights move), a partial batch, for basic and bottleneck blocks, post- and
  * pre-activation, stochastic depth; widths that are multiples of 16, so the convolutions run on the
@@ -39,7 +40,8 @@ typedef struct {
   rn_model m;
   double loss[3];
   float *logits, *grad, *state;
-  int used; /* BN nodes that took the epilogue's statistics in the last training forward */
+  int used;  /* BN nodes that took the epilogue's statistics in the last training forward */
+  int bused; /* BN nodes whose backward sums came from a dx epilogue */
 } out_t;
 
 static int run(const ecase *ec, int epilogue, out_t *o) {
@@ -87,6 +89,9 @@ static int run(const ecase *ec, int epilogue, out_t *o) {
   o->used = 0;
   for (int k = 0; k < m->nnodes; k++)
     if (m->nodes[k].op == RN_OP_CONV && m->nodes[k].stats_next && rn_conv_direct_ok(&m->nodes[k].u.conv)) o->used++;
+  o->bused = 0;
+  for (int k = 0; k < m->nnodes; k++)
+    o->bused += m->nodes[k].op == RN_OP_CONV && m->nodes[k].bn_prev >= 0 && rn_conv_direct_dx_ok(&m->nodes[k].u.conv);
   rn_model_forward(m, n - 1, 1); /* a partial batch */
   o->loss[2] = rn_model_loss(m, n - 1, labels, 0.0f, NULL, NULL);
   memcpy(o->state, m->param, m->ntotal * sizeof(float));
@@ -111,8 +116,9 @@ int main(void) {
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     const ecase *ec = &cases[i];
     out_t a = {0}, b = {0};
-    if (run(ec, 1, &a) || run(ec, 0, &b)) continue;
-    CHECK(a.used > 0, "%s: no convolution took the epilogue path", ec->tag);
+    if (run(ec, 2, &a) || run(ec, 0, &b)) continue;
+    CHECK(a.used > 0 && a.bused > 0, "%s: no convolution took the epilogue path (forward %d, backward %d)", ec->tag,
+          a.used, a.bused);
     double el = 0;
     for (int s = 0; s < 3; s++) el = fmax(el, fabs(a.loss[s] - b.loss[s]) / fabs(b.loss[s]));
     double eo = relmax(a.logits, b.logits, (size_t)ec->batch * 7);
@@ -120,8 +126,8 @@ int main(void) {
     double es = relmax(a.state, b.state, a.m.ntotal);
     int bitwise = !memcmp(a.grad, b.grad, a.m.ntrain * sizeof(float)) &&
                   !memcmp(a.state, b.state, a.m.ntotal * sizeof(float));
-    printf("  %-46s %2d convs with epilogue statistics: loss %.1e logits %.1e grads %.1e state %.1e%s\n", ec->tag,
-           a.used, el, eo, eg, es, bitwise ? " (bitwise)" : "");
+    printf("  %-46s %2d convs with epilogue statistics, %2d with BN backward sums: loss %.1e logits %.1e grads %.1e "
+           "state %.1e%s\n", ec->tag, a.used, a.bused, el, eo, eg, es, bitwise ? " (bitwise)" : "");
     CHECK(el < 1e-6 && eo < 1e-5 && eg < 1e-5 && es < 1e-6, "%s: epilogue statistics differ: loss %.3g logits %.3g "
           "grads %.3g state %.3g", ec->tag, el, eo, eg, es);
     free_out(&a), free_out(&b);

@@ -37,6 +37,18 @@ int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const fl
 /* dw[cout][kh][kw][cin] += ...; dx[n][h][w][cin] (=, or += when acc) ... */
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                       float *dx, int acc, float *dw, float *ws);
+/* The channel sums a BN backward needs, computed in the dx epilogue of the convolution that reads
+ * the BN's output (the final dx is the gradient of that output): per image i (n*2*cin doubles),
+ * sums[i*2*cin + c] = sum of g and sums[(i*2+1)*cin + c] = sum of g*x over the image, g = dx
+ * masked by mask > 0 (the BN's output when it has a fused ReLU; NULL: no mask), x the BN's input. */
+typedef struct {
+  const float *mask, *x;
+  double *sums;
+} rn_bn_sums;
+/* rn_conv_backward, and when dx runs on the direct kernel also the sums of bn (see rn_bn_sums):
+ * returns 1 if they were filled, 0 if not (dx on the GEMM path, or no dx). */
+int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
+                        int acc, float *dw, float *ws, const rn_bn_sums *bn);
 /* Blocking of the k x k path: the M = n*oh*ow output rows are processed in chunks of R rows
  * (im2col of R rows into ws, one GEMM per chunk), so the workspace is (R+1)*kh*kw*cin + 16 floats
  * whatever the batch (one row of slack: BLIS's narrow kernels read past the end of A). R is chosen so a chunk of columns is about 1 MB (at least 256 rows, at most M).
@@ -97,6 +109,9 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
                             int threads, double *stats);
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads);
+/* The same with the BN backward sums in the dx epilogue (bn NULL: none; see rn_bn_sums). */
+void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
 void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
 void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
@@ -139,6 +154,12 @@ void rn_bn_set_sync(rn_bn_reduce_fn fn, void *ctx);
 void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
                           const float *gamma, const float *save, const float *dy, float *dx, int acc,
                           float *dgamma, float *dbeta);
+/* The same with the channel sums already computed per image by the convolution that reads this
+ * BN's output (rn_conv_backward_bn: nimg images, per image c sums of g then c sums of g*x): the
+ * images' sums are added in image order and the channel-sum pass over dy, y and x is skipped. */
+void rn_bn_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                               const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta,
+                               int nimg, const double *sums);
 /* Backward of the eval-mode forward (fixed statistics: an affine map); y and dx as above. */
 void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
                          const float *gamma, const float *run_mean, const float *run_var,

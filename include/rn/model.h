@@ -74,6 +74,9 @@ typedef struct {
   int stats_next;   /* CONV: its output is read only by a BN (or the BN of a bn_add node) with no other
                        conv in between: a training forward on the direct kernel hands that BN the
                        channel sums (rn_conv_forward_stats) */
+  int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
+                       read by nothing else (-1: none): the dx epilogue computes that BN's backward
+                       channel sums (rn_conv_backward_bn) */
   union {
     rn_conv_desc conv;
     rn_bn_desc bn;
@@ -113,10 +116,13 @@ typedef struct {
   size_t dact_floats;        /* gradient arena size */
   int fused;                 /* fusion level used at build (rn_model_set_fusion): 0 none, 1 BN+ReLU and
                                 add+ReLU, 2 also the branch BN into the residual add */
-  int bn_epilogue;           /* 1 (default; RN_BN_EPILOGUE=0 at build: 0): convolutions on the direct
-                                kernel compute the BN statistics of their output (stats_next) */
+  int bn_epilogue;           /* 2 (default): convolutions on the direct kernel compute the BN statistics
+                                of their output (stats_next) and the BN backward sums of their input
+                                (bn_prev); 1: only the statistics; 0: neither (RN_BN_EPILOGUE at build) */
   double *stats;             /* [batch][2][max cout] per-image channel sums of the last such conv */
   int stats_tensor;          /* tensor (a conv output) the sums in stats are for (-1: none) */
+  double *bsums;             /* [batch][2][max cin] BN backward sums from a conv's dx epilogue */
+  int bsum_tensor;           /* tensor (a BN output) the sums in bsums are for (-1: none) */
 } rn_model;
 
 void rn_model_config_default(rn_model_config *c);

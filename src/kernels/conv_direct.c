@@ -178,6 +178,40 @@ AI void stat_flush(double *st, int Co, int ch0, const __m512d *s) {
   _mm512_storeu_pd(p2 + 8, _mm512_add_pd(_mm512_loadu_pd(p2 + 8), s[3]));
 }
 
+/* BN backward sums in the dx epilogue: when t_bsum is set (per thread, per image: s1[C] then s2[C],
+ * doubles), the final value v of every dx vector (the gradient of a BN's output, which this
+ * convolution reads) is masked by the BN's output (t_bmask, its fused ReLU; NULL: no mask) as
+ * g = (mask > 0 ? v : 0), and g and g*x (t_bx: the BN's input) are added into the per-channel sums
+ * of the image. Pointers of one image: the offset of a dx vector from t_obase is its offset in
+ * t_bmask and t_bx. The BN backward then skips its channel-sum pass over dy, y and x. */
+static __thread double *t_bsum;
+static __thread const float *t_bmask, *t_bx, *t_obase;
+AI void bsum_add(__m512 v, const float *o, __m512d *s) {
+  const size_t off = (size_t)(o - t_obase);
+  if (t_bmask)
+    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(t_bmask + off), _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  const __m512 xv = _mm512_loadu_ps(t_bx + off);
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m512d xlo = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
+  const __m512d xhi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xv), 1)));
+  s[0] = _mm512_add_pd(s[0], lo);
+  s[1] = _mm512_add_pd(s[1], hi);
+  s[2] = _mm512_fmadd_pd(lo, xlo, s[2]);
+  s[3] = _mm512_fmadd_pd(hi, xhi, s[3]);
+}
+
+/* Prefetch of the mask and x vectors the epilogue of a tile will read (issued when the tile starts:
+ * they arrive while it computes, instead of stalling its stores). */
+AI void bsum_prefetch(const float *yl, int ox0, int cb0, int Co, const int NB, const int NC) {
+  for (int j = 0; j < NB; j++)
+    for (int c = 0; c < NC; c++) {
+      const size_t off = (size_t)(yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16 - t_obase);
+      if (t_bmask) _mm_prefetch((const char *)(t_bmask + off), _MM_HINT_T0);
+      _mm_prefetch((const char *)(t_bx + off), _MM_HINT_T0);
+    }
+}
+
 /* NB output pixels x NC channel blocks of 16 at output line oy, pixels ox0.., channel block cb0..
  * xp: padded input [..][wp][C]; wt: [kh][kw][C][Co]. Fixed-size arrays and constant NB, NC (and C
  * where specialised) so that the accumulators stay in registers and the broadcast offsets are
@@ -189,6 +223,7 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
    * float accumulation chains (accuracy close to BLIS's) for the price of a few loads/stores. */
   const int per_tap = C * kw > 256;
   int first = acc != 1; /* acc: 0 = overwrite y, 1 = add into y, 2 = overwrite with streaming stores */
+  if (t_bsum) bsum_prefetch(yl, ox0, cb0, Co, NB, NC);
   for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
   for (int ky = 0; ky < kh; ky++) {
     const float *row = xp + ((size_t)(oy * S + ky) * wp + (size_t)ox0 * S) * C;
@@ -211,7 +246,8 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
         }
       }
       if (kx == kw - 1 || per_tap) {
-        double *st = ky == kh - 1 && kx == kw - 1 ? t_stats : NULL; /* final values: statistics */
+        const int fin = ky == kh - 1 && kx == kw - 1; /* final values: statistics / BN sums */
+        double *st = fin ? t_stats : NULL, *bs = fin ? t_bsum : NULL;
         for (int c = 0; c < NC; c++) {
           __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
           for (int j = 0; j < NB; j++) {
@@ -223,8 +259,10 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
             else
               _mm512_storeu_ps(o, v);
             if (st) stat_add(v, sv);
+            if (bs) bsum_add(v, o, sv);
           }
           if (st) stat_flush(st, Co, (cb0 + c) * 16, sv);
+          if (bs) stat_flush(bs, Co, (cb0 + c) * 16, sv);
         }
         first = 0;
       }
@@ -245,6 +283,7 @@ AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int
   int first = acc != 1;
   const size_t bs = (size_t)kh * 3 * C * 16; /* one channel block of blocked weights */
   const size_t ts = (size_t)C * 16;          /* one tap */
+  if (t_bsum) bsum_prefetch(yl, ox0, cb0, Co, NB, NC);
   for (int ky = 0; ky < kh; ky++) {
     const float *row = xp + ((size_t)(oy + ky) * wp + ox0) * C;
     for (int c0 = 0; c0 < C; c0 += TILE3_CH) {
@@ -270,7 +309,8 @@ AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int
           }
         }
       }
-      double *st = ky == kh - 1 && c1 == C ? t_stats : NULL; /* final values: statistics */
+      const int fin = ky == kh - 1 && c1 == C; /* final values: statistics / BN sums */
+      double *st = fin ? t_stats : NULL, *bs = fin ? t_bsum : NULL;
       for (int c = 0; c < NC; c++) {
         __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
         for (int j = 0; j < NB; j++) {
@@ -279,8 +319,10 @@ AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int
           if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
           _mm512_storeu_ps(o, v);
           if (st) stat_add(v, sv);
+          if (bs) bsum_add(v, o, sv);
         }
         if (st) stat_flush(st, Co, (cb0 + c) * 16, sv);
+        if (bs) stat_flush(bs, Co, (cb0 + c) * 16, sv);
       }
       first = 0;
     }
@@ -537,6 +579,11 @@ static void dw_images(const float *xp, size_t xstride, int wp, int C, int S, con
 
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads) {
+  rn_conv_direct_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, threads, NULL);
+}
+
+void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   const int T = threads_for(n, threads);
@@ -575,7 +622,15 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
           const float *dyi = dy + (size_t)j * yin;
           if (!one) pad_image(dyi, d->oh, d->ow, Co, pq, pr, xp);
           const int wp = d->ow + 2 * pr;
+          if (bn) {
+            t_bsum = bn->sums + (size_t)j * 2 * C;
+            memset(t_bsum, 0, 2 * (size_t)C * sizeof(double));
+            t_bmask = bn->mask ? bn->mask + (size_t)j * xin : NULL;
+            t_bx = bn->x + (size_t)j * xin;
+            t_obase = dx + (size_t)j * xin;
+          }
           conv_plane(one ? dyi : xp, wp, Co, 1, kh, kw, wt, C, d->h, d->w, dx + (size_t)j * xin, acc);
+          t_bsum = NULL;
         }
     }
     if (dw && nt > 1) {
@@ -625,6 +680,11 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads) {
   (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads;
+  RN_ASSERT(0 && "direct convolution needs AVX-512 at compile time");
+}
+void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
+  (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads, (void)bn;
   RN_ASSERT(0 && "direct convolution needs AVX-512 at compile time");
 }
 #endif

@@ -326,6 +326,10 @@ static void bn_dx(int c, int64_t m, const float *x, const float *y, const float 
 }
 #undef DX_LOOP
 
+static void backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
+                                const float *gamma, const float *save, const float *dy, float *dx, int acc,
+                                float *dgamma, float *dbeta, double *sdy, double *sdyx);
+
 void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                           const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta) {
   const int c = d->c;
@@ -334,6 +338,28 @@ void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const 
   const float *mask = d->relu ? y : NULL;
   double sdy[c], sdyx[c];
   channel_sums(c, m, dy, x, mask, sdy, sdyx); /* sdy = sum g, sdyx = sum g*x */
+  backward_train_sums(d, m, x, mask, gamma, save, dy, dx, acc, dgamma, dbeta, sdy, sdyx);
+}
+
+void rn_bn_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                               const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta,
+                               int nimg, const double *sums) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && nimg >= 1);
+  RN_ASSERT(!d->relu || y);
+  double sdy[c], sdyx[c];
+  for (int j = 0; j < c; j++) sdy[j] = 0, sdyx[j] = 0;
+  for (int i = 0; i < nimg; i++) {
+    const double *p = sums + (size_t)i * 2 * c;
+    for (int j = 0; j < c; j++) sdy[j] += p[j], sdyx[j] += p[c + j];
+  }
+  backward_train_sums(d, m, x, d->relu ? y : NULL, gamma, save, dy, dx, acc, dgamma, dbeta, sdy, sdyx);
+}
+
+static void backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
+                                const float *gamma, const float *save, const float *dy, float *dx, int acc,
+                                float *dgamma, float *dbeta, double *sdy, double *sdyx) {
+  const int c = d->c;
   for (int j = 0; j < c; j++) sdyx[j] -= (double)save[j] * sdy[j]; /* sum g*(x - mean) */
   for (int j = 0; j < c; j++) {
     /* dL/dgamma, dL/dbeta of this rank's batch (averaged over ranks with the other gradients) */

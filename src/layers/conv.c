@@ -241,28 +241,37 @@ static void backward_par(const rn_conv_desc *d, int n, const float *x, const flo
 
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
                       int acc, float *dw, float *ws) {
+  rn_conv_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, NULL);
+}
+
+int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
+                        int acc, float *dw, float *ws, const rn_bn_sums *bn) {
   const int64_t M = (int64_t)n * d->oh * d->ow;
   const int K = d->kh * d->kw * d->cin, cout = d->cout;
   RN_ASSERT(M <= INT_MAX);
-  if (M <= 0) return;
+  if (M <= 0) return 0;
   if (pointwise(d)) {
     int ddw = dw && rn_conv_direct_bwd_ok(d), ddx = dx && rn_conv_direct_dx_ok(d);
-    if (ddw || ddx) rn_conv_direct_backward(d, n, x, w, dy, ddx ? dx : NULL, acc, ddw ? dw : NULL, ws, conv_threads());
+    if (ddw || ddx)
+      rn_conv_direct_backward_bn(d, n, x, w, dy, ddx ? dx : NULL, acc, ddw ? dw : NULL, ws, conv_threads(),
+                                 ddx ? bn : NULL);
     if (dw && !ddw) rn_sgemm(1, 0, cout, K, (int)M, 1.0f, dy, cout, x, K, 1.0f, dw, K);
     if (dx && !ddx) rn_sgemm(0, 0, (int)M, K, cout, 1.0f, dy, cout, w, K, acc ? 1.0f : 0.0f, dx, K);
-    return;
+    return ddx && bn;
   }
-  if (!dw && !dx) return;
+  if (!dw && !dx) return 0;
   RN_ASSERT(ws != NULL);
+  int sums = 0;
   if (dw && rn_conv_direct_bwd_ok(d)) {
     /* Direct dW (and dx when the direct kernel takes it: stride 1); otherwise dx below. */
     int ddx = dx && rn_conv_direct_dx_ok(d);
-    rn_conv_direct_backward(d, n, x, w, dy, ddx ? dx : NULL, acc, dw, ws, conv_threads());
-    if (ddx || !dx) return;
+    rn_conv_direct_backward_bn(d, n, x, w, dy, ddx ? dx : NULL, acc, dw, ws, conv_threads(), ddx ? bn : NULL);
+    if (ddx || !dx) return ddx && bn;
     dw = NULL;
   } else if (dx && rn_conv_direct_dx_ok(d)) {
-    rn_conv_direct_backward(d, n, x, w, dy, dx, acc, NULL, ws, conv_threads());
-    if (!dw) return;
+    rn_conv_direct_backward_bn(d, n, x, w, dy, dx, acc, NULL, ws, conv_threads(), bn);
+    sums = bn != NULL;
+    if (!dw) return sums;
     dx = NULL; /* dW on the GEMM path below */
   }
   const int R = rn_conv_chunk_rows(d, n);
@@ -270,7 +279,7 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
   if (T > n) T = n;
   if (T > 1 && rn_conv_parallel()) {
     backward_par(d, n, x, w, dy, dx, acc, dw, ws, R, T);
-    return;
+    return sums;
   }
   const int64_t hlines = (int64_t)n * d->h;
   int64_t done = 0; /* acc = 0: input lines [0, done) already hold their first contribution */
@@ -296,4 +305,5 @@ void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float 
     }
   }
   if (dx && !acc) zero_lines(d, dx, done, hlines);
+  return sums;
 }

@@ -817,7 +817,7 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
     /* Convolutions whose only reader is a BN (or a fused BN+add's BN), with no other convolution
      * between them (the statistics buffer is shared), get a per-image statistics buffer. */
     const char *v = getenv("RN_BN_EPILOGUE");
-    m->bn_epilogue = !(v && v[0] == '0');
+    m->bn_epilogue = v && v[0] == '0' ? 0 : v && v[0] == '1' ? 1 : 2;
     m->stats_tensor = -1;
     int maxc = 0;
     for (int k = 0; k < m->nnodes; k++) {
@@ -837,6 +837,24 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       if (cv->u.conv.cout > maxc) maxc = cv->u.conv.cout;
     }
     m->stats = maxc ? rn_alloc((size_t)batch * 2 * maxc * sizeof(double)) : NULL;
+    /* Convolutions whose input is a BN output read by nothing else: the dx epilogue sums for that
+     * BN's backward (the conv's dx is the BN's whole output gradient). */
+    m->bsum_tensor = -1;
+    int maxb = 0;
+    for (int k = 0; k < m->nnodes; k++) {
+      rn_node *cv = &m->nodes[k];
+      cv->bn_prev = -1;
+      if (cv->op != RN_OP_CONV || cv->in == m->input) continue;
+      int readers = 0, prod = -1;
+      for (int q = 0; q < m->nnodes; q++) {
+        readers += (m->nodes[q].in == cv->in) + (m->nodes[q].in2 == cv->in);
+        if (m->nodes[q].out == cv->in) prod = q;
+      }
+      if (readers != 1 || prod < 0 || m->nodes[prod].op != RN_OP_BN) continue;
+      cv->bn_prev = prod;
+      if (cv->u.conv.cin > maxb) maxb = cv->u.conv.cin;
+    }
+    m->bsums = maxb ? rn_alloc((size_t)batch * 2 * maxb * sizeof(double)) : NULL;
   }
   m->dlogits = rn_alloc(rn_align16((size_t)batch * c.num_classes) * sizeof(float));
   m->last_train = 1;
@@ -856,6 +874,7 @@ void rn_model_free(rn_model *m) {
   rn_free(m->ws);
   rn_free(m->dlogits);
   rn_free(m->stats);
+  rn_free(m->bsums);
   memset(m, 0, sizeof *m);
 }
 

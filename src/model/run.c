@@ -33,6 +33,7 @@ void rn_model_forward(rn_model *m, int n, int train) {
   RN_ASSERT(n >= 1 && n <= m->batch);
   m->last_train = train;
   int bn_train = train && !m->bn_eval_in_train;
+  m->stats_tensor = -1;
   for (int k = 0; k < m->nnodes; k++) {
     rn_node *d = &m->nodes[k];
     const rn_tensor *ti = &m->tensors[d->in];
@@ -124,6 +125,7 @@ static void report(rn_model *m, const rn_node *d, rn_grad_ready_fn cb, void *ctx
 void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
   RN_ASSERT(n >= 1 && n <= m->batch);
   int bn_train = m->last_train && !m->bn_eval_in_train;
+  m->bsum_tensor = -1;
   for (int k = m->nnodes - 1; k >= 0; k--) {
     rn_node *d = &m->nodes[k];
     const rn_tensor *ti = &m->tensors[d->in];
@@ -133,11 +135,23 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
     double t0 = m->prof_bwd ? rn_now() : 0;
     switch (d->op) {
       case RN_OP_CONV:
-        rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
+        /* the backward channel sums of the BN before, in the dx epilogue (when dx is direct) */
+        m->bsum_tensor = -1;
+        if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx && !d->acc_in) {
+          const rn_node *b = &m->nodes[d->bn_prev];
+          rn_bn_sums bs = {b->relu ? x : NULL, A(m, b->in), m->bsums};
+          if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, 0, G(m, d->param[0]), m->ws, &bs))
+            m->bsum_tensor = d->in;
+        } else {
+          rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
+        }
         break;
       case RN_OP_BN: {
         int64_t rows = (int64_t)n * ti->h * ti->w;
-        if (bn_train)
+        if (bn_train && m->bsum_tensor == d->out)
+          rn_bn_backward_train_sums(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx,
+                                    d->acc_in, G(m, d->param[0]), G(m, d->param[1]), n, m->bsums);
+        else if (bn_train)
           rn_bn_backward_train(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
                                G(m, d->param[0]), G(m, d->param[1]));
         else
