@@ -122,10 +122,11 @@ static void stats_case(int cin, int cout, int k, int p, int s, int h, int w, int
 }
 
 /* BN backward sums from the dx epilogue (rn_conv_backward_bn): dx bitwise equal to the plain
- * backward's; per image and input channel, sum g and sum g*x with g = (mask > 0 ? dx : 0) (or dx
- * without a mask), against double sums over the dx the same call wrote; dx accumulated (acc) too. */
+ * backward's (masked by mask > 0 when a mask is given: stored as g); per image and input channel,
+ * sum gb and sum gb*x with g = (mask > 0 ? dx : 0) (or dx without a mask) and gb = g, 0 or scale*g,
+ * against double sums over the dx the same call wrote; dx accumulated (acc) too. */
 static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int n, int use_mask, int acc,
-                       uint64_t seed) {
+                       float scale, uint64_t seed) {
   rn_conv_desc d;
   rn_err e;
   if (rn_conv_desc_init(&d, cin, cout, k, k, s, p, h, w, &e)) {
@@ -140,10 +141,12 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
   double *st = malloc((size_t)n * 2 * cin * sizeof(double));
   for (size_t i = 0; i < (size_t)n * 2 * cin; i++) st[i] = NAN;
   rn_conv_backward(&d, n, x, wt, dy, dx0, acc, dw0, ws);
-  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st};
+  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask}; /* g stored when masked */
   int got = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, acc, dw1, ws, &bs);
   CHECK(got == rn_conv_direct_dx_ok(&d), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin, got,
         rn_conv_direct_dx_ok(&d));
+  if (got && use_mask) /* the stored dx is g: the plain dx masked */
+    for (size_t i = 0; i < nx; i++) dx0[i] = mask[i] > 0.0f ? dx0[i] : 0.0f;
   CHECK(!memcmp(dx0, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4), "bn sums k=%d cin=%d: dx/dW differ from the plain "
         "backward", k, cin);
   double worst = 0;
@@ -154,7 +157,8 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
         double s1 = 0, s2 = 0, a1 = 0, a2 = 0;
         for (int q = 0; q < h * w; q++) {
           size_t o = ((size_t)i * h * w + q) * cin + c;
-          double g = use_mask && !(mask[o] > 0.0f) ? 0.0 : dx1[o];
+          float gf = use_mask && !(mask[o] > 0.0f) ? 0.0f : dx1[o];
+          double g = scale == 1.0f ? gf : scale == 0.0f ? 0.0f : scale * gf; /* gb */
           masked += use_mask && !(mask[o] > 0.0f);
           s1 += g, s2 += g * xb[o], a1 += fabs(g), a2 += fabs(g * xb[o]);
         }
@@ -164,7 +168,7 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
         if (!(e2 <= worst)) worst = e2;
       }
   CHECK(worst < 1e-12 && (!use_mask || !got || masked > nx / 4), "bn sums k=%d s=%d cin=%d cout=%d %dx%d n=%d mask=%d "
-        "acc=%d: rel err %.3g (%zu masked)", k, s, cin, cout, h, w, n, use_mask, acc, worst, masked);
+        "acc=%d scale=%g: rel err %.3g (%zu masked)", k, s, cin, cout, h, w, n, use_mask, acc, scale, worst, masked);
   free(x), free(wt), free(dy), free(mask), free(xb), free(base), free(ws), free(dx0), free(dx1), free(dw0), free(dw1);
   free(st);
 }
@@ -288,10 +292,12 @@ int main(void) {
   for (int threads = 2; threads >= 1; threads--) {
     rn_blas_set_threads(threads);
     for (int m = 0; m < 2; m++) {
-      bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 0, 50), bsums_case(32, 64, 3, 1, 1, 16, 16, 3, m, 1, 51);
-      bsums_case(160, 48, 3, 1, 1, 9, 16, 2, m, 0, 52), bsums_case(32, 32, 5, 2, 1, 11, 16, 2, m, 0, 53);
-      bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 54), bsums_case(64, 64, 3, 1, 1, 7, 7, 5, m, 0, 55);
-      bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 57);
+      bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 0, 1.0f, 50), bsums_case(32, 64, 3, 1, 1, 16, 16, 3, m, 1, 1.0f, 51);
+      bsums_case(160, 48, 3, 1, 1, 9, 16, 2, m, 0, 1.0f, 52), bsums_case(32, 32, 5, 2, 1, 11, 16, 2, m, 0, 1.0f, 53);
+      bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 1.0f, 54), bsums_case(64, 64, 3, 1, 1, 7, 7, 5, m, 0, 1.0f, 55);
+      bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 1.0f, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 1.0f, 57);
+      /* a BN+add's branch scale (stochastic depth): 1/p and 0 (dropped branch) */
+      bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 1, 1.0f / 0.7f, 58), bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 0.0f, 59);
     }
   }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):

@@ -38,12 +38,16 @@ int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const fl
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                       float *dx, int acc, float *dw, float *ws);
 /* The channel sums a BN backward needs, computed in the dx epilogue of the convolution that reads
- * the BN's output (the final dx is the gradient of that output): per image i (n*2*cin doubles),
- * sums[i*2*cin + c] = sum of g and sums[(i*2+1)*cin + c] = sum of g*x over the image, g = dx
- * masked by mask > 0 (the BN's output when it has a fused ReLU; NULL: no mask), x the BN's input. */
+ * the BN's output and writes the final gradient of it: per image i (n*2*cin doubles),
+ * sums[i*2*cin + c] = sum of gb and sums[(i*2+1)*cin + c] = sum of gb*x over the image, with
+ * g = dx masked by mask > 0 (the BN's (or BN+add's) output when it has a fused ReLU; NULL: no mask),
+ * gb = g (scale 1), 0 (scale 0) or scale*g (a BN+add's branch scale), x the BN's input. With
+ * store_masked, g is stored as dx instead of the unmasked value (the BN's backward masks anyway). */
 typedef struct {
   const float *mask, *x;
   double *sums;
+  float scale;
+  int store_masked;
 } rn_bn_sums;
 /* rn_conv_backward, and when dx runs on the direct kernel also the sums of bn (see rn_bn_sums):
  * returns 1 if they were filled, 0 if not (dx on the GEMM path, or no dx). */
@@ -159,7 +163,7 @@ void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const 
  * images' sums are added in image order and the channel-sum pass over dy, y and x is skipped. */
 void rn_bn_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                                const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta,
-                               int nimg, const double *sums);
+                               int nimg, const double *sums, int dy_masked);
 /* Backward of the eval-mode forward (fixed statistics: an affine map); y and dx as above. */
 void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y,
                          const float *gamma, const float *run_mean, const float *run_var,
@@ -182,6 +186,12 @@ void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, cons
 void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                               const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
                               int acc, float *dgamma, float *dbeta);
+/* The training backward with the channel sums of gb computed per image by the convolution that
+ * reads y (rn_conv_backward_bn with store_masked: dy already holds g); ds must be dy (!acc_s), so the
+ * shortcut gradient is already in place and only the dx pass runs. */
+void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                                   const float *save, float *dy, float scale, float *dx, int acc, float *dgamma,
+                                   float *dbeta, int nimg, const double *sums);
 void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                              const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
                              int acc_s, float *dx, int acc, float *dgamma, float *dbeta);

@@ -182,14 +182,22 @@ AI void stat_flush(double *st, int Co, int ch0, const __m512d *s) {
  * doubles), the final value v of every dx vector (the gradient of a BN's output, which this
  * convolution reads) is masked by the BN's output (t_bmask, its fused ReLU; NULL: no mask) as
  * g = (mask > 0 ? v : 0), and g and g*x (t_bx: the BN's input) are added into the per-channel sums
- * of the image. Pointers of one image: the offset of a dx vector from t_obase is its offset in
- * t_bmask and t_bx. The BN backward then skips its channel-sum pass over dy, y and x. */
+ * of the image (g scaled first for a BN+add's branch: t_bscale; with t_bstore g is what is stored).
+ * Pointers of one image: the offset of a dx vector from t_obase is its offset in t_bmask and t_bx.
+ * The BN backward then skips its channel-sum pass over dy, y and x. */
 static __thread double *t_bsum;
 static __thread const float *t_bmask, *t_bx, *t_obase;
-AI void bsum_add(__m512 v, const float *o, __m512d *s) {
+static __thread float t_bscale; /* gb = g (1), 0 (0) or scale*g (a BN+add's branch scale) */
+static __thread int t_bstore;   /* store g (masked) instead of v */
+/* Returns the value to store (v, or g with t_bstore). */
+AI __m512 bsum_add(const __m512 vin, const float *o, __m512d *s) {
   const size_t off = (size_t)(o - t_obase);
+  __m512 v = vin;
   if (t_bmask)
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(t_bmask + off), _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  const __m512 g = v;
+  if (t_bscale == 0.0f) v = _mm512_setzero_ps();
+  else if (t_bscale != 1.0f) v = _mm512_mul_ps(_mm512_set1_ps(t_bscale), v);
   const __m512 xv = _mm512_loadu_ps(t_bx + off);
   const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
   const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -199,6 +207,7 @@ AI void bsum_add(__m512 v, const float *o, __m512d *s) {
   s[1] = _mm512_add_pd(s[1], hi);
   s[2] = _mm512_fmadd_pd(lo, xlo, s[2]);
   s[3] = _mm512_fmadd_pd(hi, xhi, s[3]);
+  return t_bstore ? g : vin;
 }
 
 /* Prefetch of the mask and x vectors the epilogue of a tile will read (issued when the tile starts:
@@ -254,12 +263,12 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
             float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
             __m512 v = a[j * NC + c];
             if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
+            if (bs) v = bsum_add(v, o, sv);
             if (acc == 2 && first)
               _mm512_stream_ps(o, v);
             else
               _mm512_storeu_ps(o, v);
             if (st) stat_add(v, sv);
-            if (bs) bsum_add(v, o, sv);
           }
           if (st) stat_flush(st, Co, (cb0 + c) * 16, sv);
           if (bs) stat_flush(bs, Co, (cb0 + c) * 16, sv);
@@ -317,9 +326,9 @@ AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int
           float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
           __m512 v = a[j * NC + c];
           if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
+          if (bs) v = bsum_add(v, o, sv);
           _mm512_storeu_ps(o, v);
           if (st) stat_add(v, sv);
-          if (bs) bsum_add(v, o, sv);
         }
         if (st) stat_flush(st, Co, (cb0 + c) * 16, sv);
         if (bs) stat_flush(bs, Co, (cb0 + c) * 16, sv);
@@ -628,6 +637,8 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
             t_bmask = bn->mask ? bn->mask + (size_t)j * xin : NULL;
             t_bx = bn->x + (size_t)j * xin;
             t_obase = dx + (size_t)j * xin;
+            t_bscale = bn->scale;
+            t_bstore = bn->store_masked;
           }
           conv_plane(one ? dyi : xp, wp, Co, 1, kh, kw, wt, C, d->h, d->w, dx + (size_t)j * xin, acc);
           t_bsum = NULL;

@@ -343,17 +343,17 @@ void rn_bn_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const 
 
 void rn_bn_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                                const float *save, const float *dy, float *dx, int acc, float *dgamma, float *dbeta,
-                               int nimg, const double *sums) {
+                               int nimg, const double *sums, int dy_masked) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && nimg >= 1);
-  RN_ASSERT(!d->relu || y);
+  RN_ASSERT(!d->relu || y || dy_masked);
   double sdy[c], sdyx[c];
   for (int j = 0; j < c; j++) sdy[j] = 0, sdyx[j] = 0;
   for (int i = 0; i < nimg; i++) {
     const double *p = sums + (size_t)i * 2 * c;
     for (int j = 0; j < c; j++) sdy[j] += p[j], sdyx[j] += p[c + j];
   }
-  backward_train_sums(d, m, x, d->relu ? y : NULL, gamma, save, dy, dx, acc, dgamma, dbeta, sdy, sdyx);
+  backward_train_sums(d, m, x, d->relu && !dy_masked ? y : NULL, gamma, save, dy, dx, acc, dgamma, dbeta, sdy, sdyx);
 }
 
 static void backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
@@ -628,6 +628,11 @@ static void bn_add_dx(int c, int64_t m, const float *x, const float *g, const fl
 }
 #undef DX_ADD_LOOP
 
+static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
+                                   const float *gamma, const float *save, const float *dy, float scale, float *ds,
+                                   int acc_s, float *dx, int acc, float *dgamma, float *dbeta, double *sdy,
+                                   double *sdyx);
+
 void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                               const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
                               int acc, float *dgamma, float *dbeta) {
@@ -637,6 +642,29 @@ void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, co
   const float *mask = d->relu ? y : NULL;
   double sdy[c], sdyx[c];
   channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx); /* sum gb, sum gb*x; writes ds */
+  bn_add_backward_finish(d, m, x, mask, gamma, save, dy, scale, ds, acc_s, dx, acc, dgamma, dbeta, sdy, sdyx);
+}
+
+void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                                   const float *save, float *dy, float scale, float *dx, int acc, float *dgamma,
+                                   float *dbeta, int nimg, const double *sums) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && nimg >= 1);
+  double sdy[c], sdyx[c];
+  for (int j = 0; j < c; j++) sdy[j] = 0, sdyx[j] = 0;
+  for (int i = 0; i < nimg; i++) {
+    const double *p = sums + (size_t)i * 2 * c;
+    for (int j = 0; j < c; j++) sdy[j] += p[j], sdyx[j] += p[c + j];
+  }
+  /* dy holds g (masked by the convolution's epilogue) and is the shortcut gradient ds itself */
+  bn_add_backward_finish(d, m, x, NULL, gamma, save, dy, scale, dy, 0, dx, acc, dgamma, dbeta, sdy, sdyx);
+}
+
+static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
+                                   const float *gamma, const float *save, const float *dy, float scale, float *ds,
+                                   int acc_s, float *dx, int acc, float *dgamma, float *dbeta, double *sdy,
+                                   double *sdyx) {
+  const int c = d->c;
   for (int j = 0; j < c; j++) sdyx[j] -= (double)save[j] * sdy[j];
   for (int j = 0; j < c; j++) {
     if (dgamma) dgamma[j] += (float)(sdyx[j] * save[c + j]);

@@ -137,10 +137,12 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
       case RN_OP_CONV:
         /* the backward channel sums of the BN before, in the dx epilogue (when dx is direct) */
         m->bsum_tensor = -1;
-        if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx && !d->acc_in) {
+        if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
           const rn_node *b = &m->nodes[d->bn_prev];
-          rn_bn_sums bs = {b->relu ? x : NULL, A(m, b->in), m->bsums};
-          if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, 0, G(m, d->param[0]), m->ws, &bs))
+          const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
+          rn_bn_sums bs = {mask, A(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL};
+          if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
+                                  &bs))
             m->bsum_tensor = d->in;
         } else {
           rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
@@ -150,7 +152,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
         int64_t rows = (int64_t)n * ti->h * ti->w;
         if (bn_train && m->bsum_tensor == d->out)
           rn_bn_backward_train_sums(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx,
-                                    d->acc_in, G(m, d->param[0]), G(m, d->param[1]), n, m->bsums);
+                                    d->acc_in, G(m, d->param[0]), G(m, d->param[1]), n, m->bsums, d->relu);
         else if (bn_train)
           rn_bn_backward_train(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
                                G(m, d->param[0]), G(m, d->param[1]));
@@ -181,7 +183,11 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           int64_t rows = (int64_t)n * t2->h * t2->w;
           const float *x2 = A(m, d->in2);
           float *dx2 = m->dact + t2->goff;
-          if (bn_train)
+          if (bn_train && m->bsum_tensor == d->out) /* sums from the dx epilogue; dy holds g and is ds */
+            rn_bn_add_backward_train_sums(&d->u.bn, rows, x2, P(m, d->param[0]), m->save + d->save_off,
+                                          (float *)dy, d->scale, dx2, d->acc_in2, G(m, d->param[0]),
+                                          G(m, d->param[1]), n, m->bsums);
+          else if (bn_train)
             rn_bn_add_backward_train(&d->u.bn, rows, x2, y, P(m, d->param[0]), m->save + d->save_off, dy, d->scale,
                                      dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]));
           else
