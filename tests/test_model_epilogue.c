@@ -22,6 +22,7 @@ typedef struct {
 static const ecase cases[] = {
     {"cifar-resnet8 w16 32x32", "cifar-resnet8", 0, 16, 32, 6, 1.0f},
     {"cifar-resnet14 w16 preact, stochastic depth", "cifar-resnet14", 1, 16, 16, 4, 0.5f},
+    {"cifar-resnet14 w16 stochastic depth", "cifar-resnet14", 0, 16, 16, 4, 0.3f}, /* BN+add, scaled branches */
     {"resnet18 w16 56x56", "resnet18", 0, 16, 56, 2, 1.0f},
     {"resnet50 w16 64x64", "resnet50", 0, 16, 64, 2, 1.0f},
 };
