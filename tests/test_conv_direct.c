@@ -247,7 +247,9 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d), "1x1@7: GEMM expected");
   CHECK(rn_conv_desc_init(&d, 3, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "CIFAR stem: direct fwd only expected");
+            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "CIFAR stem: direct fwd and dW, GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 4, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d), "4-channel stem: GEMM dW expected (36 accumulators)");
   CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_direct_shape(&d),
         "ImageNet stem: GEMM path expected");
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
@@ -307,9 +309,10 @@ int main(void) {
     rn_blas_set_threads(threads);
     one(48, 48, 3, 1, 7, 7, 3, 19), one(32, 64, 3, 1, 14, 14, 2, 20);
     ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(64, 32, 1, 0, 1, 7, 7, 3, 24), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
-    /* First convolutions (3 input channels): forward direct, dW on the GEMM path. */
+    /* First convolutions (1-3 input channels): forward and dW direct (dw_stem), dx on the GEMM path. */
     ones(3, 16, 3, 1, 1, 32, 32, 2, 29), ones(3, 32, 3, 1, 1, 9, 30, 2, 30), ones(1, 16, 3, 1, 1, 28, 28, 3, 31);
-    cases += 9;
+    ones(2, 32, 3, 1, 1, 8, 8, 5, 32); /* 64-pixel images: several per dW group */
+    cases += 10;
   }
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");

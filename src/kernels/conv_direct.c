@@ -74,7 +74,7 @@ static int direct_1x1(void) {
 static int is_1x1(const rn_conv_desc *d) { return d->kh == 1 && d->kw == 1; }
 
 /* Input channels: multiples of 16, or up to 4 for a network's first 3x3 stride-1 convolution (the
- * CIFAR stem; forward only: its dW needs 16-channel blocks, and it has no dx). The ImageNet 7x7
+ * CIFAR stem: forward, and dW up to 3 channels (dw_stem); it has no dx). The ImageNet 7x7
  * stride-2 stem runs as fast on the GEMM path (75 GF/s either way on one thread) and stays there. */
 static int stem(const rn_conv_desc *d) { return d->cin <= 4 && d->kh == 3 && d->kw == 3 && d->stride == 1; }
 int rn_conv_direct_shape(const rn_conv_desc *d) {
@@ -90,7 +90,10 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
  * 512->128@28 176/120); dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
  * takes every part direct. */
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
-  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->cin % 16) return 0;
+  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
+  /* the CIFAR stem with up to 3 channels: dW only (dw_stem; rn-bench-conv, 2 threads, 3->16@32
+   * b128: GEMM 46 GF/s) */
+  if (d->cin % 16) return stem(d) && d->cin <= 3 && d->pad == 1;
   if (g_all_widths) return 1;
   /* stride 2 (no direct dx): dW direct for 3x3 up to 128 input channels (rn-bench-conv, 2 threads,
    * GF/s direct/GEMM: 16->32@32 228/153, 32->64@16 253/147, 128->128@56 248/231; 256->256@28
@@ -565,6 +568,46 @@ static void dw_block3(const float *xp, size_t xstride, int wp, int C, int S, con
  * (>= 256 pixels); per group every (tap, input block, output block) is accumulated and added into
  * dW: the group's x and dy (a few hundred KB) stay in L2 while all of dW's blocks are visited, and
  * the float sums are short. */
+/* dW of the CIFAR stem (C <= 3 input channels, 3x3, stride 1), for one padded image: per block of
+ * 16 output channels, the 9*C taps' dW vectors (16 output channels each) are 9*C <= 27 zmm
+ * accumulators; per pixel one dy vector and 9*C broadcast input values, 9*C FMAs. Flushed per
+ * output line into tmp[9*C][16], which is added (transposed) into dwt[co][tap][ci] at the end.
+ * The GEMM path ran this at ~45 GF/s (M = 16, N = 27: a narrow GEMM over a long K). */
+AI void dw_stem_c(const float *xp, int wp, const int C, const float *dy, int Co, int oh, int ow, float *dwt) {
+  const int K = 9 * C;
+  for (int cb = 0; cb < Co / 16; cb++) {
+    __m512 tmp[27];
+    for (int t = 0; t < K; t++) tmp[t] = _mm512_setzero_ps();
+    for (int oy = 0; oy < oh; oy++) {
+      __m512 a[27];
+      for (int t = 0; t < K; t++) a[t] = _mm512_setzero_ps();
+      const float *dr = dy + (size_t)oy * ow * Co + (size_t)cb * 16;
+      for (int ox = 0; ox < ow; ox++) {
+        const __m512 g = _mm512_loadu_ps(dr + (size_t)ox * Co);
+#pragma GCC unroll 3
+        for (int ky = 0; ky < 3; ky++) {
+          const float *r = xp + ((size_t)(oy + ky) * wp + ox) * C;
+#pragma GCC unroll 9
+          for (int q = 0; q < 3 * C; q++) a[ky * 3 * C + q] = _mm512_fmadd_ps(_mm512_set1_ps(r[q]), g, a[ky * 3 * C + q]);
+        }
+      }
+      for (int t = 0; t < K; t++) tmp[t] = _mm512_add_ps(tmp[t], a[t]);
+    }
+    float out[27][16];
+    for (int t = 0; t < K; t++) _mm512_storeu_ps(out[t], tmp[t]);
+    for (int l = 0; l < 16; l++)
+      for (int t = 0; t < K; t++) dwt[(size_t)(cb * 16 + l) * K + t] += out[t][l];
+  }
+}
+
+static void dw_stem(const float *xp, int wp, int C, const float *dy, int Co, int oh, int ow, float *dwt) {
+  switch (C) {
+    case 1: dw_stem_c(xp, wp, 1, dy, Co, oh, ow, dwt); break;
+    case 2: dw_stem_c(xp, wp, 2, dy, Co, oh, ow, dwt); break;
+    default: dw_stem_c(xp, wp, 3, dy, Co, oh, ow, dwt); break;
+  }
+}
+
 static void dw_images(const float *xp, size_t xstride, int wp, int C, int S, const float *dy, size_t dystride,
                       int nimg, int Co, int oh, int ow, int kh, int kw, float *dwt) {
   const int K = kh * kw * C;
@@ -623,8 +666,12 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
         const float *xi = x + (size_t)i * xin;
         if (!one)
           for (int j = 0; j < g; j++) pad_image(xi + (size_t)j * xin, d->h, d->w, C, d->pad, d->pad, xp + (size_t)j * pf);
-        dw_images(one ? xi : xp, one ? xin : pf, d->w + 2 * d->pad, C, d->stride, dy + (size_t)i * yin, yin, g, Co,
-                  d->oh, d->ow, kh, kw, dwt);
+        if (C % 16) /* the stem (rn_conv_direct_bwd_ok) */
+          for (int j = 0; j < g; j++)
+            dw_stem(xp + (size_t)j * pf, d->w + 2 * d->pad, C, dy + (size_t)(i + j) * yin, Co, d->oh, d->ow, dwt);
+        else
+          dw_images(one ? xi : xp, one ? xin : pf, d->w + 2 * d->pad, C, d->stride, dy + (size_t)i * yin, yin, g, Co,
+                    d->oh, d->ow, kh, kw, dwt);
       }
       if (dx)
         for (int j = i; j < i + g; j++) {
