@@ -193,12 +193,17 @@ void rn_shortcut_a_forward(const rn_shortcut_a_desc *d, int n, const float *x, f
   for (int64_t l = 0; l < lines; l++) {
     int64_t i = l / d->oh;
     int oy = (int)(l - i * d->oh);
+    /* inline loops, not memset/memcpy calls: 16-64 floats per call cost more in call overhead
+     * than in copying (ResNet-20 b128: 1.0 ms per forward with the calls) */
     for (int ox = 0; ox < d->ow; ox++) {
       float *yr = y + ((size_t)l * d->ow + ox) * cout;
       const float *xr = x + (((size_t)i * d->h + (size_t)oy * s) * d->w + (size_t)ox * s) * cin;
-      memset(yr, 0, (size_t)lo * sizeof(float));
-      memcpy(yr + lo, xr, (size_t)cin * sizeof(float));
-      memset(yr + lo + cin, 0, (size_t)(cout - lo - cin) * sizeof(float));
+#pragma omp simd
+      for (int j = 0; j < lo; j++) yr[j] = 0.0f;
+#pragma omp simd
+      for (int j = 0; j < cin; j++) yr[lo + j] = xr[j];
+#pragma omp simd
+      for (int j = lo + cin; j < cout; j++) yr[j] = 0.0f;
     }
   }
 }
@@ -220,14 +225,19 @@ void rn_shortcut_a_backward(const rn_shortcut_a_desc *d, int n, const float *dy,
     for (int ix = 0; ix < d->w; ix++) {
       float *o = dl + (size_t)ix * cin;
       if (ix % s) {
-        if (!acc) memset(o, 0, (size_t)cin * sizeof(float));
+        if (!acc)
+#pragma omp simd
+          for (int j = 0; j < cin; j++) o[j] = 0.0f;
         continue;
       }
       const float *src = dyl + (size_t)(ix / s) * cout;
-      if (acc)
+      if (acc) {
+#pragma omp simd
         for (int j = 0; j < cin; j++) o[j] += src[j];
-      else
-        memcpy(o, src, (size_t)cin * sizeof(float));
+      } else {
+#pragma omp simd
+        for (int j = 0; j < cin; j++) o[j] = src[j];
+      }
     }
   }
 }
