@@ -218,7 +218,11 @@ int main(void) {
      * 1x1, odd and even input sizes, the 7-wide tiles. */
     ones(16, 32, 3, 1, 2, 32, 32, 2, 13), ones(32, 64, 3, 1, 2, 15, 17, 3, 14), ones(64, 64, 3, 1, 2, 14, 14, 2, 15);
     ones(64, 128, 1, 0, 2, 28, 28, 2, 16), ones(48, 16, 1, 0, 2, 9, 11, 3, 17), ones(32, 32, 5, 2, 2, 13, 29, 2, 18);
-    cases += 22;
+    /* 1x1 dW kernel (conv_dw1x1.c): input channels past a 64-block (48 and 16 left: 3- and 1-vector
+     * tiles), 96 output channels (6/6/4 tiles per 16), chunks of 64 pixels across image borders;
+     * stride 2 over whole lines, also lines wider than a chunk (ow 75). */
+    one(112, 96, 1, 0, 9, 10, 3, 32), ones(208, 48, 1, 0, 2, 13, 15, 2, 33), ones(16, 32, 1, 0, 2, 3, 150, 2, 34);
+    cases += 25;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
@@ -243,7 +247,11 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 512, 128, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
         "1x1@7: GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 256, 64, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd, GEMM dW expected");
+            rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd and dW expected");
+  CHECK(rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 56, 56, &e) == RN_OK && rn_conv_direct_bwd_ok(&d) &&
+            !rn_conv_direct_dx_ok(&d), "1x1 stride 2 @56: direct dW, GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_bwd_ok(&d),
+        "1x1 stride 2 @28: GEMM dW expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d), "1x1@7: GEMM expected");
   CHECK(rn_conv_desc_init(&d, 3, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&

@@ -116,6 +116,11 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
 /* The same with the BN backward sums in the dx epilogue (bn NULL: none; see rn_bn_sums). */
 void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                                 float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
+/* 1x1 weight gradient of images [i0, i1) added into dwt[cout][cin] (src/kernels/conv_dw1x1.c; AVX-512
+ * builds only, called per thread by rn_conv_direct_backward_bn, which sizes the per-thread `pack`
+ * scratch with rn_conv_dw1x1_pack_floats; RN_CONV_DW1X1=0 turns it off). */
+size_t rn_conv_dw1x1_pack_floats(const rn_conv_desc *d);
+void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
 void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
 void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -72,6 +72,14 @@ static int direct_1x1(void) {
   return g_direct_1x1;
 }
 static int is_1x1(const rn_conv_desc *d) { return d->kh == 1 && d->kw == 1; }
+static int g_dw1x1 = -1; /* RN_CONV_DW1X1=0: 1x1 dW on the generic dW tile instead (A/B) */
+static int use_dw1x1(void) {
+  if (g_dw1x1 < 0) {
+    const char *v = getenv("RN_CONV_DW1X1");
+    g_dw1x1 = !(v && v[0] == '0');
+  }
+  return g_dw1x1;
+}
 
 /* Input channels: multiples of 16, or up to 4 for a network's first 3x3 stride-1 convolution (the
  * CIFAR stem: forward, and dW up to 3 channels (dw_stem); it has no dx). The ImageNet 7x7
@@ -85,9 +93,14 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
 /* 1x1 rules (back-to-back per-shape measurements, b32, GF/s direct vs GEMM, docs/PERF.md):
  * forward is direct for lines >= 14 wide (1 thread: 64->256@56 119-125/97-107, 128->512@28
  * 134/113-136, 1024->256@14 142-156/131-136, 256->64@56 90-98/84); the 7-wide layers (4 MB of
- * weights, 49-pixel images) lose (512->2048@7 108-119/149-151, 2048->512@7 123/149-152). dW is
- * direct for stride 1 on lines >= 28 wide (2 threads: 64->256@56 150/90, 256->64@56 128/104,
- * 512->128@28 176/120); dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
+ * weights, 49-pixel images) lose (512->2048@7 108-119/149-151, 2048->512@7 123/149-152). dW
+ * (src/kernels/conv_dw1x1.c) is direct for stride 1 on lines >= 14 wide and for stride 2 on output
+ * lines >= 28 wide (2 threads, direct/GEMM: 64->256@56 197/89, 256->64@56 190/132, 512->128@28
+ * 230/126, 1024->256@14 252/180, 256->1024@14 262/216, 256->512 s2@56 227/183); the 7-wide ones
+ * (512->2048@7 195-217/252-272, 2048->512@7 210-235/240) and the stride-2 ones with 14-wide output
+ * (512->1024 228-236/230-235, 1024->2048 193-208/257-266: 2-8 MB of dW per thread) stay on the GEMM.
+ * With RN_CONV_DW1X1=0 the generic dW tile takes stride 1 on lines >= 28 wide (64->256@56 150/90,
+ * 256->64@56 128/104, 512->128@28 176/120). dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
  * takes every part direct. */
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
@@ -98,6 +111,7 @@ int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
   /* stride 2 (no direct dx): dW direct for 3x3 up to 128 input channels (rn-bench-conv, 2 threads,
    * GF/s direct/GEMM: 16->32@32 228/153, 32->64@16 253/147, 128->128@56 248/231; 256->256@28
    * 225/271 and the 1x1 ones 147/211 stay on the GEMM, where im2col serves dW and dx in one pass). */
+  if (is_1x1(d) && use_dw1x1()) return d->ow >= (d->stride == 1 ? 14 : 28);
   if (d->stride != 1) return !is_1x1(d) && d->kw == 3 && d->cin <= 128;
   if (is_1x1(d)) return d->ow >= 28;
   return bwd_width(d->ow) && bwd_width(d->w);
@@ -143,7 +157,8 @@ static int dw_group(const rn_conv_desc *d) {
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads) {
   (void)n;
   size_t nw = (size_t)d->cout * d->kh * d->kw * d->cin;
-  return al16(nw) + (size_t)threads * dw_group(d) * pad_floats(d) + (size_t)(threads > 1 ? threads - 1 : 0) * al16(nw);
+  return al16(nw) + (size_t)threads * dw_group(d) * pad_floats(d) + (size_t)(threads > 1 ? threads - 1 : 0) * al16(nw) +
+         (is_1x1(d) ? (size_t)threads * al16(rn_conv_dw1x1_pack_floats(d)) : 0);
 }
 
 /* Copies img[hi][wi][c] into pad[(hi+2py)][(wi+2px)][c] with zero borders. */
@@ -660,9 +675,12 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
     if (dw && t > 0) memset(dwt, 0, nw * sizeof(float));
     const int i1 = n * (t + 1) / nt;
     const size_t xin = (size_t)d->h * d->w * C, yin = (size_t)d->oh * d->ow * Co;
+    const int dw1 = dw && one && use_dw1x1(); /* 1x1: all of the thread's images in one sweep */
+    if (dw1)
+      rn_conv_dw1x1(d, n * t / nt, i1, x, dy, dwt, part + (size_t)(T > 1 ? T - 1 : 0) * al16(nw) + (size_t)t * al16(rn_conv_dw1x1_pack_floats(d)));
     for (int i = n * t / nt; i < i1; i += G) {
       const int g = i + G <= i1 ? G : i1 - i;
-      if (dw) {
+      if (dw && !dw1) {
         const float *xi = x + (size_t)i * xin;
         if (!one)
           for (int j = 0; j < g; j++) pad_image(xi + (size_t)j * xin, d->h, d->w, C, d->pad, d->pad, xp + (size_t)j * pf);
