@@ -93,21 +93,27 @@ static void check_layout(const rn_model *m) {
     nrelu += m->nodes[k].op == RN_OP_RELU, nfused += m->nodes[k].relu, nbnadd += m->nodes[k].bn_add;
   CHECK(ok_unused && unused == nfused + nbnadd && (!m->fused || nrelu == 0), "%s: fusion left %d ReLU nodes, %d unused "
         "tensors for %d fused ReLUs and %d fused BN+add", m->cfg.arch, nrelu, unused, nfused, nbnadd);
-  /* level 2 (default): every post-activation add without a projection shortcut has its branch BN */
+  /* level 2 (default): every post-activation add has its branch BN, also over a projection
+   * shortcut, where the branch conv hands the BN its statistics in the second buffer
+   * (stats_next 2: the projection's conv uses the first one in between) */
   if (m->fused >= 2 && !m->cfg.preact && !m->cfg.plain) {
-    int want = 0;
+    int want = 0, nproj = 0;
     for (int k = 0; k < m->nnodes; k++) {
       const rn_node *d = &m->nodes[k];
       if (d->op != RN_OP_ADD) continue;
       int proj = 0;
       for (int q = 0; q < m->nnodes; q++) proj |= m->nodes[q].out == d->in && strstr(m->nodes[q].name, "downsample");
-      want += !proj;
-      int conv_in2 = 0;
-      for (int q = 0; q < k; q++) conv_in2 |= m->nodes[q].out == d->in2 && m->nodes[q].op == RN_OP_CONV;
-      CHECK(d->bn_add == !proj && (!d->bn_add || (conv_in2 && strstr(d->name, ".bn") && d->param[3] >= 0)),
-            "%s: add %d: BN fusion %d (projection %d)", m->cfg.arch, k, d->bn_add, proj);
+      want++, nproj += proj;
+      int conv_in2 = -1;
+      for (int q = 0; q < k; q++)
+        if (m->nodes[q].out == d->in2 && m->nodes[q].op == RN_OP_CONV) conv_in2 = q;
+      CHECK(d->bn_add && conv_in2 >= 0 && strstr(d->name, ".bn") && d->param[3] >= 0 &&
+                m->nodes[conv_in2].stats_next == (proj ? 2 : 1),
+            "%s: add %d: BN fusion %d (projection %d, branch conv stats buffer %d)", m->cfg.arch, k, d->bn_add, proj,
+            conv_in2 >= 0 ? m->nodes[conv_in2].stats_next : -1);
     }
-    CHECK(nbnadd == want && want > 0, "%s: %d BN+add nodes, want %d", m->cfg.arch, nbnadd, want);
+    CHECK(nbnadd == want && want > 0 && (strncmp(m->cfg.arch, "resnet", 6) || nproj > 0),
+          "%s: %d BN+add nodes, want %d (%d over projections)", m->cfg.arch, nbnadd, want, nproj);
   }
   CHECK(m->nodes[m->nnodes - 1].out == m->logits && m->tensors[m->logits].c == m->cfg.num_classes,
         "%s: logits tensor wrong", m->cfg.arch);

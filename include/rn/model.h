@@ -72,8 +72,9 @@ typedef struct {
                        pass): in2 is the BN's input, param[] and u.bn are the BN's, name the BN's;
                        out = [relu](in + scale*bn(in2)) (rn_bn_add_forward_*) */
   int stats_next;   /* CONV: its output is read only by a BN (or the BN of a bn_add node) with no other
-                       conv in between: a training forward on the direct kernel hands that BN the
-                       channel sums (rn_conv_forward_stats) */
+                       conv in between (1), or by a bn_add node across a projection shortcut whose
+                       convs are all 1 (2): a training forward on the direct kernel hands that BN the
+                       channel sums (rn_conv_forward_stats) in m->stats (1) or m->stats2 (2) */
   int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
                        read by nothing else (-1: none): the dx epilogue computes that BN's backward
                        channel sums (rn_conv_backward_bn) */
@@ -121,8 +122,13 @@ typedef struct {
                                 (bn_prev); 1: only the statistics; 0: neither (RN_BN_EPILOGUE at build) */
   double *stats;             /* [batch][2][max cout] per-image channel sums of the last such conv */
   int stats_tensor;          /* tensor (a conv output) the sums in stats are for (-1: none) */
+  double *stats2;            /* the same for a conv with stats_next = 2 (part of the stats allocation) */
+  int stats_tensor2;
   double *bsums;             /* [batch][2][max cin] BN backward sums from a conv's dx epilogue */
   int bsum_tensor;           /* tensor (a BN output) the sums in bsums are for (-1: none) */
+  unsigned char *param_done; /* [nparams] backward: the param's gradient is final (grad-ready order) */
+  int report_next;           /* backward: highest param not yet reported ready */
+  size_t report_end;         /*   and the end of its range */
 } rn_model;
 
 void rn_model_config_default(rn_model_config *c);

@@ -438,12 +438,9 @@ static void fuse_bn_add(rn_model *m) {
     if (a->op != RN_OP_ADD || a->bn_add) continue;
     int p = producer[a->in2];
     if (p < 0 || nuse[a->in2] != 1 || m->nodes[p].op != RN_OP_BN || m->nodes[p].relu) continue;
-    /* Not across a node with parameters (a projection shortcut): the BN's gradients would then be
-     * reported ready before that node's, out of the descending order the overlapped allreduce
-     * relies on (rn_grad_ready_fn). */
-    int params_between = 0;
-    for (int q = p + 1; q < k; q++) params_between |= m->nodes[q].param[0] >= 0;
-    if (params_between) continue;
+    /* Also across a projection shortcut (its conv and BN run between the BN and the add): the BN's
+     * gradients are then final before the projection's, and the backward reports them once those
+     * are too (rn_model_backward keeps the grad-ready ranges descending). */
     const rn_node *b = &m->nodes[p];
     a->bn_add = 1;
     a->u.bn = b->u.bn;
@@ -813,6 +810,7 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   m->dact = rn_alloc(m->dact_floats * sizeof(float));
   m->save = rn_alloc(m->save_floats * sizeof(float));
   m->ws = rn_alloc(m->ws_floats * sizeof(float));
+  m->param_done = rn_alloc((size_t)m->nparams);
   {
     /* Convolutions whose only reader is a BN (or a fused BN+add's BN), with no other convolution
      * between them (the statistics buffer is shared), get a per-image statistics buffer. */
@@ -836,7 +834,33 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       cv->stats_next = 1;
       if (cv->u.conv.cout > maxc) maxc = cv->u.conv.cout;
     }
-    m->stats = maxc ? rn_alloc((size_t)batch * 2 * maxc * sizeof(double)) : NULL;
+    /* A fused BN+add over a projection shortcut reads its branch conv's output after the projection
+     * conv and BN ran: that conv uses the second buffer (stats_next = 2) when every conv in between
+     * uses the first one for a BN that runs before the add. */
+    for (int k = 0; k < m->nnodes; k++) {
+      rn_node *cv = &m->nodes[k];
+      if (cv->op != RN_OP_CONV || cv->stats_next) continue;
+      int readers = 0, reader = -1;
+      for (int q = 0; q < m->nnodes; q++)
+        if (m->nodes[q].in == cv->out || m->nodes[q].in2 == cv->out) readers++, reader = q;
+      if (readers != 1 || m->nodes[reader].op != RN_OP_ADD || !m->nodes[reader].bn_add ||
+          m->nodes[reader].in2 != cv->out)
+        continue;
+      int ok = 1;
+      for (int q = k + 1; q < reader && ok; q++) {
+        if (m->nodes[q].op != RN_OP_CONV) continue;
+        int rq = -1;
+        for (int z = 0; z < m->nnodes; z++)
+          if (m->nodes[z].in == m->nodes[q].out || m->nodes[z].in2 == m->nodes[q].out) rq = z;
+        ok = m->nodes[q].stats_next == 1 && rq < reader;
+      }
+      if (!ok) continue;
+      cv->stats_next = 2;
+      if (cv->u.conv.cout > maxc) maxc = cv->u.conv.cout;
+    }
+    m->stats = maxc ? rn_alloc((size_t)2 * batch * 2 * maxc * sizeof(double)) : NULL;
+    m->stats2 = m->stats ? m->stats + (size_t)batch * 2 * maxc : NULL;
+    m->stats_tensor2 = -1;
     /* Convolutions whose input is the output of a BN (or a BN+add whose shortcut gradient is
      * written in place over its output gradient) and that are the last of its readers in the
      * backward (the lowest node index): the conv's dx is then the final gradient of that output,
@@ -882,6 +906,7 @@ void rn_model_free(rn_model *m) {
   rn_free(m->dact);
   rn_free(m->save);
   rn_free(m->ws);
+  rn_free(m->param_done);
   rn_free(m->dlogits);
   rn_free(m->stats);
   rn_free(m->bsums);

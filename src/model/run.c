@@ -33,7 +33,7 @@ void rn_model_forward(rn_model *m, int n, int train) {
   RN_ASSERT(n >= 1 && n <= m->batch);
   m->last_train = train;
   int bn_train = train && !m->bn_eval_in_train;
-  m->stats_tensor = -1;
+  m->stats_tensor = -1, m->stats_tensor2 = -1;
   for (int k = 0; k < m->nnodes; k++) {
     rn_node *d = &m->nodes[k];
     const rn_tensor *ti = &m->tensors[d->in];
@@ -42,6 +42,16 @@ void rn_model_forward(rn_model *m, int n, int train) {
     switch (d->op) {
       case RN_OP_CONV:
         /* BN statistics in the convolution's epilogue when a training BN reads only this output. */
+        if (d->stats_next == 2) {
+          m->stats_tensor2 = -1;
+          if (bn_train && m->bn_epilogue && m->stats) {
+            if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats2))
+              m->stats_tensor2 = d->out;
+          } else {
+            rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
+          }
+          break;
+        }
         m->stats_tensor = -1;
         if (bn_train && d->stats_next && m->bn_epilogue && m->stats) {
           if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats)) m->stats_tensor = d->out;
@@ -84,7 +94,10 @@ void rn_model_forward(rn_model *m, int n, int train) {
           if (bn_train)
             rn_bn_add_forward_train(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
                                     P(m, d->param[3]), m->save + d->save_off, n,
-                                    m->stats_tensor == d->in2 ? m->stats : NULL, x, d->scale, y);
+                                    m->stats_tensor == d->in2    ? m->stats
+                                    : m->stats_tensor2 == d->in2 ? m->stats2
+                                                                 : NULL,
+                                    x, d->scale, y);
           else
             rn_bn_add_forward_eval(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
                                    P(m, d->param[3]), x, d->scale, y);
@@ -105,27 +118,30 @@ double rn_model_loss(rn_model *m, int n, const int32_t *labels, float smoothing,
 
 void rn_model_zero_grad(rn_model *m) { memset(m->grad, 0, m->ntrain * sizeof(float)); }
 
-/* Reports the gradient ranges of node k's trainable params, from the highest offset down. Each
- * trainable param owns [off, next trainable off) so the ranges tile [0, ntrain) exactly. */
+/* Marks node d's params final and reports every trainable param range that is now final, from the
+ * highest offset down, stopping at the first that is not: the ranges reach cb in strictly
+ * descending, contiguous order even when a node finishes params below one still pending (a fused
+ * BN+add over a projection shortcut finishes the branch BN before the projection's conv and BN).
+ * Each trainable param owns [off, next trainable off), so the ranges tile [0, ntrain) exactly. */
 static void report(rn_model *m, const rn_node *d, rn_grad_ready_fn cb, void *ctx) {
-  if (!cb) return;
-  for (int i = 3; i >= 0; i--) {
-    int p = d->param[i];
-    if (p < 0 || !m->params[p].trainable) continue;
-    size_t off = m->params[p].off, end = m->ntrain;
-    for (int q = p + 1; q < m->nparams; q++)
-      if (m->params[q].trainable) {
-        end = m->params[q].off;
-        break;
-      }
-    cb(ctx, off, end - off);
+  for (int i = 0; i < 4; i++)
+    if (d->param[i] >= 0) m->param_done[d->param[i]] = 1;
+  size_t end = m->report_end;
+  int p = m->report_next;
+  for (; p >= 0 && (m->param_done[p] || !m->params[p].trainable); p--) {
+    if (!m->params[p].trainable) continue;
+    if (cb) cb(ctx, m->params[p].off, end - m->params[p].off);
+    end = m->params[p].off;
   }
+  m->report_next = p, m->report_end = end;
 }
 
 void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
   RN_ASSERT(n >= 1 && n <= m->batch);
   int bn_train = m->last_train && !m->bn_eval_in_train;
   m->bsum_tensor = -1;
+  memset(m->param_done, 0, (size_t)m->nparams);
+  m->report_next = m->nparams - 1, m->report_end = m->ntrain;
   for (int k = m->nnodes - 1; k >= 0; k--) {
     rn_node *d = &m->nodes[k];
     const rn_tensor *ti = &m->tensors[d->in];
@@ -203,4 +219,5 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
     if (m->prof_bwd) m->prof_bwd[k] += rn_now() - t0;
     report(m, d, cb, ctx);
   }
+  RN_ASSERT(m->report_next < 0); /* every param belongs to a node */
 }
