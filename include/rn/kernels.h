@@ -45,6 +45,9 @@ int rn_blas_own_threading(void);
  * (docs/PERF.md). Benchmarks may change them (0, 0 = main set only; INT_MAX = narrow set only). */
 void rn_blas_set_narrow_rule(int n_max, int m_max);
 void rn_blas_narrow_rule(int *n_max, int *m_max);
+/* The single-precision FMA peak of `threads` threads right now (GFLOP/s), measured in ~0.3 s by
+ * register-only FMA chains (AVX-512, else AVX2; 0 without either). For benchmarks' "% of peak". */
+double rn_fma_peak_gflops(int threads);
 /* Naive references for tests: plain triple loop in double accumulation. */
 void rn_ref_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);

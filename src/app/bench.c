@@ -38,8 +38,9 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
-         "backward ms and GFLOP/s, and the whole step (median of --steps after --warmup): images/s,\n"
-         "GFLOP/s (training FLOPs = 3 x forward), peak RSS. --narrow/--ksplit turn the per-shape BLIS\n"
+         "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run, after the steps), and the\n"
+         "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
+         "forward), peak RSS, the FMA peak. --narrow/--ksplit turn the per-shape BLIS\n"
          "kernel choice and the K split of weight-gradient GEMMs off for comparison. Under mpirun with\n"
          "several ranks it adds the bucketed allreduce time and bandwidth; --overlap 0 = allreduce after\n"
          "backward, 1 = overlapped and driven by MPI_Test between layers, 2 = by a communication thread.\n"
@@ -148,9 +149,13 @@ int main(int argc, char **argv) {
   getrusage(RUSAGE_SELF, &ru);
   if (d.rank == 0) {
     double S = (double)steps;
+    /* the FMA peak now, for the "% of peak" figures (the host's clock and load move it) */
+    const double peak = rn_fma_peak_gflops((int)threads);
     if (layers) {
-      printf("\n%-34s %-9s %-16s %9s %9s %8s %8s\n", "layer", "op", "out (HxWxC)", "fwd ms", "bwd ms", "fwd GF/s",
-             "bwd GF/s");
+      printf("\n%-34s %-9s %-16s %9s %9s %8s %8s %6s %6s\n", "layer", "op", "out (HxWxC)", "fwd ms", "bwd ms",
+             "fwd GF/s", "bwd GF/s", "fwd %", "bwd %");
+      double cf_t = 0, cb_t = 0, cf_fl = 0, cb_fl = 0; /* convolutions: time and FLOPs */
+      int nconv = 0, f70 = 0, b70 = 0;
       double conv_t = 0, other_t = 0;
       const char *kinds[16];
       double kind_t[16];
@@ -163,14 +168,23 @@ int main(int argc, char **argv) {
         double bmacs = mc2 * ((nd->op == RN_OP_CONV && nd->in == m.input) ? 1 : 2);
         char shape[32];
         snprintf(shape, sizeof shape, "%dx%dx%d", t->h, t->w, t->c);
-        char fg[16] = "", bg[16] = "";
+        char fg[16] = "", bg[16] = "", fp[16] = "", bp[16] = "";
         if (mc2 > 0) {
           snprintf(fg, sizeof fg, "%.1f", 2 * mc2 / f * 1e-9);
           snprintf(bg, sizeof bg, "%.1f", 2 * bmacs / b * 1e-9);
+          if (peak > 0) {
+            snprintf(fp, sizeof fp, "%.0f%%", 100 * 2 * mc2 / f * 1e-9 / peak);
+            snprintf(bp, sizeof bp, "%.0f%%", 100 * 2 * bmacs / b * 1e-9 / peak);
+          }
+        }
+        if (nd->op == RN_OP_CONV) {
+          nconv++, cf_t += f, cb_t += b, cf_fl += 2 * mc2, cb_fl += 2 * bmacs;
+          f70 += peak > 0 && 2 * mc2 / f * 1e-9 >= 0.7 * peak;
+          b70 += peak > 0 && 2 * bmacs / b * 1e-9 >= 0.7 * peak;
         }
         const char *kind = rn_node_kind(nd);
-        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s\n", nd->name[0] ? nd->name : "-", kind, shape, f * 1e3, b * 1e3,
-               fg, bg);
+        printf("%-34s %-9s %-16s %9.3f %9.3f %8s %8s %6s %6s\n", nd->name[0] ? nd->name : "-", kind, shape, f * 1e3,
+               b * 1e3, fg, bg, fp, bp);
         if (nd->op == RN_OP_CONV || nd->op == RN_OP_LINEAR) conv_t += f + b;
         else other_t += f + b;
         int q = 0;
@@ -184,6 +198,11 @@ int main(int argc, char **argv) {
       for (int q = 0; q < nkinds; q++)
         printf("%s %s %.1f ms (%.1f%%)", q ? "," : "", kinds[q], kind_t[q] * 1e3, 100 * kind_t[q] / (conv_t + other_t));
       printf("\n");
+      if (nconv && peak > 0)
+        printf("convolutions (%d): forward %.1f GF/s = %.0f%%, backward %.1f GF/s = %.0f%% of the FMA peak measured now "
+               "(%.0f GF/s, %ld threads); at >= 70%%: %d forward, %d backward\n",
+               nconv, cf_fl / cf_t * 1e-9, 100 * cf_fl / cf_t * 1e-9 / peak, cb_fl / cb_t * 1e-9,
+               100 * cb_fl / cb_t * 1e-9 / peak, peak, threads, f70, b70);
     }
     double ms = median(tstep, (int)steps), mf = median(tf, (int)steps), mb = median(tb, (int)steps),
            mcm = median(tc, (int)steps), mo = median(to, (int)steps);
@@ -194,8 +213,8 @@ int main(int argc, char **argv) {
     printf("parameters %zu, forward %.3f GMAC/image\n", rn_model_param_count(&m), macs / n * 1e-9);
     printf("step median %.2f ms: forward+loss %.2f, backward %.2f, allreduce wait %.2f, sgd %.2f\n", ms * 1e3,
            mf * 1e3, mb * 1e3, mcm * 1e3, mo * 1e3);
-    printf("ours %s batch %d threads %ld: median_step_s %.4f img_s %.1f gflops %.1f peak_rss_mb %.0f\n", model, n,
-           threads, ms, n * d.size / ms, gflop / ms, ru.ru_maxrss / 1024.0);
+    printf("ours %s batch %d threads %ld: median_step_s %.4f img_s %.1f gflops %.1f peak_rss_mb %.0f fma_peak_gflops %.0f\n",
+           model, n, threads, ms, n * d.size / ms, gflop / ms, ru.ru_maxrss / 1024.0, peak);
     if (d.size > 1)
       printf("allreduce: %d bucket(s) of %.1f MB, %.1f MB of gradients, exposed wait %.2f ms\n", rn_ar_nbuckets(ar),
              bucket_mb, m.ntrain * 4.0 / 1048576.0, mcm * 1e3);
