@@ -61,6 +61,7 @@ static int bwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
 
 static int g_direct_1x1 = -1; /* -1: read RN_CONV_DIRECT_1X1 (and RN_CONV_STREAM) at first use */
 static int g_stream = 1;      /* streaming stores for large 1x1 outputs (RN_CONV_STREAM=0: off) */
+static int g_pf1 = 1;         /* 1x1: prefetch of the next line (RN_CONV_PF1=0: off) */
 void rn_conv_set_direct_1x1(int on) { g_direct_1x1 = on != 0; }
 static int direct_1x1(void) {
   if (g_direct_1x1 < 0) {
@@ -68,6 +69,8 @@ static int direct_1x1(void) {
     g_direct_1x1 = !(v && v[0] == '0');
     v = getenv("RN_CONV_STREAM");
     g_stream = !(v && v[0] == '0');
+    v = getenv("RN_CONV_PF1");
+    g_pf1 = !(v && v[0] == '0');
   }
   return g_direct_1x1;
 }
@@ -251,6 +254,11 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
   const int per_tap = C * kw > 256;
   int first = acc != 1; /* acc: 0 = overwrite y, 1 = add into y, 2 = overwrite with streaming stores */
   if (t_bsum) bsum_prefetch(yl, ox0, cb0, Co, NB, NC);
+  /* 1x1 on lines >= 28 wide (x read in place, from memory): the first channel-block sweep of a line
+   * prefetches the same pixels of the next line into L2 (RN_CONV_PF1=0: off) */
+  const float *pf = g_pf1 && kh == 1 && kw == 1 && cb0 == 0 && wp >= 28
+                        ? xp + ((size_t)(oy * S + S) * wp + (size_t)ox0 * S) * C
+                        : NULL;
   for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
   for (int ky = 0; ky < kh; ky++) {
     const float *row = xp + ((size_t)(oy * S + ky) * wp + (size_t)ox0 * S) * C;
@@ -262,6 +270,8 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
       const size_t bs = (size_t)kh * kw * C * 16;
       const float *wk = wt + (size_t)cb0 * bs + (size_t)(ky * kw + kx) * C * 16;
       for (int ci = 0; ci < C; ci++, r++, wk += 16) {
+        if (pf && ci % 16 == 0)
+          for (int j = 0; j < NB; j++) _mm_prefetch((const char *)(pf + ci + (size_t)j * S * C), _MM_HINT_T1);
         __m512 w0 = _mm512_loadu_ps(wk), w1 = NC > 1 ? _mm512_loadu_ps(wk + bs) : w0;
         __m512 w2 = NC > 2 ? _mm512_loadu_ps(wk + 2 * bs) : w0, w3 = NC > 3 ? _mm512_loadu_ps(wk + 3 * bs) : w0;
         for (int j = 0; j < NB; j++) {
