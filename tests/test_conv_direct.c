@@ -141,7 +141,7 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
   double *st = malloc((size_t)n * 2 * cin * sizeof(double));
   for (size_t i = 0; i < (size_t)n * 2 * cin; i++) st[i] = NAN;
   rn_conv_backward(&d, n, x, wt, dy, dx0, acc, dw0, ws);
-  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask}; /* g stored when masked */
+  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask, NULL}; /* g stored when masked */
   int got = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, acc, dw1, ws, &bs);
   CHECK(got == rn_conv_direct_dx_ok(&d), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin, got,
         rn_conv_direct_dx_ok(&d));

@@ -1,5 +1,6 @@
-/* Fused BN+ReLU and add+ReLU (fusion level 1), and also the branch BN fused into the add (level 2,
- * the default) (build-time fusion, rn_model_set_fusion / RN_FUSE) against the same
+/* Fused BN+ReLU and add+ReLU (fusion level 1), also the branch BN fused into the add (level 2),
+ * and also BN outputs applied by the convolution that reads them (level 3, the default)
+ * (build-time fusion, rn_model_set_fusion / RN_FUSE) against the same
  * model built without fusion: bitwise identical loss, logits, parameter gradients, input gradient
  * and BN running statistics over two training steps (the second accumulating into the gradients),
  * a partial batch, an eval forward and a backward with BN in eval mode; for basic and bottleneck
@@ -36,6 +37,12 @@ static const fcase cases[] = {
     {"resnet50 w4 64x64", "resnet50", RN_SHORTCUT_B, 0, 4, 64, 6, 2, 1.0f, 0},
     {"resnet50 w2 64x64 preact", "resnet50", RN_SHORTCUT_B, 1, 2, 64, 6, 2, 1.0f, 0},
     {"resnet50 w2 64x64 stochastic depth", "resnet50", RN_SHORTCUT_B, 0, 2, 64, 6, 2, 0.5f, 0},
+    /* 16-channel multiples on the direct kernel: level 3 applies BN outputs in the next conv */
+    {"cifar14 w16 stochastic depth", "cifar-resnet14", RN_SHORTCUT_A, 0, 16, 32, 10, 4, 0.3f, 0},
+    {"cifar8 w16 preact B", "cifar-resnet8", RN_SHORTCUT_B, 1, 16, 32, 10, 3, 1.0f, 0},
+    {"cifar-plain8 w16", "cifar-plain8", RN_SHORTCUT_A, 0, 16, 16, 4, 3, 1.0f, 0},
+    {"cifar8 B w16 bn_eval_in_train", "cifar-resnet8", RN_SHORTCUT_B, 0, 16, 16, 5, 3, 1.0f, 1},
+    {"resnet18 w16 112x112", "resnet18", RN_SHORTCUT_B, 0, 16, 112, 6, 2, 1.0f, 0},
 };
 
 typedef struct {
@@ -170,6 +177,17 @@ static void run_case(const fcase *fc, int level) {
   int want_bnadd = 0;
   for (int k = 0; level >= 2 && !fc->preact && k < mb->nnodes; k++) want_bnadd += mb->nodes[k].op == RN_OP_ADD;
   int bnadd_ok = bnadd_a == 0 && bnadd_b == want_bnadd && (level < 2 || fc->preact || !adds_b || bnadd_b > 0);
+  /* level 3: BN outputs applied by the reading conv (rn_node.lazy) where the channels take the
+   * direct kernel (multiples of 16), never below level 3; each such BN's reader names it */
+  int lazy_a = 0, lazy_b = 0, lazy_ok = 1;
+  for (int k = 0; k < ma->nnodes; k++) lazy_a += ma->nodes[k].lazy;
+  for (int k = 0; k < mb->nnodes; k++) {
+    const rn_node *d = &mb->nodes[k];
+    lazy_b += d->lazy;
+    if (d->op == RN_OP_CONV && d->pre_bn >= 0) lazy_ok &= mb->nodes[d->pre_bn].lazy && mb->nodes[d->pre_bn].out == d->in;
+  }
+  CHECK(lazy_a == 0 && lazy_ok && (level < 3 ? lazy_b == 0 : fc->width % 16 != 0 || lazy_b > 0),
+        "%s level %d: %d lazy BN nodes (unfused %d)", fc->tag, level, lazy_b, lazy_a);
   int params_same = ma->nparams == mb->nparams && ma->ntotal == mb->ntotal;
   for (int i = 0; params_same && i < ma->nparams; i++)
     params_same &= !strcmp(ma->params[i].name, mb->params[i].name) && ma->params[i].off == mb->params[i].off;
@@ -191,8 +209,8 @@ static void run_case(const fcase *fc, int level) {
   CHECK(ok_loss && ok_logits && ok_grad && ok_gin && ok_state && isfinite(a.loss[0]) && nz > ma->ntrain / 2,
         "%s: fused differs from unfused: loss %d logits %d grads %d input grad %d state %d (loss %.17g vs %.17g)",
         fc->tag, ok_loss, ok_logits, ok_grad, ok_gin, ok_state, a.loss[0], b.loss[0]);
-  printf("%-36s level %d: %3d -> %3d nodes (%2d fused ReLU, %d BN+add), loss %.6f %.6f: %s\n", fc->tag, level,
-         ma->nnodes, mb->nnodes, fb, bnadd_b, a.loss[0],
+  printf("%-36s level %d: %3d -> %3d nodes (%2d fused ReLU, %d BN+add, %d lazy BN), loss %.6f %.6f: %s\n", fc->tag,
+         level, ma->nnodes, mb->nnodes, fb, bnadd_b, lazy_b, a.loss[0],
          a.loss[1], ok_loss && ok_logits && ok_grad && ok_gin && ok_state ? "bitwise identical" : "DIFFERENT");
   free_out(&a);
   free_out(&b);
@@ -204,11 +222,12 @@ int main(void) {
     fprintf(stderr, "%s\n", e.msg);
     return 1;
   }
-  for (int level = 1; level <= 2; level++)
+  for (int level = 1; level <= 3; level++)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], level);
   /* the setting: -1 restores the environment default */
   int prev = rn_model_set_fusion(0);
-  CHECK(rn_model_set_fusion(2) == 0 && rn_model_set_fusion(1) == 2 && rn_model_set_fusion(prev) == 1,
+  CHECK(rn_model_set_fusion(3) == 0 && rn_model_set_fusion(2) == 3 && rn_model_set_fusion(1) == 2 &&
+            rn_model_set_fusion(prev) == 1,
         "rn_model_set_fusion round trip");
   return tu_done("test_model_fuse");
 }

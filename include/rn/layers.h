@@ -27,6 +27,7 @@ typedef struct {
 rn_status rn_conv_desc_init(rn_conv_desc *d, int cin, int cout, int kh, int kw, int stride, int pad,
                             int h, int w, rn_err *e);
 size_t rn_conv_workspace(const rn_conv_desc *d, int n); /* floats */
+typedef struct rn_conv_pre rn_conv_pre; /* below */
 /* y[n][oh][ow][cout] = conv(x[n][h][w][cin], w[cout][kh][kw][cin]) */
 void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws);
 /* The forward, and when it runs on the direct kernel also the per-image channel sums of y for a
@@ -34,6 +35,18 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
  * (GEMM path, or stats NULL). stats holds n*2*cout doubles. */
 int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           double *stats);
+/* A convolution that reads a BN(+ReLU) output which is never stored: given the BN's input x and
+ * its float affine coefficients, the direct kernel copies [relu](x * sc + sh) (the BN's own
+ * instructions, so the same bits) into its padded input buffer. Only where rn_conv_pre_ok. */
+struct rn_conv_pre {
+  const float *sc, *sh; /* [cin] */
+  int relu;
+};
+/* The shape takes the direct kernel with a padded copy in all three passes (forward, dx, dW). */
+int rn_conv_pre_ok(const rn_conv_desc *d);
+/* rn_conv_forward_stats with pre (rn_conv_pre_ok(d) required). */
+int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                        double *stats, const rn_conv_pre *pre);
 /* dw[cout][kh][kw][cin] += ...; dx[n][h][w][cin] (=, or += when acc) ... */
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                       float *dx, int acc, float *dw, float *ws);
@@ -48,6 +61,10 @@ typedef struct {
   double *sums;
   float scale;
   int store_masked;
+  /* Non-NULL: the convolution's input is a BN(+ReLU) output that was never stored (rn_conv_pre);
+   * the x passed to rn_conv_backward_bn is the BN's input (bn->x), the dW pass applies pre to it,
+   * and the mask (mask NULL) is [x * sc + sh > 0] when pre->relu. dW and dx must both be direct. */
+  const rn_conv_pre *pre;
 } rn_bn_sums;
 /* rn_conv_backward, and when dx runs on the direct kernel also the sums of bn (see rn_bn_sums):
  * returns 1 if they were filled, 0 if not (dx on the GEMM path, or no dx). */
@@ -111,6 +128,8 @@ size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
  * squares (double) of output channel c, computed from the final output values in the epilogue. */
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                             int threads, double *stats);
+void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                                int threads, double *stats, const rn_conv_pre *pre);
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads);
 /* The same with the BN backward sums in the dx epilogue (bn NULL: none; see rn_bn_sums). */
@@ -149,6 +168,12 @@ void rn_bn_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const f
 void rn_bn_forward_train_stats(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                                const float *beta, float *run_mean, float *run_var, float *save, float *y,
                                int nimg, const double *stats);
+/* Training forward without the output pass (a BN whose output the reading convolution applies,
+ * rn_conv_pre): statistics from stats as above (or from x when stats is NULL), saved state and
+ * running statistics as above, and the float coefficients of y = [relu](x * sc + sh) in sc[c], sh[c]. */
+void rn_bn_forward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                              const float *beta, float *run_mean, float *run_var, float *save, int nimg,
+                              const double *stats, float *sc, float *sh);
 /* Eval: running statistics. */
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                         const float *beta, const float *run_mean, const float *run_var, float *y);

@@ -75,6 +75,10 @@ typedef struct {
                        conv in between (1), or by a bn_add node across a projection shortcut whose
                        convs are all 1 (2): a training forward on the direct kernel hands that BN the
                        channel sums (rn_conv_forward_stats) in m->stats (1) or m->stats2 (2) */
+  int lazy;         /* BN (fusion level 3): a training forward does not store the output; the reader
+                       conv applies it (pre_bn) with the coefficients at m->pre_coef + pre_off */
+  size_t pre_off;
+  int pre_bn;       /* CONV: index of the lazy BN node whose output is its input (-1: none) */
   int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
                        read by nothing else (-1: none): the dx epilogue computes that BN's backward
                        channel sums (rn_conv_backward_bn) */
@@ -116,7 +120,8 @@ typedef struct {
   int last_train;            /* mode of the last forward (selects the BN backward) */
   size_t dact_floats;        /* gradient arena size */
   int fused;                 /* fusion level used at build (rn_model_set_fusion): 0 none, 1 BN+ReLU and
-                                add+ReLU, 2 also the branch BN into the residual add */
+                                add+ReLU, 2 also the branch BN into the residual add, 3 also BN outputs
+                                applied by the convolution that reads them (rn_node.lazy) */
   int bn_epilogue;           /* 2 (default): convolutions on the direct kernel compute the BN statistics
                                 of their output (stats_next) and the BN backward sums of their input
                                 (bn_prev); 1: only the statistics; 0: neither (RN_BN_EPILOGUE at build) */
@@ -126,6 +131,7 @@ typedef struct {
   int stats_tensor2;
   double *bsums;             /* [batch][2][max cin] BN backward sums from a conv's dx epilogue */
   int bsum_tensor;           /* tensor (a BN output) the sums in bsums are for (-1: none) */
+  float *pre_coef;           /* lazy BN nodes' float affine coefficients (sc[c], sh[c] at pre_off) */
   unsigned char *param_done; /* [nparams] backward: the param's gradient is final (grad-ready order) */
   int report_next;           /* backward: highest param not yet reported ready */
   size_t report_end;         /*   and the end of its range */
@@ -136,11 +142,14 @@ void rn_model_config_default(rn_model_config *c);
  * Unknown names are errors listing the valid ones. */
 rn_status rn_model_config_arch(rn_model_config *c, const char *arch, rn_err *e);
 /* Fusion for the models built from now on. Level 1: a ReLU is merged into the BN or add node that
- * feeds it (when nothing else reads the pre-ReLU tensor). Level 2 (default): also the last BN of a
+ * feeds it (when nothing else reads the pre-ReLU tensor). Level 2: also the last BN of a
  * post-activation residual branch is merged into the residual add (rn_bn_add_forward_*), so its
- * output is never stored. 0 = off, -1 = the default, which is the environment variable RN_FUSE
- * (read once; "0" = off, "1" = level 1, anything else or unset = 2). Results are bitwise identical
- * at every level; only speed and the node list differ. Returns the previous setting. */
+ * output is never stored. Level 3 (default): also a BN(+ReLU) read only by a convolution on the
+ * direct kernel is applied by that convolution as it copies its input (rn_conv_pre; training only:
+ * the BN skips its output pass). 0 = off, -1 = the default, which is the environment variable
+ * RN_FUSE (read once; "0" = off, "1" = level 1, "2" = level 2, anything else or unset = 3).
+ * Results are bitwise identical at every level; only speed and the node list differ. Returns the
+ * previous setting. */
 int rn_model_set_fusion(int on);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);

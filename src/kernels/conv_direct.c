@@ -164,18 +164,36 @@ size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads) {
          (is_1x1(d) ? (size_t)threads * al16(rn_conv_dw1x1_pack_floats(d)) : 0);
 }
 
-/* Copies img[hi][wi][c] into pad[(hi+2py)][(wi+2px)][c] with zero borders. */
-static void pad_image(const float *img, int hi, int wi, int c, int py, int px, float *pad) {
+/* Copies img[hi][wi][c] into pad[(hi+2py)][(wi+2px)][c] with zero borders. With pre (a BN(+ReLU)
+ * output that was never stored, rn_conv_pre) the copy is [relu](img * sc + sh) per channel, with
+ * the instructions of the BN's own affine pass (FMA, then max(0, v)): the same bits. */
+static void pad_image_pre(const float *img, int hi, int wi, int c, int py, int px, float *pad, const rn_conv_pre *pre) {
   const int wp = wi + 2 * px;
   const size_t rowp = (size_t)wp * c;
   memset(pad, 0, (size_t)py * rowp * sizeof(float));
   for (int y = 0; y < hi; y++) {
     float *r = pad + (size_t)(y + py) * rowp;
     memset(r, 0, (size_t)px * c * sizeof(float));
-    memcpy(r + (size_t)px * c, img + (size_t)y * wi * c, (size_t)wi * c * sizeof(float));
+    if (!pre) {
+      memcpy(r + (size_t)px * c, img + (size_t)y * wi * c, (size_t)wi * c * sizeof(float));
+    } else {
+      const float *src = img + (size_t)y * wi * c;
+      float *dst = r + (size_t)px * c;
+      for (int j = 0; j < c; j += 16) {
+        const __m512 sc = _mm512_loadu_ps(pre->sc + j), sh = _mm512_loadu_ps(pre->sh + j);
+        for (int x = 0; x < wi; x++) {
+          __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(src + (size_t)x * c + j), sc, sh);
+          if (pre->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+          _mm512_storeu_ps(dst + (size_t)x * c + j, v);
+        }
+      }
+    }
     memset(r + (size_t)(px + wi) * c, 0, (size_t)px * c * sizeof(float));
   }
   memset(pad + (size_t)(hi + py) * rowp, 0, (size_t)py * rowp * sizeof(float));
+}
+static void pad_image(const float *img, int hi, int wi, int c, int py, int px, float *pad) {
+  pad_image_pre(img, hi, wi, c, py, px, pad, NULL);
 }
 
 /* BN statistics in the forward epilogue: when t_stats is set (per thread, per image: s1[Co] then
@@ -208,18 +226,24 @@ AI void stat_flush(double *st, int Co, int ch0, const __m512d *s) {
  * The BN backward then skips its channel-sum pass over dy, y and x. */
 static __thread double *t_bsum;
 static __thread const float *t_bmask, *t_bx, *t_obase;
+static __thread const rn_conv_pre *t_bpre; /* the mask is [x * sc + sh > 0] (pre->relu) instead */
 static __thread float t_bscale; /* gb = g (1), 0 (0) or scale*g (a BN+add's branch scale) */
 static __thread int t_bstore;   /* store g (masked) instead of v */
 /* Returns the value to store (v, or g with t_bstore). */
-AI __m512 bsum_add(const __m512 vin, const float *o, __m512d *s) {
+AI __m512 bsum_add(const __m512 vin, const float *o, int ch, __m512d *s) {
   const size_t off = (size_t)(o - t_obase);
   __m512 v = vin;
+  const __m512 xv = _mm512_loadu_ps(t_bx + off);
   if (t_bmask)
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(t_bmask + off), _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  else if (t_bpre && t_bpre->relu) /* the BN's output y = max(0, x * sc + sh): y > 0 iff x * sc + sh > 0 */
+    v = _mm512_maskz_mov_ps(
+        _mm512_cmp_ps_mask(_mm512_fmadd_ps(xv, _mm512_loadu_ps(t_bpre->sc + ch), _mm512_loadu_ps(t_bpre->sh + ch)),
+                           _mm512_setzero_ps(), _CMP_GT_OQ),
+        v);
   const __m512 g = v;
   if (t_bscale == 0.0f) v = _mm512_setzero_ps();
   else if (t_bscale != 1.0f) v = _mm512_mul_ps(_mm512_set1_ps(t_bscale), v);
-  const __m512 xv = _mm512_loadu_ps(t_bx + off);
   const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
   const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   const __m512d xlo = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
@@ -291,7 +315,7 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
             float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
             __m512 v = a[j * NC + c];
             if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
-            if (bs) v = bsum_add(v, o, sv);
+            if (bs) v = bsum_add(v, o, (cb0 + c) * 16, sv);
             if (acc == 2 && first)
               _mm512_stream_ps(o, v);
             else
@@ -354,7 +378,7 @@ AI void tile3(const float *xp, int wp, const int C, int kh, const float *wt, int
           float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
           __m512 v = a[j * NC + c];
           if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
-          if (bs) v = bsum_add(v, o, sv);
+          if (bs) v = bsum_add(v, o, (cb0 + c) * 16, sv);
           _mm512_storeu_ps(o, v);
           if (st) stat_add(v, sv);
         }
@@ -488,6 +512,11 @@ static int threads_for(int n, int threads) {
 
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                             int threads, double *stats) {
+  rn_conv_direct_forward_pre(d, n, x, w, y, ws, threads, stats, NULL);
+}
+
+void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                                int threads, double *stats, const rn_conv_pre *pre) {
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   float *wt = ws, *pads = ws + al16(nw);
@@ -507,7 +536,7 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
     float *xp = pads + (size_t)t * pf;
     for (int i = n * t / nt; i < n * (t + 1) / nt; i++) {
       const float *xi = x + (size_t)i * d->h * d->w * C;
-      if (!one) pad_image(xi, d->h, d->w, C, d->pad, d->pad, xp);
+      if (!one) pad_image_pre(xi, d->h, d->w, C, d->pad, d->pad, xp, pre);
       float *yi = y + (size_t)i * d->oh * d->ow * Co;
       if (stats) {
         t_stats = stats + (size_t)i * 2 * Co;
@@ -693,7 +722,8 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
       if (dw && !dw1) {
         const float *xi = x + (size_t)i * xin;
         if (!one)
-          for (int j = 0; j < g; j++) pad_image(xi + (size_t)j * xin, d->h, d->w, C, d->pad, d->pad, xp + (size_t)j * pf);
+          for (int j = 0; j < g; j++)
+            pad_image_pre(xi + (size_t)j * xin, d->h, d->w, C, d->pad, d->pad, xp + (size_t)j * pf, bn ? bn->pre : NULL);
         if (C % 16) /* the stem (rn_conv_direct_bwd_ok) */
           for (int j = 0; j < g; j++)
             dw_stem(xp + (size_t)j * pf, d->w + 2 * d->pad, C, dy + (size_t)(i + j) * yin, Co, d->oh, d->ow, dwt);
@@ -710,6 +740,7 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
             t_bsum = bn->sums + (size_t)j * 2 * C;
             memset(t_bsum, 0, 2 * (size_t)C * sizeof(double));
             t_bmask = bn->mask ? bn->mask + (size_t)j * xin : NULL;
+            t_bpre = bn->pre;
             t_bx = bn->x + (size_t)j * xin;
             t_obase = dx + (size_t)j * xin;
             t_bscale = bn->scale;
@@ -766,6 +797,11 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads) {
   (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads;
+  RN_ASSERT(0 && "direct convolution needs AVX-512 at compile time");
+}
+void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                                int threads, double *stats, const rn_conv_pre *pre) {
+  (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads, (void)stats, (void)pre;
   RN_ASSERT(0 && "direct convolution needs AVX-512 at compile time");
 }
 void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -255,6 +255,25 @@ static void forward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, c
   affine(c, m, x, sc, sh, d->relu, y);
 }
 
+void rn_bn_forward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
+                              const float *beta, float *run_mean, float *run_var, float *save, int nimg,
+                              const double *stats, float *sc, float *sh) {
+  const int c = d->c;
+  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
+  double s1[c], s2[c];
+  if (stats) {
+    RN_ASSERT(nimg >= 1);
+    for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
+    for (int i = 0; i < nimg; i++) {
+      const double *p = stats + (size_t)i * 2 * c;
+      for (int j = 0; j < c; j++) s1[j] += p[j], s2[j] += p[c + j];
+    }
+  } else {
+    channel_sums(c, m, x, NULL, NULL, s1, s2);
+  }
+  train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
+}
+
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                         const float *run_mean, const float *run_var, float *y) {
   const int c = d->c;

@@ -113,6 +113,18 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   return a;
 }
 
+int rn_conv_pre_ok(const rn_conv_desc *d) {
+  return !(d->kh == 1 && d->kw == 1) && d->cin % 16 == 0 && rn_conv_direct_ok(d) && rn_conv_direct_bwd_ok(d) &&
+         rn_conv_direct_dx_ok(d);
+}
+
+int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                        double *stats, const rn_conv_pre *pre) {
+  RN_ASSERT(n >= 1 && ws != NULL && rn_conv_pre_ok(d));
+  rn_conv_direct_forward_pre(d, n, x, w, y, ws, conv_threads(), stats, pre);
+  return stats != NULL;
+}
+
 int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           double *stats) {
   if (n >= 1 && rn_conv_direct_ok(d)) {
@@ -261,6 +273,8 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   }
   if (!dw && !dx) return 0;
   RN_ASSERT(ws != NULL);
+  /* an input that was never stored: both passes must be direct (rn_conv_pre_ok) */
+  RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && dw && dx));
   int sums = 0;
   if (dw && rn_conv_direct_bwd_ok(d)) {
     /* Direct dW (and dx when the direct kernel takes it: stride 1); otherwise dx below. */

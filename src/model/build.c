@@ -47,7 +47,7 @@ const char *rn_node_kind(const rn_node *n) {
 static int g_fusion = -1;
 int rn_model_set_fusion(int on) {
   int prev = g_fusion;
-  g_fusion = on < 0 ? -1 : on > 2 ? 2 : on;
+  g_fusion = on < 0 ? -1 : on > 3 ? 3 : on;
   return prev;
 }
 static int fusion_on(void) {
@@ -55,7 +55,7 @@ static int fusion_on(void) {
   if (g_fusion >= 0) return g_fusion;
   if (env < 0) {
     const char *s = getenv("RN_FUSE");
-    env = s && !strcmp(s, "0") ? 0 : s && !strcmp(s, "1") ? 1 : 2;
+    env = s && !strcmp(s, "0") ? 0 : s && !strcmp(s, "1") ? 1 : s && !strcmp(s, "2") ? 2 : 3;
   }
   return env;
 }
@@ -889,6 +889,27 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       if (cv->u.conv.cin > maxb) maxb = cv->u.conv.cin;
     }
     m->bsums = maxb ? rn_alloc((size_t)batch * 2 * maxb * sizeof(double)) : NULL;
+    /* Level 3: a BN(+ReLU) whose only reader is a convolution that computes its backward sums
+     * (bn_prev) on the direct kernel in all passes does not store its output in a training
+     * forward: the convolution applies the BN's affine (+ReLU) as it copies the BN's input into its
+     * padded buffer (forward and dW), and its dx epilogue takes the ReLU mask from the BN's input.
+     * The coefficients live in m->pre_coef (sc then sh per node). */
+    size_t ncoef = 0;
+    for (int k = 0; k < m->nnodes; k++) {
+      rn_node *cv = &m->nodes[k];
+      cv->pre_bn = -1;
+      if (m->fused < 3 || m->bn_epilogue < 2 || cv->op != RN_OP_CONV || cv->bn_prev < 0) continue;
+      rn_node *b = &m->nodes[cv->bn_prev];
+      if (b->op != RN_OP_BN || !rn_conv_pre_ok(&cv->u.conv)) continue;
+      int readers = 0;
+      for (int q = 0; q < m->nnodes; q++) readers += (m->nodes[q].in == b->out) + (m->nodes[q].in2 == b->out);
+      if (readers != 1) continue;
+      cv->pre_bn = cv->bn_prev;
+      b->lazy = 1;
+      b->pre_off = ncoef;
+      ncoef += rn_align16(2 * (size_t)b->u.bn.c);
+    }
+    m->pre_coef = ncoef ? rn_alloc(ncoef * sizeof(float)) : NULL;
   }
   m->dlogits = rn_alloc(rn_align16((size_t)batch * c.num_classes) * sizeof(float));
   m->last_train = 1;
@@ -907,6 +928,7 @@ void rn_model_free(rn_model *m) {
   rn_free(m->save);
   rn_free(m->ws);
   rn_free(m->param_done);
+  rn_free(m->pre_coef);
   rn_free(m->dlogits);
   rn_free(m->stats);
   rn_free(m->bsums);
@@ -1012,8 +1034,10 @@ void rn_model_summary(const rn_model *m, FILE *f) {
     for (int k = 0; k < m->nnodes; k++) nb += m->nodes[k].relu && m->nodes[k].op == RN_OP_BN,
                                         na += m->nodes[k].relu && m->nodes[k].op == RN_OP_ADD,
                                         nba += m->nodes[k].bn_add;
-    fprintf(f, "  fused: %d bn+relu, %d add+relu, %d of them with the branch BN (RN_FUSE=1: no BN+add, "
-            "0: separate ReLU nodes)\n", nb, na, nba);
+    int nl = 0;
+    for (int k = 0; k < m->nnodes; k++) nl += m->nodes[k].lazy;
+    fprintf(f, "  fused: %d bn+relu, %d add+relu, %d of them with the branch BN, %d BN outputs applied by the next "
+            "convolution (RN_FUSE=2: none of those, 1: no BN+add, 0: separate ReLU nodes)\n", nb, na, nba, nl);
   }
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));

@@ -40,27 +40,33 @@ void rn_model_forward(rn_model *m, int n, int train) {
     float *x = A(m, d->in), *y = A(m, d->out);
     double t0 = m->prof_fwd ? rn_now() : 0;
     switch (d->op) {
-      case RN_OP_CONV:
-        /* BN statistics in the convolution's epilogue when a training BN reads only this output. */
-        if (d->stats_next == 2) {
-          m->stats_tensor2 = -1;
-          if (bn_train && m->bn_epilogue && m->stats) {
-            if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats2))
-              m->stats_tensor2 = d->out;
-          } else {
-            rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
-          }
-          break;
-        }
-        m->stats_tensor = -1;
-        if (bn_train && d->stats_next && m->bn_epilogue && m->stats) {
-          if (rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, m->stats)) m->stats_tensor = d->out;
+      case RN_OP_CONV: {
+        /* BN statistics in the convolution's epilogue when a training BN reads only this output
+         * (stats_next 1: m->stats, 2: m->stats2). */
+        const int slot = d->stats_next == 2;
+        double *st = bn_train && d->stats_next && m->bn_epilogue && m->stats ? (slot ? m->stats2 : m->stats) : NULL;
+        int *st_t = slot ? &m->stats_tensor2 : &m->stats_tensor, got;
+        if (d->pre_bn >= 0 && bn_train) { /* the input is a lazy BN's output: apply it from its input */
+          rn_conv_pre pre;
+          const rn_node *b = &m->nodes[d->pre_bn];
+          pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
+          got = rn_conv_forward_pre(&d->u.conv, n, A(m, b->in), P(m, d->param[0]), y, m->ws, st, &pre);
+        } else if (st) {
+          got = rn_conv_forward_stats(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws, st);
         } else {
           rn_conv_forward(&d->u.conv, n, x, P(m, d->param[0]), y, m->ws);
+          got = 0;
         }
+        *st_t = got ? d->out : -1;
         break;
+      }
       case RN_OP_BN:
-        if (bn_train && m->stats_tensor == d->in)
+        if (bn_train && d->lazy) /* the output is applied by the reading convolution (pre_bn) */
+          rn_bn_forward_train_coef(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]), P(m, d->param[1]),
+                                   P(m, d->param[2]), P(m, d->param[3]), m->save + d->save_off, n,
+                                   m->stats_tensor == d->in ? m->stats : NULL, m->pre_coef + d->pre_off,
+                                   m->pre_coef + d->pre_off + d->u.bn.c);
+        else if (bn_train && m->stats_tensor == d->in)
           rn_bn_forward_train_stats(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]),
                                     P(m, d->param[1]), P(m, d->param[2]), P(m, d->param[3]),
                                     m->save + d->save_off, y, n, m->stats);
@@ -153,10 +159,20 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
       case RN_OP_CONV:
         /* the backward channel sums of the BN before, in the dx epilogue (when dx is direct) */
         m->bsum_tensor = -1;
-        if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
+        if (bn_train && d->pre_bn >= 0) { /* the input was never stored: dW applies the BN to its input */
+          const rn_node *b = &m->nodes[d->pre_bn];
+          rn_conv_pre pre;
+          pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
+          rn_bn_sums bs = {NULL, A(m, b->in), m->bsums, 1.0f, b->relu, &pre};
+          const int got = rn_conv_backward_bn(&d->u.conv, n, A(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
+                                              G(m, d->param[0]), m->ws, &bs);
+          RN_ASSERT(got && dx); /* the BN's backward needs the sums (it has no output to mask with) */
+          m->bsum_tensor = d->in;
+        } else if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
           const rn_node *b = &m->nodes[d->bn_prev];
           const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
-          rn_bn_sums bs = {mask, A(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL};
+          rn_bn_sums bs = {mask, A(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL,
+                           NULL};
           if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
                                   &bs))
             m->bsum_tensor = d->in;
