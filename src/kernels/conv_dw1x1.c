@@ -7,8 +7,8 @@
  * tile, 16 broadcasts + 1 load per 16 FMAs, ran at 110-140 GF/s on 2 threads; BLIS, which has to
  * pack the transposed dy, at 90-140). The pixels are taken in chunks of 64 (stride 2: whole
  * output lines); each chunk is first copied into two packed panels, dy as [co/16][p][16] and x as
- * [ci/64][p][64] (vector copies), so that every tile streams both sequentially (unpacked, the rows
- * 1-4 KB apart fell into a few L1 sets: 64->256@56 ran at ~160 instead of ~200 GF/s). Then the
+ * [ci/64][p][64] (vector copies), so that every tile streams both sequentially (read in place, rows
+ * 1-4 KB apart, 64->256@56 ran at ~160 instead of ~200 GF/s). Then the
  * tiles sweep the 64-channel x panels (outer: 16 KB, stays in L1) and the 6-, 6- and 4-channel
  * parts of every 16-channel dy block (inner), each adding its sums into dW. Results differ from the
  * other paths only in summation order (float partial sums over a chunk). */
