@@ -38,7 +38,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
-         "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run, after the steps), and the\n"
+         "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
          "forward), peak RSS, the FMA peak. --narrow/--ksplit turn the per-shape BLIS\n"
          "kernel choice and the K split of weight-gradient GEMMs off for comparison. Under mpirun with\n"
@@ -149,8 +149,9 @@ int main(int argc, char **argv) {
   getrusage(RUSAGE_SELF, &ru);
   if (d.rank == 0) {
     double S = (double)steps;
-    /* the FMA peak now, for the "% of peak" figures (the host's clock and load move it) */
-    const double peak = rn_fma_peak_gflops((int)threads);
+    /* the FMA peak now, for the "% of peak" figures (the host's clock and load move it); one rank
+     * only: with several, the others poll MPI on the same cores meanwhile */
+    const double peak = d.size == 1 ? rn_fma_peak_gflops((int)threads) : 0;
     if (layers) {
       printf("\n%-34s %-9s %-16s %9s %9s %8s %8s %6s %6s\n", "layer", "op", "out (HxWxC)", "fwd ms", "bwd ms",
              "fwd GF/s", "bwd GF/s", "fwd %", "bwd %");
