@@ -45,10 +45,12 @@ static void ones(int cin, int cout, int k, int p, int s, int h, int w, int n, ui
     CHECK(0, "desc: %s", e.msg);
     return;
   }
-  CHECK(!g_expect_direct || (rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d) && (s > 1 || rn_conv_direct_dx_ok(&d))),
+  CHECK(!g_expect_direct ||
+            (rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d) && ((s > 1 && k > 1) || rn_conv_direct_dx_ok(&d))),
         "cin=%d cout=%d k=%d p=%d s=%d: direct path not taken", cin, cout, k, p, s);
   size_t wsn = rn_conv_workspace(&d, n);
-  CHECK(wsn >= rn_conv_direct_workspace(&d, n, rn_blas_threads()), "workspace too small");
+  CHECK(!rn_conv_direct_shape(&d) || wsn >= rn_conv_direct_workspace(&d, n, rn_blas_threads()), "workspace too small");
+  CHECK(!rn_conv_stem7_shape(&d) || wsn >= rn_conv_stem7_workspace(&d, rn_blas_threads()), "stem workspace too small");
   float *ws = nanbuf(wsn);
   size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * d.oh * d.ow * cout, nw = (size_t)cout * k * k * cin;
   float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2);
@@ -101,8 +103,8 @@ static void stats_case(int cin, int cout, int k, int p, int s, int h, int w, int
   double *st = malloc((size_t)n * 2 * cout * sizeof(double));
   for (size_t i = 0; i < (size_t)n * 2 * cout; i++) st[i] = NAN;
   int got = rn_conv_forward_stats(&d, n, x, wt, y, ws, st);
-  CHECK(got == rn_conv_direct_ok(&d), "stats k=%d s=%d cin=%d: returned %d, direct path %d", k, s, cin, got,
-        rn_conv_direct_ok(&d));
+  const int direct = rn_conv_direct_ok(&d) || rn_conv_stem7_shape(&d);
+  CHECK(got == direct, "stats k=%d s=%d cin=%d: returned %d, direct path %d", k, s, cin, got, direct);
   double worst = 0;
   if (got)
     for (int i = 0; i < n; i++)
@@ -143,8 +145,9 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
   rn_conv_backward(&d, n, x, wt, dy, dx0, acc, dw0, ws);
   rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask, NULL}; /* g stored when masked */
   int got = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, acc, dw1, ws, &bs);
-  CHECK(got == rn_conv_direct_dx_ok(&d), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin, got,
-        rn_conv_direct_dx_ok(&d));
+  /* stride 2 (1x1: direct dx) computes no sums */
+  CHECK(got == (rn_conv_direct_dx_ok(&d) && s == 1), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin,
+        got, rn_conv_direct_dx_ok(&d));
   if (got && use_mask) /* the stored dx is g: the plain dx masked */
     for (size_t i = 0; i < nx; i++) dx0[i] = mask[i] > 0.0f ? dx0[i] : 0.0f;
   CHECK(!memcmp(dx0, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4), "bn sums k=%d cin=%d: dx/dW differ from the plain "
@@ -177,6 +180,15 @@ static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t s
   ones(cin, cout, k, p, 1, h, w, n, seed);
 }
 
+/* The ImageNet stem (conv_stem7.c: forward and dW; dx, when asked for, on the GEMM path): 2- and
+ * 1-block tiles (cout 64, 48, 80), 14-, 7-, 4- and 1-pixel tiles (ow 15, 17, 11, 1), one-line
+ * and odd-sized images, uneven image splits; its statistics epilogue. */
+static void stem_cases(void) {
+  ones(3, 64, 7, 3, 2, 29, 29, 3, 35), ones(3, 48, 7, 3, 2, 9, 33, 2, 36), ones(3, 80, 7, 3, 2, 1, 22, 3, 37);
+  ones(3, 16, 7, 3, 2, 2, 1, 3, 40);
+  stats_case(3, 64, 7, 3, 2, 20, 29, 3, 38), stats_case(3, 80, 7, 3, 2, 5, 33, 2, 39);
+}
+
 int main(void) {
   rn_err e;
   if (rn_blas_init(NULL, 2, stderr, &e)) {
@@ -187,6 +199,13 @@ int main(void) {
     printf("test_conv_direct: direct path unavailable (no AVX-512): skipped\n");
     return 0;
   }
+  /* The stem on 2 threads first: once a workspace has been planned for one thread, convolutions
+   * never use more (conv.c), so the 2-thread passes of the loops below run on one thread after
+   * their first 1-thread shape. */
+  rn_blas_set_threads(2);
+  g_expect_direct = 0;
+  stem_cases();
+  g_expect_direct = 1;
   rn_conv_set_direct_all_widths(1); /* every tail tile, whatever the speed rule */
   static const int kp[][2] = {{3, 1}, {3, 0}, {3, 2}, {2, 0}, {2, 1}, {5, 2}, {5, 4}, {1, 0}};
   static const int chans[] = {16, 32, 48, 64};
@@ -214,8 +233,8 @@ int main(void) {
     one(128, 128, 3, 1, 28, 28, 2, 28);
     /* ResNet-50 1x1 shapes (expansion, reduction) at 7/14/28-wide lines, read in place (no padding). */
     one(64, 256, 1, 0, 14, 14, 2, 10), one(256, 64, 1, 0, 7, 7, 3, 11), one(32, 128, 1, 0, 28, 28, 1, 12);
-    /* Stride 2 (forward and dW direct, dx on the GEMM path): CIFAR/ResNet-50 down-sampling 3x3 and
-     * 1x1, odd and even input sizes, the 7-wide tiles. */
+    /* Stride 2 (forward and dW direct; dx direct for 1x1 (spread2), on the GEMM path for 3x3):
+     * CIFAR/ResNet-50 down-sampling 3x3 and 1x1, odd and even input sizes, the 7-wide tiles. */
     ones(16, 32, 3, 1, 2, 32, 32, 2, 13), ones(32, 64, 3, 1, 2, 15, 17, 3, 14), ones(64, 64, 3, 1, 2, 14, 14, 2, 15);
     ones(64, 128, 1, 0, 2, 28, 28, 2, 16), ones(48, 16, 1, 0, 2, 9, 11, 3, 17), ones(32, 32, 5, 2, 2, 13, 29, 2, 18);
     /* 1x1 dW kernel (conv_dw1x1.c): input channels past a 64-block (48 and 16 left: 3- and 1-vector
@@ -249,7 +268,11 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 256, 64, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd and dW expected");
   CHECK(rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 56, 56, &e) == RN_OK && rn_conv_direct_bwd_ok(&d) &&
-            !rn_conv_direct_dx_ok(&d), "1x1 stride 2 @56: direct dW, GEMM dx expected");
+            rn_conv_direct_dx_ok(&d), "1x1 stride 2 @56: direct dW and dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
+        "1x1 stride 2 @28 (14-wide output): GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 128, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
+        "3x3 stride 2: GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_bwd_ok(&d),
         "1x1 stride 2 @28: GEMM dW expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
@@ -258,8 +281,12 @@ int main(void) {
             rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "CIFAR stem: direct fwd and dW, GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 4, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d), "4-channel stem: GEMM dW expected (36 accumulators)");
-  CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_direct_shape(&d),
-        "ImageNet stem: GEMM path expected");
+  CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_direct_shape(&d) &&
+            rn_conv_stem7_shape(&d), "ImageNet stem: its own kernel expected");
+  CHECK(rn_conv_desc_init(&d, 3, 64, 7, 7, 2, 2, 224, 224, &e) == RN_OK && !rn_conv_stem7_shape(&d),
+        "7x7 pad 2: not the stem kernel");
+  CHECK(rn_conv_desc_init(&d, 4, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_stem7_shape(&d),
+        "4-channel 7x7: not the stem kernel");
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "3x3 stride 2, 32 ch: direct fwd/dW, GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 256, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && rn_conv_direct_ok(&d) &&
@@ -296,9 +323,9 @@ int main(void) {
     stats_case(64, 64, 3, 1, 1, 7, 7, 5, 46), stats_case(512, 64, 1, 0, 1, 7, 7, 2, 47);
   }
   /* BN backward sums in the dx epilogue: 3-wide tile (16/32/64/160 channels), generic tile (5x5),
-   * 1x1, 7-wide lines, with and without the ReLU mask, dx overwritten and accumulated; and a
-   * stride-2 shape (dx on the GEMM path: no sums, returns 0). randf: values in [-1, 1), so about
-   * half the mask is <= 0. */
+   * 1x1, 7-wide lines, with and without the ReLU mask, dx overwritten and accumulated; and
+   * stride-2 shapes (3x3: dx on the GEMM path; 1x1: direct dx; neither computes sums, returns 0).
+   * randf: values in [-1, 1), so about half the mask is <= 0. */
   for (int threads = 2; threads >= 1; threads--) {
     rn_blas_set_threads(threads);
     for (int m = 0; m < 2; m++) {
@@ -306,6 +333,7 @@ int main(void) {
       bsums_case(160, 48, 3, 1, 1, 9, 16, 2, m, 0, 1.0f, 52), bsums_case(32, 32, 5, 2, 1, 11, 16, 2, m, 0, 1.0f, 53);
       bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 1.0f, 54), bsums_case(64, 64, 3, 1, 1, 7, 7, 5, m, 0, 1.0f, 55);
       bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 1.0f, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 1.0f, 57);
+      bsums_case(64, 128, 1, 0, 2, 28, 28, 2, m, 1, 1.0f, 60); /* 1x1 stride 2: direct dx, no sums */
       /* a BN+add's branch scale (stochastic depth): 1/p and 0 (dropped branch) */
       bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 1, 1.0f / 0.7f, 58), bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 0.0f, 59);
     }
@@ -320,7 +348,8 @@ int main(void) {
     /* First convolutions (1-3 input channels): forward and dW direct (dw_stem), dx on the GEMM path. */
     ones(3, 16, 3, 1, 1, 32, 32, 2, 29), ones(3, 32, 3, 1, 1, 9, 30, 2, 30), ones(1, 16, 3, 1, 1, 28, 28, 3, 31);
     ones(2, 32, 3, 1, 1, 8, 8, 5, 32); /* 64-pixel images: several per dW group */
-    cases += 10;
+    stem_cases(); /* on one thread here: see the start of main */
+    cases += 15;
   }
   printf("test_conv_direct: %d shapes; max rel err %.3g (tol %.0e)\n", cases, g_max, TOL);
   return tu_done("test_conv_direct");

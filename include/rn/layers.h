@@ -104,8 +104,9 @@ int rn_conv_parallel(void);
  * of 16 (cin <= 4 too for a 3x3 stride-1 first convolution, forward only), kernel up to 7x7 (1x1
  * included), pad < kernel: no im2col; threads own whole images. rn_conv_forward and
  * rn_conv_backward use it per shape and direction by measured rules (rn-bench-conv): forward k x k
- * stride 1 and 2, 1x1 on lines >= 14 wide; dx stride 1 (1x1 on lines >= 14 wide); dW k x k stride 1,
- * 3x3 stride 2 up to 128 channels, 1x1 stride 1 on lines >= 28 wide. It is on by default with
+ * stride 1 and 2, 1x1 on lines >= 14 wide; dx stride 1 (1x1 on lines >= 14 wide) and 1x1 stride 2
+ * (output lines >= 28 wide); dW k x k stride 1, 3x3 stride 2 up to 128 channels, 1x1 (see
+ * rn_conv_direct_bwd_ok). It is on by default with
  * AVX-512 (the environment variable RN_CONV_DIRECT=0|1 or rn_conv_set_direct sets it).
  * Workspace: rn_conv_direct_workspace floats (rn_conv_workspace includes it for such shapes). */
 void rn_conv_set_direct(int on);
@@ -140,6 +141,16 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
  * scratch with rn_conv_dw1x1_pack_floats; RN_CONV_DW1X1=0 turns it off). */
 size_t rn_conv_dw1x1_pack_floats(const rn_conv_desc *d);
 void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack);
+/* The ImageNet stem (cin 3, 7x7, stride 2, pad 3, cout a multiple of 16) on its own AVX-512 kernels
+ * (src/kernels/conv_stem7.c): forward (with the output's BN statistics, as rn_conv_direct_forward)
+ * and dW added into dw (it has no dx). rn_conv_forward/_backward take them for that shape unless
+ * RN_CONV_STEM7=0; workspace: rn_conv_stem7_workspace floats (included by rn_conv_workspace). */
+int rn_conv_stem7_shape(const rn_conv_desc *d);
+size_t rn_conv_stem7_workspace(const rn_conv_desc *d, int threads);
+void rn_conv_stem7_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                           int threads, double *stats);
+void rn_conv_stem7_backward(const rn_conv_desc *d, int n, const float *x, const float *dy, float *dw, float *ws,
+                            int threads);
 /* Naive direct convolution (double accumulation) for tests: forward, dx (overwrite), dw (overwrite). */
 void rn_ref_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y);
 void rn_ref_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -13,7 +13,8 @@
  *   used as Wt[co/16][ky][kx][ci][co%16] (transposed and blocked once per call into ws, so each
  *   channel block's weights are one contiguous stream).
  * - dx (stride 1): the same kernel on the padded dy with the flipped, transposed weights
- *   W'[ky'][kx'][co][ci] = W[co][kh-1-ky'][kw-1-kx'][ci] and padding kh-1-pad.
+ *   W'[ky'][kx'][co][ci] = W[co][kh-1-ky'][kw-1-kx'][ci] and padding kh-1-pad. 1x1 stride 2: the
+ *   1x1 kernel on dy, spread onto the even pixels of the even lines (spread2).
  * - dW: for one tap, one 16-wide block of input channels and 16 output channels: 16 accumulators
  *   (dW[co][tap][ci..ci+16] rows, in W's own OHWI layout); the image is swept in groups of lines
  *   (>= 256 pixels) and every block of dW is visited per group while the group is in L2
@@ -86,7 +87,8 @@ static int use_dw1x1(void) {
 
 /* Input channels: multiples of 16, or up to 4 for a network's first 3x3 stride-1 convolution (the
  * CIFAR stem: forward, and dW up to 3 channels (dw_stem); it has no dx). The ImageNet 7x7
- * stride-2 stem runs as fast on the GEMM path (75 GF/s either way on one thread) and stays there. */
+ * stride-2 stem has its own kernels (conv_stem7.c; the generic tile with a runtime C = 3 ran at 75
+ * GF/s on one thread, as fast as the GEMM path). */
 static int stem(const rn_conv_desc *d) { return d->cin <= 4 && d->kh == 3 && d->kw == 3 && d->stride == 1; }
 int rn_conv_direct_shape(const rn_conv_desc *d) {
   return (d->stride == 1 || d->stride == 2) && (d->cin % 16 == 0 || stem(d)) && d->cout % 16 == 0 && d->cin <= g_direct_max_c &&
@@ -119,15 +121,30 @@ int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
   if (is_1x1(d)) return d->ow >= 28;
   return bwd_width(d->ow) && bwd_width(d->w);
 }
+/* 1x1 stride 2 (the projection shortcuts): the 1x1 forward kernel on dy gives dx at the even
+ * pixels of the even lines (a dense image in the thread's pad buffer), spread2 writes it with the
+ * zeros in between; for output lines >= 28 wide (rn-bench-conv, 2 threads, GF/s direct/GEMM +
+ * col2im: 256->512@56 293-297/233-237; 512->1024@28 (14-wide output) 292-297/296-303, and
+ * 1024->2048@14 258-261/292-299, stay on the GEMM). No BN sums in its epilogue (the kernel does
+ * not write the zeros), so rn_conv_backward_bn computes none for it. RN_CONV_DX_S2=0: GEMM path. */
+static int g_dx_s2 = -1;
+static int dx_s2(void) {
+  if (g_dx_s2 < 0) {
+    const char *v = getenv("RN_CONV_DX_S2");
+    g_dx_s2 = !(v && v[0] == '0');
+  }
+  return g_dx_s2;
+}
 /* dx (stride 1): the forward kernel on dy, so the forward's width rule; the 14- and 7-wide
  * ResNet-50 layers run it faster than the GEMM path (b32, 1 thread, GF/s: 256@14 161/125, 512@7
  * 129/115) while their dW stays on the GEMM (direct 96-106/120, 81/129). 1x1: direct on lines
  * >= 14 wide (rn-bench-conv on a quiet machine, 2 threads: 64->256@56 184/150, 128->512@28
  * 293/198, 256->1024@14 292/276, 1024->256@14 315/306); 7-wide 285/302 stays on the GEMM. */
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
-  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->stride != 1 || d->cin % 16) return 0;
+  if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->cin % 16) return 0;
+  if (d->stride != 1 && !(is_1x1(d) && dx_s2())) return 0;
   if (g_all_widths) return 1;
-  if (is_1x1(d)) return d->ow >= 14;
+  if (is_1x1(d)) return d->ow >= (d->stride == 1 ? 14 : 28);
   return fwd_width(d->w) && fwd_width(d->ow);
 }
 int rn_conv_direct_ok(const rn_conv_desc *d) {
@@ -138,10 +155,10 @@ int rn_conv_direct_ok(const rn_conv_desc *d) {
 
 static size_t al16(size_t v) { return (v + 15) & ~(size_t)15; }
 
-/* Per thread: the padded image of x (fwd, dW) or of dy (dx); none for 1x1 (no padding: the
- * tensors are read in place). */
+/* Per thread: the padded image of x (fwd, dW) or of dy (dx); for 1x1 none (no padding: the
+ * tensors are read in place), except the dense part of a stride-2 dx (spread2). */
 static size_t pad_floats(const rn_conv_desc *d) {
-  if (is_1x1(d)) return 0;
+  if (is_1x1(d)) return d->stride == 1 ? 0 : al16((size_t)d->oh * d->ow * d->cin); /* dx_s2's dense part */
   size_t a = (size_t)(d->h + 2 * d->pad) * (d->w + 2 * d->pad) * d->cin;
   int pq = d->kh - 1 - d->pad, pr = d->kw - 1 - d->pad;
   size_t b = (size_t)(d->oh + 2 * pq) * (d->ow + 2 * pr) * d->cout;
@@ -504,6 +521,30 @@ static void conv_plane(const float *xp, int wp, int C, int S, int kh, int kw, co
 #undef RN_PLANE_S
 }
 
+/* dx[hy][hx] (h x w x C) = src[hy/2][hx/2] at even hy and hx, else 0 (acc: added / unchanged). */
+static void spread2(const float *src, int oh, int ow, int C, int h, int w, float *dst, int acc) {
+  for (int hy = 0; hy < h; hy++) {
+    float *o = dst + (size_t)hy * w * C;
+    if (hy % 2 || hy / 2 >= oh) {
+      if (!acc) memset(o, 0, (size_t)w * C * sizeof(float));
+      continue;
+    }
+    const float *sl = src + (size_t)(hy / 2) * ow * C;
+    for (int hx = 0; hx < w; hx++, o += C) {
+      if (hx % 2 || hx / 2 >= ow) {
+        if (!acc) memset(o, 0, (size_t)C * sizeof(float));
+        continue;
+      }
+      const float *sp = sl + (size_t)(hx / 2) * C;
+      for (int c = 0; c < C; c += 16) {
+        __m512 v = _mm512_loadu_ps(sp + c);
+        if (acc) v = _mm512_add_ps(v, _mm512_loadu_ps(o + c));
+        _mm512_storeu_ps(o + c, v);
+      }
+    }
+  }
+}
+
 static int threads_for(int n, int threads) {
   int t = threads;
   if (t > n) t = n;
@@ -697,6 +738,7 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
   float *wt = ws, *pads = ws + al16(nw), *part = pads + (size_t)T * dw_group(d) * pf;
   const int pq = kh - 1 - d->pad, pr = kw - 1 - d->pad; /* padding of the dx convolution */
   const int one = is_1x1(d);                              /* 1x1: x and dy are read in place */
+  if (one && d->stride != 1) bn = NULL;                   /* no epilogue sums (rn_conv_direct_dx_ok) */
   if (dx) /* blocked: wt[ci/16][ky'][kx'][co][ci%16] = w[co][kh-1-ky'][kw-1-kx'][ci] */
     for (int ky = 0; ky < kh; ky++)
       for (int kx = 0; kx < kw; kx++)
@@ -734,6 +776,11 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
       if (dx)
         for (int j = i; j < i + g; j++) {
           const float *dyi = dy + (size_t)j * yin;
+          if (one && d->stride != 1) { /* dense dx of the even pixels, then spread with zeros */
+            conv_plane(dyi, d->ow, Co, 1, 1, 1, wt, C, d->oh, d->ow, xp, 0);
+            spread2(xp, d->oh, d->ow, C, d->h, d->w, dx + (size_t)j * xin, acc);
+            continue;
+          }
           if (!one) pad_image(dyi, d->oh, d->ow, Co, pq, pr, xp);
           const int wp = d->ow + 2 * pr;
           if (bn) {

@@ -110,6 +110,10 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
     b = rn_conv_direct_workspace(d, n, t);
     if (b > a) a = b;
   }
+  if (rn_conv_stem7_shape(d)) {
+    b = rn_conv_stem7_workspace(d, t);
+    if (b > a) a = b;
+  }
   return a;
 }
 
@@ -127,6 +131,11 @@ int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const floa
 
 int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           double *stats) {
+  if (n >= 1 && rn_conv_stem7_shape(d)) {
+    RN_ASSERT(ws != NULL);
+    rn_conv_stem7_forward(d, n, x, w, y, ws, conv_threads(), stats);
+    return stats != NULL;
+  }
   if (n >= 1 && rn_conv_direct_ok(d)) {
     RN_ASSERT(ws != NULL);
     rn_conv_direct_forward(d, n, x, w, y, ws, conv_threads(), stats);
@@ -146,6 +155,10 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
     return;
   }
   RN_ASSERT(ws != NULL);
+  if (rn_conv_stem7_shape(d)) {
+    rn_conv_stem7_forward(d, n, x, w, y, ws, conv_threads(), NULL);
+    return;
+  }
   if (rn_conv_direct_ok(d)) {
     rn_conv_direct_forward(d, n, x, w, y, ws, conv_threads(), NULL);
     return;
@@ -276,8 +289,14 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   /* an input that was never stored: both passes must be direct (rn_conv_pre_ok) */
   RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && dw && dx));
   int sums = 0;
+  if (d->stride != 1 && bn && !bn->pre) bn = NULL; /* stride-2 direct dx (1x1) has no epilogue sums */
+  if (dw && rn_conv_stem7_shape(d)) { /* the ImageNet stem: its own dW kernel; dx (if wanted) below */
+    rn_conv_stem7_backward(d, n, x, dy, dw, ws, conv_threads());
+    if (!dx) return 0;
+    dw = NULL;
+  }
   if (dw && rn_conv_direct_bwd_ok(d)) {
-    /* Direct dW (and dx when the direct kernel takes it: stride 1); otherwise dx below. */
+    /* Direct dW (and dx when the direct kernel takes it); otherwise dx below. */
     int ddx = dx && rn_conv_direct_dx_ok(d);
     rn_conv_direct_backward_bn(d, n, x, w, dy, ddx ? dx : NULL, acc, dw, ws, conv_threads(), ddx ? bn : NULL);
     if (ddx || !dx) return ddx && bn;
