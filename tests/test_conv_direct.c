@@ -180,9 +180,9 @@ static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t s
   ones(cin, cout, k, p, 1, h, w, n, seed);
 }
 
-/* The ImageNet stem (conv_stem7.c: forward and dW; dx, when asked for, on the GEMM path): 2- and
- * 1-block tiles (cout 64, 48, 80), 14-, 7-, 4- and 1-pixel tiles (ow 15, 17, 11, 1), one-line
- * and odd-sized images, uneven image splits; its statistics epilogue. */
+/* The ImageNet stem (conv_stem7.c: forward and dW; dx, when asked for, on the GEMM path): forward
+ * 2- and 1-block tiles, dW 4- and 1-block tiles (cout 64, 48, 80), 14-, 7-, 4- and 1-pixel tiles
+ * (ow 15, 17, 11, 1), one-line and odd-sized images, uneven image splits; its statistics epilogue. */
 static void stem_cases(void) {
   ones(3, 64, 7, 3, 2, 29, 29, 3, 35), ones(3, 48, 7, 3, 2, 9, 33, 2, 36), ones(3, 80, 7, 3, 2, 1, 22, 3, 37);
   ones(3, 16, 7, 3, 2, 2, 1, 3, 40);
