@@ -231,6 +231,10 @@ int main(void) {
     /* More than 128 input channels: the 3-wide kernel's partial sums per 128 channels. */
     one(272, 32, 3, 1, 6, 9, 2, 25), one(256, 48, 3, 1, 7, 7, 2, 26), one(32, 160, 3, 1, 5, 21, 2, 27);
     one(128, 128, 3, 1, 28, 28, 2, 28);
+    /* Weights > 1 MB on 7x7 and 14x14 images: several images per sweep (conv_images), groups of 6
+     * and 2 with partial groups at the end of a thread's images; forward and dx. */
+    one(256, 128, 3, 1, 7, 7, 9, 41), one(128, 256, 3, 1, 14, 14, 3, 42);
+    cases += 2;
     /* ResNet-50 1x1 shapes (expansion, reduction) at 7/14/28-wide lines, read in place (no padding). */
     one(64, 256, 1, 0, 14, 14, 2, 10), one(256, 64, 1, 0, 7, 7, 3, 11), one(32, 128, 1, 0, 28, 28, 1, 12);
     /* Stride 2 (forward and dW direct; dx direct for 1x1 (spread2), on the GEMM path for 3x3):
@@ -321,6 +325,7 @@ int main(void) {
     stats_case(160, 48, 3, 1, 1, 9, 14, 2, 42), stats_case(3, 16, 3, 1, 1, 32, 32, 2, 43);
     stats_case(64, 128, 1, 0, 1, 14, 14, 3, 44), stats_case(32, 32, 5, 2, 1, 11, 13, 2, 45);
     stats_case(64, 64, 3, 1, 1, 7, 7, 5, 46), stats_case(512, 64, 1, 0, 1, 7, 7, 2, 47);
+    stats_case(256, 128, 3, 1, 1, 7, 7, 9, 48), stats_case(128, 256, 3, 1, 1, 14, 14, 3, 49); /* conv_images */
   }
   /* BN backward sums in the dx epilogue: 3-wide tile (16/32/64/160 channels), generic tile (5x5),
    * 1x1, 7-wide lines, with and without the ReLU mask, dx overwritten and accumulated; and
@@ -334,6 +339,7 @@ int main(void) {
       bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 1.0f, 54), bsums_case(64, 64, 3, 1, 1, 7, 7, 5, m, 0, 1.0f, 55);
       bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 1.0f, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 1.0f, 57);
       bsums_case(64, 128, 1, 0, 2, 28, 28, 2, m, 1, 1.0f, 60); /* 1x1 stride 2: direct dx, no sums */
+      bsums_case(128, 256, 3, 1, 1, 7, 7, 9, m, m, 1.0f, 61); /* dx over several images (conv_images) */
       /* a BN+add's branch scale (stochastic depth): 1/p and 0 (dropped branch) */
       bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 1, 1.0f / 0.7f, 58), bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 0.0f, 59);
     }
@@ -345,6 +351,7 @@ int main(void) {
     rn_blas_set_threads(threads);
     one(48, 48, 3, 1, 7, 7, 3, 19), one(32, 64, 3, 1, 14, 14, 2, 20);
     ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(64, 32, 1, 0, 1, 7, 7, 3, 24), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
+    ones(256, 256, 3, 1, 1, 14, 14, 5, 43); /* dW on the GEMM, dx direct over image pairs */
     /* First convolutions (1-3 input channels): forward and dW direct (dw_stem), dx on the GEMM path. */
     ones(3, 16, 3, 1, 1, 32, 32, 2, 29), ones(3, 32, 3, 1, 1, 9, 30, 2, 30), ones(1, 16, 3, 1, 1, 28, 28, 3, 31);
     ones(2, 32, 3, 1, 1, 8, 8, 5, 32); /* 64-pixel images: several per dW group */

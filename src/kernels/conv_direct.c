@@ -481,37 +481,73 @@ AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, i
   }
 }
 
-/* All output lines of one image. When the weights are large (9*C*Co*4 bytes: 9.4 MB at 512
- * channels), two (7-wide lines: four) channel blocks at a time over all lines, so that the weights
- * of those blocks (590 KB at C = 512) stay in L2 instead of all weights streaming from memory for
- * every line. When they are small (<= 1 MB: every 1x1, 3x3 up to 128 channels), line by line over
- * all channel blocks, so that the input lines a line reads stay in cache while every block uses
- * them (a 56x56x256 image is 3.2 MB: sweeping it once per block pair was memory-bound). */
-AI void conv_plane_c(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co,
-                     int oh, int ow, float *y, int acc) {
-  const int ncb = Co / 16, grp = ow == 7 ? 4 : 2;
+/* Per-image epilogue state for a sweep over several images (conv_planes): before image j's tiles
+ * run, the forward's statistics pointer or the dx epilogue's BN-sum pointers are set to image j's
+ * (the caller has zeroed the sums of every image of the sweep). */
+typedef struct {
+  double *stats; /* forward: per image 2*co doubles */
+  int co;
+  const rn_bn_sums *bn; /* dx: rn_bn_sums of the whole batch */
+  float *dx;
+  size_t xin; /* floats per dx image */
+  int c;
+} img_epi;
+static void epi_set(const img_epi *e, int j) {
+  if (e->stats) t_stats = e->stats + (size_t)j * 2 * e->co;
+  if (e->bn) {
+    t_bsum = e->bn->sums + (size_t)j * 2 * e->c;
+    t_bmask = e->bn->mask ? e->bn->mask + (size_t)j * e->xin : NULL;
+    t_bpre = e->bn->pre;
+    t_bx = e->bn->x + (size_t)j * e->xin;
+    t_obase = e->dx + (size_t)j * e->xin;
+    t_bscale = e->bn->scale;
+    t_bstore = e->bn->store_masked;
+  }
+}
+
+/* All output lines of g images (padded inputs xs floats apart, outputs ys floats apart; e: the
+ * per-image epilogue state of images j0.., NULL = as set by the caller, g = 1 only). When the
+ * weights are large (9*C*Co*4 bytes: 9.4 MB at 512 channels), two (7-wide lines, one image: four)
+ * channel blocks at a time over all lines of all g images, so that the weights of those blocks (590
+ * KB at C = 512) stay in L2 instead of all weights streaming from memory for every line (and, with
+ * g > 1, for every image: conv_images). When they are small (<= 1 MB: every 1x1, 3x3 up to 128
+ * channels), line by line over all channel blocks, so that the input lines a line reads stay in
+ * cache while every block uses them (a 56x56x256 image is 3.2 MB: sweeping it once per block pair
+ * was memory-bound). */
+AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, const int S, int kh, int kw,
+                     const float *wt, int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0) {
+  const int ncb = Co / 16, grp = ow == 7 && g == 1 ? 4 : 2;
   if ((size_t)kh * kw * C * Co * sizeof(float) <= ((size_t)1 << 20)) {
-    for (int oy = 0; oy < oh; oy++) conv_line_c(xp, wp, C, S, kh, kw, wt, Co, oy, ow, y + (size_t)oy * ow * Co, acc, 0, ncb);
+    for (int j = 0; j < g; j++) {
+      if (e) epi_set(e, j0 + j);
+      for (int oy = 0; oy < oh; oy++)
+        conv_line_c(xp + j * xs, wp, C, S, kh, kw, wt, Co, oy, ow, y + j * ys + (size_t)oy * ow * Co, acc, 0, ncb);
+    }
     return;
   }
   for (int cb = 0; cb < ncb; cb += grp)
-    for (int oy = 0; oy < oh; oy++)
-      conv_line_c(xp, wp, C, S, kh, kw, wt, Co, oy, ow, y + (size_t)oy * ow * Co, acc, cb, cb + grp < ncb ? cb + grp : ncb);
+    for (int j = 0; j < g; j++) {
+      if (e) epi_set(e, j0 + j);
+      for (int oy = 0; oy < oh; oy++)
+        conv_line_c(xp + j * xs, wp, C, S, kh, kw, wt, Co, oy, ow, y + j * ys + (size_t)oy * ow * Co, acc, cb,
+                    cb + grp < ncb ? cb + grp : ncb);
+    }
 }
 
 /* Stride S (1 or 2) of the input lines and pixels; the dx convolution always has S = 1. */
-static void conv_plane(const float *xp, int wp, int C, int S, int kh, int kw, const float *wt, int Co, int oh,
-                       int ow, float *y, int acc) {
-#define RN_PLANE_S(SS)                                                              \
-  switch (C) {                                                                      \
-    case 3: conv_plane_c(xp, wp, 3, SS, kh, kw, wt, Co, oh, ow, y, acc); break;     \
-    case 16: conv_plane_c(xp, wp, 16, SS, kh, kw, wt, Co, oh, ow, y, acc); break;   \
-    case 32: conv_plane_c(xp, wp, 32, SS, kh, kw, wt, Co, oh, ow, y, acc); break;   \
-    case 64: conv_plane_c(xp, wp, 64, SS, kh, kw, wt, Co, oh, ow, y, acc); break;   \
-    case 128: conv_plane_c(xp, wp, 128, SS, kh, kw, wt, Co, oh, ow, y, acc); break; \
-    case 256: conv_plane_c(xp, wp, 256, SS, kh, kw, wt, Co, oh, ow, y, acc); break; \
-    case 512: conv_plane_c(xp, wp, 512, SS, kh, kw, wt, Co, oh, ow, y, acc); break; \
-    default: conv_plane_c(xp, wp, C, SS, kh, kw, wt, Co, oh, ow, y, acc); break;    \
+static void conv_planes(const float *xp, size_t xs, int g, int wp, int C, int S, int kh, int kw, const float *wt,
+                        int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0) {
+#define RN_PL(CC, SS) conv_plane_c(xp, xs, g, wp, CC, SS, kh, kw, wt, Co, oh, ow, y, ys, acc, e, j0)
+#define RN_PLANE_S(SS)            \
+  switch (C) {                    \
+    case 3: RN_PL(3, SS); break;     \
+    case 16: RN_PL(16, SS); break;   \
+    case 32: RN_PL(32, SS); break;   \
+    case 64: RN_PL(64, SS); break;   \
+    case 128: RN_PL(128, SS); break; \
+    case 256: RN_PL(256, SS); break; \
+    case 512: RN_PL(512, SS); break; \
+    default: RN_PL(C, SS); break;    \
   }
   if (S == 2) {
     RN_PLANE_S(2)
@@ -519,6 +555,25 @@ static void conv_plane(const float *xp, int wp, int C, int S, int kh, int kw, co
     RN_PLANE_S(1)
   }
 #undef RN_PLANE_S
+#undef RN_PL
+}
+static void conv_plane(const float *xp, int wp, int C, int S, int kh, int kw, const float *wt, int Co, int oh,
+                       int ow, float *y, int acc) {
+  conv_planes(xp, 0, 1, wp, C, S, kh, kw, wt, Co, oh, ow, y, 0, acc, NULL, 0);
+}
+
+/* Images per sweep of conv_planes: with large weights (> 1 MB) and small images (dw_group > 1:
+ * 14x14 and 7x7), the G images of a dW group are padded together and swept per channel-block pair,
+ * so each pair's weights are read from memory once per G images instead of once per image (per
+ * line at 7 wide). RN_CONV_IMGS=0: one image at a time (A/B). */
+static int g_imgs = -1;
+static int conv_images(const rn_conv_desc *d, int kh, int kw, int C, int Co) {
+  if (g_imgs < 0) {
+    const char *v = getenv("RN_CONV_IMGS");
+    g_imgs = !(v && v[0] == '0');
+  }
+  if (!g_imgs || is_1x1(d) || (size_t)kh * kw * C * Co * sizeof(float) <= ((size_t)1 << 20)) return 1;
+  return dw_group(d);
 }
 
 /* dx[hy][hx] (h x w x C) = src[hy/2][hx/2] at even hy and hx, else 0 (acc: added / unchanged). */
@@ -571,11 +626,24 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
    * read-for-ownership, ~23 GB/s streaming). y is 64-byte aligned in the model's arena. */
   const int streaming = one && (size_t)n * d->oh * d->ow * Co * sizeof(float) > ((size_t)16 << 20) &&
                  ((uintptr_t)y & 63) == 0 && g_stream;
+  const int G = conv_images(d, kh, kw, C, Co);
 #pragma omp parallel num_threads(T)
   {
     int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    float *xp = pads + (size_t)t * pf;
-    for (int i = n * t / nt; i < n * (t + 1) / nt; i++) {
+    float *xp = pads + (size_t)t * dw_group(d) * pf;
+    const int i1 = n * (t + 1) / nt;
+    for (int i = n * t / nt; G > 1 && i < i1; i += G) { /* several images per sweep */
+      const int g = i + G <= i1 ? G : i1 - i;
+      const size_t xin = (size_t)d->h * d->w * C, yin = (size_t)d->oh * d->ow * Co;
+      for (int j = 0; j < g; j++) {
+        pad_image_pre(x + (size_t)(i + j) * xin, d->h, d->w, C, d->pad, d->pad, xp + (size_t)j * pf, pre);
+        if (stats) memset(stats + (size_t)(i + j) * 2 * Co, 0, 2 * (size_t)Co * sizeof(double));
+      }
+      const img_epi e = {stats, Co, NULL, NULL, 0, 0};
+      conv_planes(xp, pf, g, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, y + (size_t)i * yin, yin, 0, &e, i);
+      t_stats = NULL;
+    }
+    for (int i = n * t / nt; G == 1 && i < i1; i++) {
       const float *xi = x + (size_t)i * d->h * d->w * C;
       if (!one) pad_image_pre(xi, d->h, d->w, C, d->pad, d->pad, xp, pre);
       float *yi = y + (size_t)i * d->oh * d->ow * Co;
@@ -734,7 +802,8 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   const int T = threads_for(n, threads);
-  const int G = dw ? dw_group(d) : 1; /* images per dW group: G padded images per thread */
+  /* images per group: G padded images per thread (dW groups; dx sweeps, conv_images) */
+  const int G = dw || (dx && conv_images(d, kh, kw, Co, C) > 1) ? dw_group(d) : 1;
   float *wt = ws, *pads = ws + al16(nw), *part = pads + (size_t)T * dw_group(d) * pf;
   const int pq = kh - 1 - d->pad, pr = kw - 1 - d->pad; /* padding of the dx convolution */
   const int one = is_1x1(d);                              /* 1x1: x and dy are read in place */
@@ -773,7 +842,18 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
           dw_images(one ? xi : xp, one ? xin : pf, d->w + 2 * d->pad, C, d->stride, dy + (size_t)i * yin, yin, g, Co,
                     d->oh, d->ow, kh, kw, dwt);
       }
-      if (dx)
+      const int gx = dx && G > 1 && conv_images(d, kh, kw, Co, C) > 1; /* dx: a sweep over the group */
+      if (gx) {
+        for (int j = 0; j < g; j++) {
+          pad_image(dy + (size_t)(i + j) * yin, d->oh, d->ow, Co, pq, pr, xp + (size_t)j * pf);
+          if (bn) memset(bn->sums + (size_t)(i + j) * 2 * C, 0, 2 * (size_t)C * sizeof(double));
+        }
+        const img_epi e = {NULL, 0, bn, dx, xin, C};
+        conv_planes(xp, pf, g, d->ow + 2 * pr, Co, 1, kh, kw, wt, C, d->h, d->w, dx + (size_t)i * xin, xin, acc,
+                    &e, i);
+        t_bsum = NULL;
+      }
+      if (dx && !gx)
         for (int j = i; j < i + g; j++) {
           const float *dyi = dy + (size_t)j * yin;
           if (one && d->stride != 1) { /* dense dx of the even pixels, then spread with zeros */
