@@ -241,11 +241,14 @@ int main(void) {
      * CIFAR/ResNet-50 down-sampling 3x3 and 1x1, odd and even input sizes, the 7-wide tiles. */
     ones(16, 32, 3, 1, 2, 32, 32, 2, 13), ones(32, 64, 3, 1, 2, 15, 17, 3, 14), ones(64, 64, 3, 1, 2, 14, 14, 2, 15);
     ones(64, 128, 1, 0, 2, 28, 28, 2, 16), ones(48, 16, 1, 0, 2, 9, 11, 3, 17), ones(32, 32, 5, 2, 2, 13, 29, 2, 18);
+    /* 3x3 stride 2 on tile3 (up to 64 channels): 16-pixel single-block tiles and 1-pixel tails
+     * (ow 19), pairs with 8-, 4- and 1-pixel tiles (ow 10, 14), pads 0 and 2. */
+    ones(32, 16, 3, 1, 2, 9, 37, 2, 44), ones(16, 48, 3, 0, 2, 11, 21, 3, 45), ones(32, 32, 3, 2, 2, 12, 25, 2, 46);
     /* 1x1 dW kernel (conv_dw1x1.c): input channels past a 64-block (48 and 16 left: 3- and 1-vector
      * tiles), 96 output channels (6/6/4 tiles per 16), chunks of 64 pixels across image borders;
      * stride 2 over whole lines, also lines wider than a chunk (ow 75). */
     one(112, 96, 1, 0, 9, 10, 3, 32), ones(208, 48, 1, 0, 2, 13, 15, 2, 33), ones(16, 32, 1, 0, 2, 3, 150, 2, 34);
-    cases += 25;
+    cases += 28;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
