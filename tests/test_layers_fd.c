@@ -838,6 +838,7 @@ int main(int argc, char **argv) {
     test_bn(2 * 5 * 5, 19, 0, 3, relu); /* mean far from 0 */
     test_bn(3, 5, 0, 0, relu);          /* tiny batch */
     test_bn(70, 33, 0, 0.3f, relu);     /* several 16-channel blocks and a partial one */
+    test_bn(20, 517, 0, 0.3f, relu);    /* channel sums: a 512-channel block, then 5 (CB in bn.c) */
     test_bn_threads(relu);
   }
   test_relu();
@@ -876,6 +877,7 @@ int main(int argc, char **argv) {
         test_bn_add_bitwise(3000, 16, 0, t, scales[i], relu); /* threaded, several groups */
         test_bn_add_bitwise(1500, 40, 0, t, scales[i], relu); /* 8/16-channel blocks + a partial one */
         test_bn_add_bitwise(1500, 40, 1, t, scales[i], relu);
+        test_bn_add_bitwise(40, 517, 0, t, scales[i], relu); /* a 512-channel block, then 5 */
       }
   test_shortcut(4, 8, 7, 7, 2, 2);
   test_shortcut(5, 8, 6, 5, 1, 2);
