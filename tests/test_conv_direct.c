@@ -46,7 +46,8 @@ static void ones(int cin, int cout, int k, int p, int s, int h, int w, int n, ui
     return;
   }
   CHECK(!g_expect_direct ||
-            (rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d) && ((s > 1 && k > 1) || rn_conv_direct_dx_ok(&d))),
+            (rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d) &&
+             ((s > 1 && k > 1 && !(k == 3 && p == 1)) || rn_conv_direct_dx_ok(&d))),
         "cin=%d cout=%d k=%d p=%d s=%d: direct path not taken", cin, cout, k, p, s);
   size_t wsn = rn_conv_workspace(&d, n);
   CHECK(!rn_conv_direct_shape(&d) || wsn >= rn_conv_direct_workspace(&d, n, rn_blas_threads()), "workspace too small");
@@ -145,8 +146,8 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
   rn_conv_backward(&d, n, x, wt, dy, dx0, acc, dw0, ws);
   rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask, NULL}; /* g stored when masked */
   int got = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, acc, dw1, ws, &bs);
-  /* stride 2 (1x1: direct dx) computes no sums */
-  CHECK(got == (rn_conv_direct_dx_ok(&d) && s == 1), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin,
+  /* 1x1 stride 2 (direct dx, spread2) computes no sums */
+  CHECK(got == (rn_conv_direct_dx_ok(&d) && (s == 1 || k > 1)), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin,
         got, rn_conv_direct_dx_ok(&d));
   if (got && use_mask) /* the stored dx is g: the plain dx masked */
     for (size_t i = 0; i < nx; i++) dx0[i] = mask[i] > 0.0f ? dx0[i] : 0.0f;
@@ -237,18 +238,24 @@ int main(void) {
     cases += 2;
     /* ResNet-50 1x1 shapes (expansion, reduction) at 7/14/28-wide lines, read in place (no padding). */
     one(64, 256, 1, 0, 14, 14, 2, 10), one(256, 64, 1, 0, 7, 7, 3, 11), one(32, 128, 1, 0, 28, 28, 1, 12);
-    /* Stride 2 (forward and dW direct; dx direct for 1x1 (spread2), on the GEMM path for 3x3):
-     * CIFAR/ResNet-50 down-sampling 3x3 and 1x1, odd and even input sizes, the 7-wide tiles. */
+    /* Stride 2 (forward and dW direct; dx direct for 1x1 (spread2) and 3x3 pad 1 (by pixel parity),
+     * on the GEMM path for other pads and sizes): CIFAR/ResNet-50 down-sampling 3x3 and 1x1, odd
+     * and even input sizes, the 7-wide tiles. */
     ones(16, 32, 3, 1, 2, 32, 32, 2, 13), ones(32, 64, 3, 1, 2, 15, 17, 3, 14), ones(64, 64, 3, 1, 2, 14, 14, 2, 15);
     ones(64, 128, 1, 0, 2, 28, 28, 2, 16), ones(48, 16, 1, 0, 2, 9, 11, 3, 17), ones(32, 32, 5, 2, 2, 13, 29, 2, 18);
     /* 3x3 stride 2 on tile3 (up to 64 channels): 16-pixel single-block tiles and 1-pixel tails
      * (ow 19), pairs with 8-, 4- and 1-pixel tiles (ow 10, 14), pads 0 and 2. */
     ones(32, 16, 3, 1, 2, 9, 37, 2, 44), ones(16, 48, 3, 0, 2, 11, 21, 3, 45), ones(32, 32, 3, 2, 2, 12, 25, 2, 46);
+    /* 3x3 stride-2 dx by pixel parity (dx_parity): classes 14 wide (14-pixel tiles), 7 wide (7 x 4
+     * blocks), one line and one pixel (1 x 2 input: the odd classes are empty or one pixel wide),
+     * odd sizes (odd classes one pixel shorter), more than 256 dy channels (per-tap partial sums). */
+    ones(128, 64, 3, 1, 2, 28, 28, 2, 62), ones(64, 128, 3, 1, 2, 14, 14, 3, 63), ones(16, 16, 3, 1, 2, 1, 2, 2, 64);
+    ones(48, 32, 3, 1, 2, 13, 11, 3, 65), ones(32, 272, 3, 1, 2, 7, 9, 2, 66);
     /* 1x1 dW kernel (conv_dw1x1.c): input channels past a 64-block (48 and 16 left: 3- and 1-vector
      * tiles), 96 output channels (6/6/4 tiles per 16), chunks of 64 pixels across image borders;
      * stride 2 over whole lines, also lines wider than a chunk (ow 75). */
     one(112, 96, 1, 0, 9, 10, 3, 32), ones(208, 48, 1, 0, 2, 13, 15, 2, 33), ones(16, 32, 1, 0, 2, 3, 150, 2, 34);
-    cases += 28;
+    cases += 33;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
@@ -278,8 +285,12 @@ int main(void) {
             rn_conv_direct_dx_ok(&d), "1x1 stride 2 @56: direct dW and dx expected");
   CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
         "1x1 stride 2 @28 (14-wide output): GEMM dx expected");
-  CHECK(rn_conv_desc_init(&d, 128, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
-        "3x3 stride 2: GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 128, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && rn_conv_direct_dx_ok(&d),
+        "3x3 stride 2: direct dx (pixel parity) expected");
+  CHECK(rn_conv_desc_init(&d, 128, 256, 3, 3, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
+        "3x3 stride 2 pad 0: GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 2, 1, 14, 14, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
+        "3x3 stride 2 @14 (7-wide classes): GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_bwd_ok(&d),
         "1x1 stride 2 @28: GEMM dW expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
@@ -295,9 +306,9 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 4, 64, 7, 7, 2, 3, 224, 224, &e) == RN_OK && !rn_conv_stem7_shape(&d),
         "4-channel 7x7: not the stem kernel");
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "3x3 stride 2, 32 ch: direct fwd/dW, GEMM dx expected");
+            rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d), "3x3 stride 2, 32 ch: direct fwd/dW/dx expected");
   CHECK(rn_conv_desc_init(&d, 256, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "3x3 stride 2, 256 ch: direct fwd only expected");
+            !rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d), "3x3 stride 2, 256 ch: direct fwd and dx expected");
   /* Streaming stores: a 1x1 forward with > 16 MB of 64-byte aligned output takes them; the result
    * must be bitwise that of the same kernel with ordinary stores (unaligned y) and match the GEMM. */
   {
@@ -332,7 +343,7 @@ int main(void) {
   }
   /* BN backward sums in the dx epilogue: 3-wide tile (16/32/64/160 channels), generic tile (5x5),
    * 1x1, 7-wide lines, with and without the ReLU mask, dx overwritten and accumulated; and
-   * stride-2 shapes (3x3: dx on the GEMM path; 1x1: direct dx; neither computes sums, returns 0).
+   * stride-2 shapes (3x3: dx by pixel parity, with sums; 1x1: direct dx without sums, returns 0).
    * randf: values in [-1, 1), so about half the mask is <= 0. */
   for (int threads = 2; threads >= 1; threads--) {
     rn_blas_set_threads(threads);
@@ -343,6 +354,7 @@ int main(void) {
       bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 1.0f, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 1.0f, 57);
       bsums_case(64, 128, 1, 0, 2, 28, 28, 2, m, 1, 1.0f, 60); /* 1x1 stride 2: direct dx, no sums */
       bsums_case(128, 256, 3, 1, 1, 7, 7, 9, m, m, 1.0f, 61); /* dx over several images (conv_images) */
+      bsums_case(48, 32, 3, 1, 2, 13, 11, 2, m, 1 - m, 1.0f / 0.7f, 67); /* stride 2 by parity, odd sizes */
       /* a BN+add's branch scale (stochastic depth): 1/p and 0 (dropped branch) */
       bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 1, 1.0f / 0.7f, 58), bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 0.0f, 59);
     }
@@ -355,6 +367,7 @@ int main(void) {
     one(48, 48, 3, 1, 7, 7, 3, 19), one(32, 64, 3, 1, 14, 14, 2, 20);
     ones(32, 64, 1, 0, 1, 28, 28, 2, 21), ones(64, 32, 1, 0, 1, 14, 14, 2, 22), ones(64, 32, 1, 0, 1, 7, 7, 3, 24), ones(32, 64, 3, 1, 2, 16, 16, 3, 23);
     ones(256, 256, 3, 1, 1, 14, 14, 5, 43); /* dW on the GEMM, dx direct over image pairs */
+    ones(256, 256, 3, 1, 2, 14, 14, 3, 68); /* stride 2: dW on the GEMM, dx direct (pixel parity) */
     /* First convolutions (1-3 input channels): forward and dW direct (dw_stem), dx on the GEMM path. */
     ones(3, 16, 3, 1, 1, 32, 32, 2, 29), ones(3, 32, 3, 1, 1, 9, 30, 2, 30), ones(1, 16, 3, 1, 1, 28, 28, 3, 31);
     ones(2, 32, 3, 1, 1, 8, 8, 5, 32); /* 64-pixel images: several per dW group */

@@ -43,6 +43,8 @@ static const fcase cases[] = {
     {"cifar-plain8 w16", "cifar-plain8", RN_SHORTCUT_A, 0, 16, 16, 4, 3, 1.0f, 0},
     {"cifar8 B w16 bn_eval_in_train", "cifar-resnet8", RN_SHORTCUT_B, 0, 16, 16, 5, 3, 1.0f, 1},
     {"resnet18 w16 112x112", "resnet18", RN_SHORTCUT_B, 0, 16, 112, 6, 2, 1.0f, 0},
+    /* bottlenecks: the stride-2 3x3 conv2 applies its BN (dx by pixel parity computes the sums) */
+    {"resnet50 w16 64x64", "resnet50", RN_SHORTCUT_B, 0, 16, 64, 6, 2, 1.0f, 0},
 };
 
 typedef struct {

@@ -135,6 +135,16 @@ static int dx_s2(void) {
   }
   return g_dx_s2;
 }
+/* 3x3 stride 2, pad 1: dx by pixel parity (dx_parity), four small stride-1 convolutions of dy,
+ * with the BN-sum epilogue. Width rule in rn_conv_direct_dx_ok. RN_CONV_DX_PAR=0: GEMM path (A/B). */
+static int g_dx_par = -1;
+static int dx_par(const rn_conv_desc *d) {
+  if (g_dx_par < 0) {
+    const char *v = getenv("RN_CONV_DX_PAR");
+    g_dx_par = !(v && v[0] == '0');
+  }
+  return g_dx_par && d->kh == 3 && d->kw == 3 && d->pad == 1 && d->stride == 2;
+}
 /* dx (stride 1): the forward kernel on dy, so the forward's width rule; the 14- and 7-wide
  * ResNet-50 layers run it faster than the GEMM path (b32, 1 thread, GF/s: 256@14 161/125, 512@7
  * 129/115) while their dW stays on the GEMM (direct 96-106/120, 81/129). 1x1: direct on lines
@@ -142,8 +152,12 @@ static int dx_s2(void) {
  * 293/198, 256->1024@14 292/276, 1024->256@14 315/306); 7-wide 285/302 stays on the GEMM. */
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->cin % 16) return 0;
-  if (d->stride != 1 && !(is_1x1(d) && dx_s2())) return 0;
+  if (d->stride != 1 && !(is_1x1(d) && dx_s2()) && !dx_par(d)) return 0;
   if (g_all_widths) return 1;
+  /* dx_par: every 3x3 stride-2 layer but those with 7-wide classes (rn-bench-conv, 2 threads, GF/s
+   * parity / GEMM + col2im: 16->32@32 b128 190/115, 32->64@16 262/211, 128->128@56 298/238,
+   * 256->256@28 345/275; 512->512@14 274/303 stays on the GEMM) */
+  if (d->stride != 1 && !is_1x1(d)) return d->w >= 16;
   if (is_1x1(d)) return d->ow >= (d->stride == 1 ? 14 : 28);
   return fwd_width(d->w) && fwd_width(d->ow);
 }
@@ -287,14 +301,14 @@ AI void bsum_prefetch(const float *yl, int ox0, int cb0, int Co, const int NB, c
  * xp: padded input [..][wp][C]; wt: [kh][kw][C][Co]. Fixed-size arrays and constant NB, NC (and C
  * where specialised) so that the accumulators stay in registers and the broadcast offsets are
  * immediates. */
-AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co, int oy,
+AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co, int ps, int oy,
              int ox0, int cb0, float *yl, int acc, const int NB, const int NC) {
   __m512 a[28];
   /* Partial sums over one kernel row (one tap when C*kw is large) are added into y: shorter
    * float accumulation chains (accuracy close to BLIS's) for the price of a few loads/stores. */
   const int per_tap = C * kw > 256;
   int first = acc != 1; /* acc: 0 = overwrite y, 1 = add into y, 2 = overwrite with streaming stores */
-  if (t_bsum) bsum_prefetch(yl, ox0, cb0, Co, NB, NC);
+  if (t_bsum) bsum_prefetch(yl, ox0, cb0, ps, NB, NC);
   /* 1x1 on lines >= 28 wide (x read in place, from memory): the first channel-block sweep of a line
    * prefetches the same pixels of the next line into L2 (RN_CONV_PF1=0: off) */
   const float *pf = g_pf1 && kh == 1 && kw == 1 && cb0 == 0 && wp >= 28
@@ -329,7 +343,7 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
         for (int c = 0; c < NC; c++) {
           __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
           for (int j = 0; j < NB; j++) {
-            float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
+            float *o = yl + (size_t)(ox0 + j) * ps + (size_t)(cb0 + c) * 16;
             __m512 v = a[j * NC + c];
             if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
             if (bs) v = bsum_add(v, o, (cb0 + c) * 16, sv);
@@ -357,13 +371,13 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
 #ifndef TILE3_CH
 #define TILE3_CH 32
 #endif
-AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int oy, int ox0,
+AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int ps, int oy, int ox0,
               int cb0, float *yl, int acc, const int NB, const int NC) {
   __m512 a[16];
   int first = acc != 1;
   const size_t bs = (size_t)kh * 3 * C * 16; /* one channel block of blocked weights */
   const size_t ts = (size_t)C * 16;          /* one tap */
-  if (t_bsum) bsum_prefetch(yl, ox0, cb0, Co, NB, NC);
+  if (t_bsum) bsum_prefetch(yl, ox0, cb0, ps, NB, NC);
   for (int ky = 0; ky < kh; ky++) {
     const float *row = xp + ((size_t)(oy * S + ky) * wp + (size_t)ox0 * S) * C;
     for (int c0 = 0; c0 < C; c0 += TILE3_CH) {
@@ -394,7 +408,7 @@ AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const f
       for (int c = 0; c < NC; c++) {
         __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
         for (int j = 0; j < NB; j++) {
-          float *o = yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16;
+          float *o = yl + (size_t)(ox0 + j) * ps + (size_t)(cb0 + c) * 16;
           __m512 v = a[j * NC + c];
           if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(o));
           if (bs) v = bsum_add(v, o, (cb0 + c) * 16, sv);
@@ -411,28 +425,28 @@ AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const f
 
 /* One output line of a 3-wide stride-1 kernel: 7 x 2 tiles on 7k-wide lines (ResNet-50), 16 x 1
  * for single channel blocks (CIFAR 16 channels), 8 x 2 otherwise; tails of 4 and 1 pixels. */
-AI void conv_line3_c(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int oy,
+AI void conv_line3_c(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int ps, int oy,
                      int ow, float *yl, int acc, int cb_begin, int ncb) {
   int cb = cb_begin;
   if (ow % 7 == 0) {
     for (; cb + 2 <= ncb; cb += 2)
-      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 7, 2);
+      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 2);
     for (; cb < ncb; cb++)
-      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 7, 1);
+      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 1);
     return;
   }
   for (; cb + 2 <= ncb; cb += 2) {
     int ox = 0;
-    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 8, 2);
-    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 4, 2);
-    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 1, 2);
+    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2);
+    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2);
+    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2);
   }
   for (; cb < ncb; cb++) {
     int ox = 0;
-    for (; ox + 16 <= ow; ox += 16) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 16, 1);
-    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 8, 1);
-    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 4, 1);
-    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, oy, ox, cb, yl, acc, 1, 1);
+    for (; ox + 16 <= ow; ox += 16) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1);
+    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1);
+    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1);
+    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1);
   }
 }
 
@@ -449,43 +463,43 @@ static int use_tile3(void) {
 }
 
 /* One output line: all pixels, channel blocks [cb_begin, ncb). */
-AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co, int oy, int ow,
+AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co, int ps, int oy, int ow,
                     float *yl, int acc, int cb_begin, int ncb) {
   /* stride 2 up to 64 input channels (CIFAR; rn-bench-conv, 2 threads, two alternating pairs,
    * generic -> tile3: 16->32@32 226/232 -> 248/279 GF/s, 32->64@16 270/273 -> 324/326); ResNet-50's
    * 128-512 channels measured no better (128@56 300/307 -> 285/307, 256@28 318/314 -> 285/319). */
   if (use_tile3() && kw == 3 && (S == 1 || (g_tile3_s2 && C <= 64)) && acc != 2) {
-    conv_line3_c(xp, wp, C, S, kh, wt, Co, oy, ow, yl, acc, cb_begin, ncb);
+    conv_line3_c(xp, wp, C, S, kh, wt, Co, ps, oy, ow, yl, acc, cb_begin, ncb);
     return;
   }
   int cb = cb_begin;
   if (ow % 14 == 0) { /* 14, 28, 56 (ResNet-50): 14 pixels x 2 channel blocks, no tails */
     for (; cb + 2 <= ncb; cb += 2)
-      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 14, 2);
+      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 2);
     for (; cb < ncb; cb++)
-      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 14, 1);
+      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 1);
     return;
   }
   if (ow == 7) { /* ResNet-50 layer4: 7 pixels x 4 channel blocks */
-    for (; cb + 4 <= ncb; cb += 4) tile(xp, wp, C, S, kh, kw, wt, Co, oy, 0, cb, yl, acc, 7, 4);
-    for (; cb + 2 <= ncb; cb += 2) tile(xp, wp, C, S, kh, kw, wt, Co, oy, 0, cb, yl, acc, 7, 2);
-    for (; cb < ncb; cb++) tile(xp, wp, C, S, kh, kw, wt, Co, oy, 0, cb, yl, acc, 7, 1);
+    for (; cb + 4 <= ncb; cb += 4) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 4);
+    for (; cb + 2 <= ncb; cb += 2) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 2);
+    for (; cb < ncb; cb++) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 1);
     return;
   }
   /* Two channel blocks at a time (8 pixels x 2 blocks = 16 accumulators) when the line is short. */
   if (ow < 16)
     for (; cb + 2 <= ncb; cb += 2) {
       int ox = 0;
-      for (; ox + 8 <= ow; ox += 8) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 8, 2);
-      for (; ox + 4 <= ow; ox += 4) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 4, 2);
-      for (; ox < ow; ox++) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 1, 2);
+      for (; ox + 8 <= ow; ox += 8) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2);
+      for (; ox + 4 <= ow; ox += 4) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2);
+      for (; ox < ow; ox++) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2);
     }
   for (; cb < ncb; cb++) {
     int ox = 0;
-    for (; ox + 16 <= ow; ox += 16) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 16, 1);
-    for (; ox + 8 <= ow; ox += 8) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 8, 1);
-    for (; ox + 4 <= ow; ox += 4) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 4, 1);
-    for (; ox < ow; ox++) tile(xp, wp, C, S, kh, kw, wt, Co, oy, ox, cb, yl, acc, 1, 1);
+    for (; ox + 16 <= ow; ox += 16) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1);
+    for (; ox + 8 <= ow; ox += 8) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1);
+    for (; ox + 4 <= ow; ox += 4) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1);
+    for (; ox < ow; ox++) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1);
   }
 }
 
@@ -523,13 +537,14 @@ static void epi_set(const img_epi *e, int j) {
  * cache while every block uses them (a 56x56x256 image is 3.2 MB: sweeping it once per block pair
  * was memory-bound). */
 AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, const int S, int kh, int kw,
-                     const float *wt, int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0) {
+                     const float *wt, int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0,
+                     int ps, size_t ls) {
   const int ncb = Co / 16, grp = ow == 7 && g == 1 ? 4 : 2;
   if ((size_t)kh * kw * C * Co * sizeof(float) <= ((size_t)1 << 20)) {
     for (int j = 0; j < g; j++) {
       if (e) epi_set(e, j0 + j);
       for (int oy = 0; oy < oh; oy++)
-        conv_line_c(xp + j * xs, wp, C, S, kh, kw, wt, Co, oy, ow, y + j * ys + (size_t)oy * ow * Co, acc, 0, ncb);
+        conv_line_c(xp + j * xs, wp, C, S, kh, kw, wt, Co, ps, oy, ow, y + j * ys + (size_t)oy * ls, acc, 0, ncb);
     }
     return;
   }
@@ -537,15 +552,16 @@ AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, con
     for (int j = 0; j < g; j++) {
       if (e) epi_set(e, j0 + j);
       for (int oy = 0; oy < oh; oy++)
-        conv_line_c(xp + j * xs, wp, C, S, kh, kw, wt, Co, oy, ow, y + j * ys + (size_t)oy * ow * Co, acc, cb,
+        conv_line_c(xp + j * xs, wp, C, S, kh, kw, wt, Co, ps, oy, ow, y + j * ys + (size_t)oy * ls, acc, cb,
                     cb + grp < ncb ? cb + grp : ncb);
     }
 }
 
 /* Stride S (1 or 2) of the input lines and pixels; the dx convolution always has S = 1. */
 static void conv_planes(const float *xp, size_t xs, int g, int wp, int C, int S, int kh, int kw, const float *wt,
-                        int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0) {
-#define RN_PL(CC, SS) conv_plane_c(xp, xs, g, wp, CC, SS, kh, kw, wt, Co, oh, ow, y, ys, acc, e, j0)
+                        int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0, int ps,
+                        size_t ls) {
+#define RN_PL(CC, SS) conv_plane_c(xp, xs, g, wp, CC, SS, kh, kw, wt, Co, oh, ow, y, ys, acc, e, j0, ps, ls)
 #define RN_PLANE_S(SS)            \
   switch (C) {                    \
     case 3: RN_PL(3, SS); break;     \
@@ -567,7 +583,7 @@ static void conv_planes(const float *xp, size_t xs, int g, int wp, int C, int S,
 }
 static void conv_plane(const float *xp, int wp, int C, int S, int kh, int kw, const float *wt, int Co, int oh,
                        int ow, float *y, int acc) {
-  conv_planes(xp, 0, 1, wp, C, S, kh, kw, wt, Co, oh, ow, y, 0, acc, NULL, 0);
+  conv_planes(xp, 0, 1, wp, C, S, kh, kw, wt, Co, oh, ow, y, 0, acc, NULL, 0, Co, (size_t)ow * Co);
 }
 
 /* Images per sweep of conv_planes: with large weights (> 1 MB) and small images (dw_group > 1:
@@ -648,7 +664,8 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
         if (stats) memset(stats + (size_t)(i + j) * 2 * Co, 0, 2 * (size_t)Co * sizeof(double));
       }
       const img_epi e = {stats, Co, NULL, NULL, 0, 0};
-      conv_planes(xp, pf, g, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, y + (size_t)i * yin, yin, 0, &e, i);
+      conv_planes(xp, pf, g, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, y + (size_t)i * yin, yin, 0, &e, i, Co,
+                  (size_t)d->ow * Co);
       t_stats = NULL;
     }
     for (int i = n * t / nt; G == 1 && i < i1; i++) {
@@ -800,6 +817,41 @@ static void dw_images(const float *xp, size_t xstride, int wp, int C, int S, con
   }
 }
 
+/* The dx epilogue state (BN sums) of image j, its sums zeroed. */
+static void bsum_image(const rn_bn_sums *bn, int j, int C, size_t xin, float *dx) {
+  t_bsum = bn->sums + (size_t)j * 2 * C;
+  memset(t_bsum, 0, 2 * (size_t)C * sizeof(double));
+  t_bmask = bn->mask ? bn->mask + (size_t)j * xin : NULL;
+  t_bpre = bn->pre;
+  t_bx = bn->x + (size_t)j * xin;
+  t_obase = dx + (size_t)j * xin;
+  t_bscale = bn->scale;
+  t_bstore = bn->store_masked;
+}
+
+/* dx of a 3x3 stride-2 convolution (pad 1) by pixel parity: with x padded by 1, dx[2i+a][2j+b]
+ * receives dy[o] through the taps k with 2o + k = 2i + a + 1: for a = 0 only k = 1 (o = i), for
+ * a = 1 k = 2 (o = i) and k = 0 (o = i + 1); the same per column. So each of the four classes
+ * (a, b) of dx pixels is a stride-1 convolution of dy with (a + 1) x (b + 1) taps (1x1, 1x2, 2x1,
+ * 2x2: 9 in all, the forward's FLOPs), dy padded by one zero line and column at the end; its
+ * output pixels are every other pixel of every other line of dx (pixel stride 2C, line stride
+ * 2wC). Every dx pixel is written once, as a final value (so the BN-sum epilogue applies).
+ * xp: dy padded by 1 on each side; wt: the classes' weights (rn_conv_direct_backward_bn). */
+static int par_tap(int a, int t) { return a == 0 ? 1 : t == 0 ? 2 : 0; }
+static void dx_parity(const float *xp, const rn_conv_desc *d, const float *wt, float *dxi, int acc) {
+  const int C = d->cin, Co = d->cout, wp = d->ow + 2;
+  const float *base = xp + (size_t)(wp + 1) * Co; /* dy[0][0] */
+  size_t off = 0;
+  for (int a = 0; a < 2; a++)
+    for (int b = 0; b < 2; b++) {
+      const int oh = (d->h - a + 1) / 2, ow = (d->w - b + 1) / 2;
+      if (oh > 0 && ow > 0)
+        conv_planes(base, 0, 1, wp, Co, 1, a + 1, b + 1, wt + off, C, oh, ow, dxi + ((size_t)a * d->w + b) * C, 0,
+                    acc, NULL, 0, 2 * C, (size_t)2 * d->w * C);
+      off += (size_t)(a + 1) * (b + 1) * Co * C;
+    }
+}
+
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                              float *dx, int acc, float *dw, float *ws, int threads) {
   rn_conv_direct_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, threads, NULL);
@@ -811,12 +863,28 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   const int T = threads_for(n, threads);
   /* images per group: G padded images per thread (dW groups; dx sweeps, conv_images) */
-  const int G = dw || (dx && conv_images(d, kh, kw, Co, C) > 1) ? dw_group(d) : 1;
+  const int G = dw || (dx && d->stride == 1 && conv_images(d, kh, kw, Co, C) > 1) ? dw_group(d) : 1;
   float *wt = ws, *pads = ws + al16(nw), *part = pads + (size_t)T * dw_group(d) * pf;
   const int pq = kh - 1 - d->pad, pr = kw - 1 - d->pad; /* padding of the dx convolution */
   const int one = is_1x1(d);                              /* 1x1: x and dy are read in place */
   if (one && d->stride != 1) bn = NULL;                   /* no epilogue sums (rn_conv_direct_dx_ok) */
-  if (dx) /* blocked: wt[ci/16][ky'][kx'][co][ci%16] = w[co][kh-1-ky'][kw-1-kx'][ci] */
+  const int par = dx && !one && d->stride == 2; /* 3x3 stride 2: dx by pixel parity (dx_parity) */
+  RN_ASSERT(!par || (kh == 3 && kw == 3 && d->pad == 1));
+  if (par) /* the four parity classes' blocked weights, one after the other in wt (9 taps in all) */
+    for (int a = 0, off = 0; a < 2; a++)
+      for (int b = 0; b < 2; b++) {
+        const int na = a + 1, nb = b + 1;
+        for (int ty = 0; ty < na; ty++)
+          for (int tx = 0; tx < nb; tx++)
+            for (int co = 0; co < Co; co++) {
+              const float *src = w + (size_t)co * K + (size_t)(par_tap(a, ty) * kw + par_tap(b, tx)) * C;
+              for (int cb = 0; cb < C / 16; cb++)
+                memcpy(wt + off + (((size_t)cb * na * nb + (size_t)(ty * nb + tx)) * Co + co) * 16, src + (size_t)cb * 16,
+                       16 * sizeof(float));
+            }
+        off += na * nb * Co * C;
+      }
+  else if (dx) /* blocked: wt[ci/16][ky'][kx'][co][ci%16] = w[co][kh-1-ky'][kw-1-kx'][ci] */
     for (int ky = 0; ky < kh; ky++)
       for (int kx = 0; kx < kw; kx++)
         for (int co = 0; co < Co; co++) {
@@ -850,7 +918,7 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
           dw_images(one ? xi : xp, one ? xin : pf, d->w + 2 * d->pad, C, d->stride, dy + (size_t)i * yin, yin, g, Co,
                     d->oh, d->ow, kh, kw, dwt);
       }
-      const int gx = dx && G > 1 && conv_images(d, kh, kw, Co, C) > 1; /* dx: a sweep over the group */
+      const int gx = dx && !par && G > 1 && conv_images(d, kh, kw, Co, C) > 1; /* dx: a sweep over the group */
       if (gx) {
         for (int j = 0; j < g; j++) {
           pad_image(dy + (size_t)(i + j) * yin, d->oh, d->ow, Co, pq, pr, xp + (size_t)j * pf);
@@ -858,12 +926,19 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
         }
         const img_epi e = {NULL, 0, bn, dx, xin, C};
         conv_planes(xp, pf, g, d->ow + 2 * pr, Co, 1, kh, kw, wt, C, d->h, d->w, dx + (size_t)i * xin, xin, acc,
-                    &e, i);
+                    &e, i, C, (size_t)d->w * C);
         t_bsum = NULL;
       }
       if (dx && !gx)
         for (int j = i; j < i + g; j++) {
           const float *dyi = dy + (size_t)j * yin;
+          if (par) {
+            pad_image(dyi, d->oh, d->ow, Co, 1, 1, xp);
+            if (bn) bsum_image(bn, j, C, xin, dx);
+            dx_parity(xp, d, wt, dx + (size_t)j * xin, acc);
+            t_bsum = NULL;
+            continue;
+          }
           if (one && d->stride != 1) { /* dense dx of the even pixels, then spread with zeros */
             conv_plane(dyi, d->ow, Co, 1, 1, 1, wt, C, d->oh, d->ow, xp, 0);
             spread2(xp, d->oh, d->ow, C, d->h, d->w, dx + (size_t)j * xin, acc);
@@ -871,16 +946,7 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
           }
           if (!one) pad_image(dyi, d->oh, d->ow, Co, pq, pr, xp);
           const int wp = d->ow + 2 * pr;
-          if (bn) {
-            t_bsum = bn->sums + (size_t)j * 2 * C;
-            memset(t_bsum, 0, 2 * (size_t)C * sizeof(double));
-            t_bmask = bn->mask ? bn->mask + (size_t)j * xin : NULL;
-            t_bpre = bn->pre;
-            t_bx = bn->x + (size_t)j * xin;
-            t_obase = dx + (size_t)j * xin;
-            t_bscale = bn->scale;
-            t_bstore = bn->store_masked;
-          }
+          if (bn) bsum_image(bn, j, C, xin, dx);
           conv_plane(one ? dyi : xp, wp, Co, 1, kh, kw, wt, C, d->h, d->w, dx + (size_t)j * xin, acc);
           t_bsum = NULL;
         }

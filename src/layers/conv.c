@@ -289,7 +289,7 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   /* an input that was never stored: both passes must be direct (rn_conv_pre_ok) */
   RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && dw && dx));
   int sums = 0;
-  if (d->stride != 1 && bn && !bn->pre) bn = NULL; /* stride-2 direct dx (1x1) has no epilogue sums */
+  if (d->stride != 1 && d->kh == 1 && d->kw == 1 && bn && !bn->pre) bn = NULL; /* 1x1 stride-2 dx: no epilogue sums */
   if (dw && rn_conv_stem7_shape(d)) { /* the ImageNet stem: its own dW kernel; dx (if wanted) below */
     rn_conv_stem7_backward(d, n, x, dy, dw, ws, conv_threads());
     if (!dx) return 0;
