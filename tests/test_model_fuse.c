@@ -10,6 +10,8 @@
  * untouched (checkpoints do not see the fusion). */
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "rn/kernels.h"
 #include "rn/model.h"
@@ -49,11 +51,32 @@ static const fcase cases[] = {
 
 typedef struct {
   rn_model m;
+  size_t tail_pages, tail_resident; /* lazy BN outputs' pages, and how many were resident after the
+                                       training steps and the eval forward */
   double loss[3];
   float *logits, *grad, *gin, *state, *eval_logits, *grad_eval;
 } run_out;
 
 static int same(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+/* The whole pages of the activation arena's tail (the lazy BN outputs, rn_alloc_arena) and how
+ * many of them are resident (mincore). */
+static void tail_pages(rn_model *m, size_t *pages, size_t *resident) {
+  const size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+  uintptr_t a = ((uintptr_t)(m->act + m->act_touch_floats) + ps - 1) & ~(uintptr_t)(ps - 1);
+  uintptr_t b = (uintptr_t)(m->act + m->act_floats) & ~(uintptr_t)(ps - 1);
+  *pages = *resident = 0;
+  if (b <= a) return;
+  *pages = (b - a) / ps;
+  unsigned char *v = malloc(*pages);
+  if (!v || mincore((void *)a, b - a, v)) {
+    CHECK(0, "mincore failed");
+    *pages = 0;
+  } else {
+    for (size_t i = 0; i < *pages; i++) *resident += v[i] & 1;
+  }
+  free(v);
+}
 
 /* Builds the case (fusion on/off), runs the fixed sequence, keeps every result. */
 static int run(const fcase *fc, int fuse, run_out *o) {
@@ -138,6 +161,7 @@ static int run(const fcase *fc, int fuse, run_out *o) {
   /* eval forward, and a backward of the eval-mode forward */
   rn_model_forward(m, n, 0);
   memcpy(o->eval_logits, rn_model_logits(m), (size_t)n * K * sizeof(float));
+  tail_pages(m, &o->tail_pages, &o->tail_resident);
   rn_model_loss(m, n, labels, 0.0f, NULL, NULL);
   rn_model_zero_grad(m);
   rn_model_backward(m, n, NULL, NULL);
@@ -190,6 +214,18 @@ static void run_case(const fcase *fc, int level) {
   }
   CHECK(lazy_a == 0 && lazy_ok && (level < 3 ? lazy_b == 0 : fc->width % 16 != 0 || lazy_b > 0),
         "%s level %d: %d lazy BN nodes (unfused %d)", fc->tag, level, lazy_b, lazy_a);
+  /* the lazy BN outputs: the arena's tail, never written by training steps or an eval forward
+   * (only with BN in eval mode during training), so never resident */
+  size_t lazy_floats = 0;
+  for (int k = 0; k < mb->nnodes; k++)
+    if (mb->nodes[k].lazy) {
+      const rn_tensor *t = &mb->tensors[mb->nodes[k].out];
+      lazy_floats += rn_align16((size_t)mb->batch * t->h * t->w * t->c);
+    }
+  CHECK(mb->act_floats - mb->act_touch_floats == lazy_floats && (fc->bn_eval || b.tail_resident == 0) &&
+            (lazy_floats < 4096 || b.tail_pages > 0),
+        "%s level %d: lazy tail %zu floats (%zu expected), %zu of %zu pages resident", fc->tag, level,
+        mb->act_floats - mb->act_touch_floats, lazy_floats, b.tail_resident, b.tail_pages);
   int params_same = ma->nparams == mb->nparams && ma->ntotal == mb->ntotal;
   for (int i = 0; params_same && i < ma->nparams; i++)
     params_same &= !strcmp(ma->params[i].name, mb->params[i].name) && ma->params[i].off == mb->params[i].off;

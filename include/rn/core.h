@@ -41,6 +41,11 @@ _Noreturn void rn_assert_fail(const char *what, const char *file, int line);
  * Aborts with a clear message when out of memory. */
 void *rn_alloc(size_t bytes);
 void rn_free(void *p);
+/* A large arena of `bytes` (anonymous mmap, page aligned) of which only the first `touch` bytes are
+ * zero-filled and touched now; the rest costs no memory until first written (then zero-filled by
+ * the kernel). Freed with rn_free_arena(p, bytes). */
+void *rn_alloc_arena(size_t bytes, size_t touch);
+void rn_free_arena(void *p, size_t bytes);
 
 /* Round n up to a multiple of 16 floats (64 bytes). */
 static inline size_t rn_align16(size_t n) { return (n + 15) & ~(size_t)15; }

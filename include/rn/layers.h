@@ -186,6 +186,9 @@ void rn_bn_forward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, co
                               const float *beta, float *run_mean, float *run_var, float *save, int nimg,
                               const double *stats, float *sc, float *sh);
 /* Eval: running statistics. */
+/* The eval forward's float coefficients: y = [relu](x * sc + sh) (rn_conv_pre applies them). */
+void rn_bn_eval_coef(const rn_bn_desc *d, const float *gamma, const float *beta, const float *run_mean,
+                     const float *run_var, float *sc, float *sh);
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                         const float *beta, const float *run_mean, const float *run_var, float *y);
 /* Synchronised BN (an option of data-parallel training): when fn is set, the training-mode forward

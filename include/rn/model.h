@@ -75,8 +75,9 @@ typedef struct {
                        conv in between (1), or by a bn_add node across a projection shortcut whose
                        convs are all 1 (2): a training forward on the direct kernel hands that BN the
                        channel sums (rn_conv_forward_stats) in m->stats (1) or m->stats2 (2) */
-  int lazy;         /* BN (fusion level 3): a training forward does not store the output; the reader
-                       conv applies it (pre_bn) with the coefficients at m->pre_coef + pre_off */
+  int lazy;         /* BN (fusion level 3): a training or eval forward does not store the output; the
+                       reader conv applies it (pre_bn) with the coefficients at m->pre_coef + pre_off
+                       (only bn_eval_in_train training stores it, in the arena's untouched tail) */
   size_t pre_off;
   int pre_bn;       /* CONV: index of the lazy BN node whose output is its input (-1: none) */
   int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
@@ -111,6 +112,7 @@ typedef struct {
   float *ws;                 /* shared workspace */
   float *dlogits;            /* [batch][classes] */
   size_t act_floats, save_floats, ws_floats;
+  size_t act_touch_floats;   /* the part of act before the lazy BN outputs (touched at build) */
   uint64_t sd_key;           /* key of this step's stochastic-depth draws (see rn_model_set_step) */
   uint64_t sd_seed;          /* stochastic depth: block b keeps its branch for this step iff */
   int64_t sd_step;           /*   uniform(rn_key(sd_seed, sd_step, b, 0)) < survival */

@@ -1,6 +1,7 @@
 #include "rn/core.h"
 
 #include <errno.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
@@ -73,6 +74,21 @@ void *rn_alloc(size_t bytes) {
 }
 
 void rn_free(void *p) { free(p); }
+
+void *rn_alloc_arena(size_t bytes, size_t touch) {
+  const size_t sz = ((bytes + 63) & ~(size_t)63) + RN_ALLOC_SLACK;
+  void *p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    fprintf(stderr, "resnet-mpi: out of memory mapping %zu bytes: %s\n", bytes, strerror(errno));
+    abort();
+  }
+  memset(p, 0, touch < sz ? touch : sz);
+  return p;
+}
+
+void rn_free_arena(void *p, size_t bytes) {
+  if (p) munmap(p, ((bytes + 63) & ~(size_t)63) + RN_ALLOC_SLACK);
+}
 
 float rn_rng_normal(rn_rng *r) {
   float u1 = rn_rng_uniform(r), u2 = rn_rng_uniform(r);

@@ -292,12 +292,16 @@ void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const fl
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C);
   float sc[c], sh[c];
-  for (int j = 0; j < c; j++) {
+  rn_bn_eval_coef(d, gamma, beta, run_mean, run_var, sc, sh);
+  affine(c, m, x, sc, sh, d->relu, y);
+}
+void rn_bn_eval_coef(const rn_bn_desc *d, const float *gamma, const float *beta, const float *run_mean,
+                     const float *run_var, float *sc, float *sh) {
+  for (int j = 0; j < d->c; j++) {
     double k = gamma[j] / sqrt((double)run_var[j] + (double)d->eps);
     sc[j] = (float)k;
     sh[j] = (float)(beta[j] - run_mean[j] * k);
   }
-  affine(c, m, x, sc, sh, d->relu, y);
 }
 
 /* One row of the dx pass: r = a*g + (b*(x - mu) + k) (b == NULL: r = a*g); dx = r or dx += r.

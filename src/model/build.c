@@ -621,6 +621,32 @@ static void check_act(const rn_model *m, const int *nuse, const int *producer) {
   free(bwd_need);
 }
 
+/* Level 3: a BN(+ReLU) whose only reader is a convolution that is the first reader of its output
+ * (so it will compute the BN's backward sums in its dx epilogue: bn_prev, below) and runs on the
+ * direct kernel in all passes is lazy: a training or eval forward never stores its output. The
+ * convolution applies the BN's affine (+ReLU) as it copies the BN's input into its padded buffer
+ * (forward and dW), and its dx epilogue takes the ReLU mask from the BN's input. Only a training
+ * step with BN in eval mode (bn_eval_in_train) writes the output. */
+static void mark_lazy(rn_model *m) {
+  for (int k = 0; k < m->nnodes; k++) m->nodes[k].pre_bn = -1, m->nodes[k].lazy = 0;
+  if (m->fused < 3 || m->bn_epilogue < 2) return;
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node *cv = &m->nodes[k];
+    if (cv->op != RN_OP_CONV || cv->in == m->input || cv->u.conv.kh * cv->u.conv.kw == 1 ||
+        !rn_conv_pre_ok(&cv->u.conv))
+      continue;
+    int first_reader = -1, prod = -1, readers = 0;
+    for (int q = 0; q < m->nnodes; q++) {
+      if ((m->nodes[q].in == cv->in || m->nodes[q].in2 == cv->in) && first_reader < 0) first_reader = q;
+      readers += (m->nodes[q].in == cv->in) + (m->nodes[q].in2 == cv->in);
+      if (m->nodes[q].out == cv->in) prod = q;
+    }
+    if (first_reader != k || prod < 0 || readers != 1 || m->nodes[prod].op != RN_OP_BN) continue;
+    cv->pre_bn = prod;
+    m->nodes[prod].lazy = 1;
+  }
+}
+
 static void plan(rn_model *m) {
   int T = m->ntensors;
   int *nuse = calloc((size_t)T, sizeof(int)), *producer = malloc((size_t)T * sizeof(int));
@@ -650,6 +676,7 @@ static void plan(rn_model *m) {
     int k = producer[t];
     const rn_node *n = k >= 0 ? &m->nodes[k] : NULL;
     if (!n && nuse[t] == 0 && t != m->input) continue; /* unused (fused away) */
+    if (n && n->lazy) continue;                          /* at the end, below */
     if (n && n->op == RN_OP_RELU && private_in(m, nuse, producer, n->in)) {
       m->tensors[t].off = m->tensors[n->in].off;
     } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in)) {
@@ -661,6 +688,15 @@ static void plan(rn_model *m) {
       off += tsize(m, t);
     }
   }
+  /* The outputs of lazy BN nodes (mark_lazy) last: neither a training step nor an eval forward
+   * writes them (the reading convolution applies the BN), only a training step with BN in eval
+   * mode does, so that part of the arena is never touched otherwise (rn_alloc_arena). */
+  m->act_touch_floats = off;
+  for (int t = 0; t < T; t++)
+    if (producer[t] >= 0 && m->nodes[producer[t]].lazy) {
+      m->tensors[t].off = off;
+      off += tsize(m, t);
+    }
   m->act_floats = off;
   check_act(m, nuse, producer);
 
@@ -802,11 +838,16 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   m->fused = fusion_on();
   if (m->fused) fuse(m);
   if (m->fused >= 2) fuse_bn_add(m);
+  {
+    const char *v = getenv("RN_BN_EPILOGUE");
+    m->bn_epilogue = v && v[0] == '0' ? 0 : v && v[0] == '1' ? 1 : 2;
+  }
+  mark_lazy(m);
   plan(m);
   m->param = rn_alloc(m->ntotal * sizeof(float));
   m->grad = rn_alloc(m->ntrain * sizeof(float));
   m->mom = rn_alloc(m->ntrain * sizeof(float));
-  m->act = rn_alloc(m->act_floats * sizeof(float));
+  m->act = rn_alloc_arena(m->act_floats * sizeof(float), m->act_touch_floats * sizeof(float));
   m->dact = rn_alloc(m->dact_floats * sizeof(float));
   m->save = rn_alloc(m->save_floats * sizeof(float));
   m->ws = rn_alloc(m->ws_floats * sizeof(float));
@@ -814,8 +855,6 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   {
     /* Convolutions whose only reader is a BN (or a fused BN+add's BN), with no other convolution
      * between them (the statistics buffer is shared), get a per-image statistics buffer. */
-    const char *v = getenv("RN_BN_EPILOGUE");
-    m->bn_epilogue = v && v[0] == '0' ? 0 : v && v[0] == '1' ? 1 : 2;
     m->stats_tensor = -1;
     int maxc = 0;
     for (int k = 0; k < m->nnodes; k++) {
@@ -889,23 +928,14 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       if (cv->u.conv.cin > maxb) maxb = cv->u.conv.cin;
     }
     m->bsums = maxb ? rn_alloc((size_t)batch * 2 * maxb * sizeof(double)) : NULL;
-    /* Level 3: a BN(+ReLU) whose only reader is a convolution that computes its backward sums
-     * (bn_prev) on the direct kernel in all passes does not store its output in a training
-     * forward: the convolution applies the BN's affine (+ReLU) as it copies the BN's input into its
-     * padded buffer (forward and dW), and its dx epilogue takes the ReLU mask from the BN's input.
-     * The coefficients live in m->pre_coef (sc then sh per node). */
+    /* The lazy BN nodes (mark_lazy): their reading convolution is their bn_prev; coefficients in
+     * m->pre_coef (sc then sh per node). */
     size_t ncoef = 0;
     for (int k = 0; k < m->nnodes; k++) {
       rn_node *cv = &m->nodes[k];
-      cv->pre_bn = -1;
-      if (m->fused < 3 || m->bn_epilogue < 2 || cv->op != RN_OP_CONV || cv->bn_prev < 0) continue;
-      rn_node *b = &m->nodes[cv->bn_prev];
-      if (b->op != RN_OP_BN || !rn_conv_pre_ok(&cv->u.conv)) continue;
-      int readers = 0;
-      for (int q = 0; q < m->nnodes; q++) readers += (m->nodes[q].in == b->out) + (m->nodes[q].in2 == b->out);
-      if (readers != 1) continue;
-      cv->pre_bn = cv->bn_prev;
-      b->lazy = 1;
+      if (cv->op != RN_OP_CONV || cv->pre_bn < 0) continue;
+      RN_ASSERT(cv->bn_prev == cv->pre_bn && m->bsums);
+      rn_node *b = &m->nodes[cv->pre_bn];
       b->pre_off = ncoef;
       ncoef += rn_align16(2 * (size_t)b->u.bn.c);
     }
@@ -923,7 +953,7 @@ void rn_model_free(rn_model *m) {
   rn_free(m->param);
   rn_free(m->grad);
   rn_free(m->mom);
-  rn_free(m->act);
+  rn_free_arena(m->act, m->act_floats * sizeof(float));
   rn_free(m->dact);
   rn_free(m->save);
   rn_free(m->ws);
@@ -1042,7 +1072,9 @@ void rn_model_summary(const rn_model *m, FILE *f) {
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));
   fprintf(f, "  trainable parameters: %s (%.2fM)\n", cnt, (double)rn_model_param_count(m) / 1e6);
-  fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations %.1f MB, gradients %.1f MB, "
-          "saved %.1f MB, workspace %.1f MB\n", m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_floats * 4 / 1e6,
-          (double)m->dact_floats * 4 / 1e6, (double)m->save_floats * 4 / 1e6, (double)m->ws_floats * 4 / 1e6);
+  fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations %.1f MB (+%.1f MB of lazy BN "
+          "outputs, used only with BN in eval mode during training), gradients %.1f MB, saved %.1f MB, workspace "
+          "%.1f MB\n", m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_touch_floats * 4 / 1e6,
+          (double)(m->act_floats - m->act_touch_floats) * 4 / 1e6, (double)m->dact_floats * 4 / 1e6,
+          (double)m->save_floats * 4 / 1e6, (double)m->ws_floats * 4 / 1e6);
 }

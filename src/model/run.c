@@ -1,6 +1,7 @@
 /* model: the graph driver (forward, loss, backward). No allocation here. BN and add nodes with
  * relu set (build-time fusion) apply the ReLU themselves; their backward reads their output as the
- * mask. Add nodes with bn_add apply the branch BN to in2 first (rn_bn_add_*). */
+ * mask. Add nodes with bn_add apply the branch BN to in2 first (rn_bn_add_*). Lazy BN nodes
+ * (rn_node.lazy) only compute coefficients; the convolution that reads them applies them. */
 #include <string.h>
 
 #include "rn/model.h"
@@ -46,7 +47,7 @@ void rn_model_forward(rn_model *m, int n, int train) {
         const int slot = d->stats_next == 2;
         double *st = bn_train && d->stats_next && m->bn_epilogue && m->stats ? (slot ? m->stats2 : m->stats) : NULL;
         int *st_t = slot ? &m->stats_tensor2 : &m->stats_tensor, got;
-        if (d->pre_bn >= 0 && bn_train) { /* the input is a lazy BN's output: apply it from its input */
+        if (d->pre_bn >= 0 && (bn_train || !train)) { /* the input is a lazy BN's output: apply it from its input */
           rn_conv_pre pre;
           const rn_node *b = &m->nodes[d->pre_bn];
           pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
@@ -61,7 +62,10 @@ void rn_model_forward(rn_model *m, int n, int train) {
         break;
       }
       case RN_OP_BN:
-        if (bn_train && d->lazy) /* the output is applied by the reading convolution (pre_bn) */
+        if (!train && d->lazy) /* eval: the reading convolution applies the eval affine (pre_bn) */
+          rn_bn_eval_coef(&d->u.bn, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]), P(m, d->param[3]),
+                          m->pre_coef + d->pre_off, m->pre_coef + d->pre_off + d->u.bn.c);
+        else if (bn_train && d->lazy) /* the output is applied by the reading convolution (pre_bn) */
           rn_bn_forward_train_coef(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]), P(m, d->param[1]),
                                    P(m, d->param[2]), P(m, d->param[3]), m->save + d->save_off, n,
                                    m->stats_tensor == d->in ? m->stats : NULL, m->pre_coef + d->pre_off,
@@ -148,6 +152,15 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
   m->bsum_tensor = -1;
   memset(m->param_done, 0, (size_t)m->nparams);
   m->report_next = m->nparams - 1, m->report_end = m->ntrain;
+  /* After an eval forward the lazy BN outputs were never written (their convolutions applied the
+   * eval affine): write them now for the backward of that forward (the same bits). */
+  for (int k = 0; !m->last_train && k < m->nnodes; k++) {
+    const rn_node *d = &m->nodes[k];
+    if (d->op != RN_OP_BN || !d->lazy) continue;
+    const rn_tensor *ti = &m->tensors[d->in];
+    rn_bn_forward_eval(&d->u.bn, (int64_t)n * ti->h * ti->w, A(m, d->in), P(m, d->param[0]), P(m, d->param[1]),
+                       P(m, d->param[2]), P(m, d->param[3]), A(m, d->out));
+  }
   for (int k = m->nnodes - 1; k >= 0; k--) {
     rn_node *d = &m->nodes[k];
     const rn_tensor *ti = &m->tensors[d->in];
