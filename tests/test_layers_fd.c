@@ -360,24 +360,62 @@ static void test_maxpool(int c, int h, int w, int k, int s, int p, int n, float 
   free(x), free(r), free(y), free(dx), free(base), free(dx1), free(am), free(Px), free(Pr), free(yd);
 }
 
-/* Ties keep the first pixel of the window (row-major), as PyTorch; padding is never chosen. */
-static void test_maxpool_ties(void) {
+/* Max pool over a lazy BN+ReLU output (rn_maxpool_forward_pre): bitwise the pool of the BN eval
+ * forward's output with the same coefficients (about half the inputs ReLU'd to 0: ties), and the
+ * masked backward bitwise the plain backward masked by that output > 0. */
+static void test_maxpool_pre(int c, int h, int w, int n) {
   rn_pool_desc d;
   rn_err e;
-  RN_ASSERT(rn_pool_desc_init(&d, 2, 5, 5, 3, 2, 1, &e) == RN_OK);
-  float x[50], y[18];
-  int32_t am[18];
-  for (int i = 0; i < 50; i++) x[i] = -7.0f;
+  RN_ASSERT(rn_pool_desc_init(&d, c, h, w, 3, 2, 1, &e) == RN_OK);
+  size_t nx = (size_t)n * h * w * c, ny = (size_t)n * d.oh * d.ow * c;
+  float *x = randf(nx, 61, -1, 1), *g = randf(c, 62, -1.5f, 1.5f), *b = randf(c, 63, -0.5f, 0.5f);
+  float *rm = randf(c, 64, -0.3f, 0.3f), *rv = randf(c, 65, 0.5f, 2), *sc = malloc(c * 4), *sh = malloc(c * 4);
+  float *ybn = nanbuf(nx), *y0 = nanbuf(ny), *y1 = nanbuf(ny), *r = randf(ny, 66, -1, 1);
+  float *dx0 = nanbuf(nx), *dx1 = nanbuf(nx);
+  int32_t *a0 = malloc(ny * 4), *a1 = malloc(ny * 4);
+  rn_bn_desc bd = {c, 0.1f, 1e-5f, 1};
+  rn_bn_forward_eval(&bd, (int64_t)n * h * w, x, g, b, rm, rv, ybn);
+  rn_bn_eval_coef(&bd, g, b, rm, rv, sc, sh);
+  rn_conv_pre pre = {sc, sh, 1};
+  rn_maxpool_forward(&d, n, ybn, y0, a0);
+  rn_maxpool_forward_pre(&d, n, x, y1, a1, &pre);
+  rn_maxpool_backward(&d, n, a0, r, dx0, 0);
+  for (size_t i = 0; i < nx; i++) dx0[i] = ybn[i] > 0.0f ? dx0[i] : 0.0f;
+  rn_maxpool_backward_masked(&d, n, a1, r, y1, dx1, 0);
+  size_t zeros = 0;
+  for (size_t i = 0; i < ny; i++) zeros += y1[i] == 0.0f;
+  CHECK(!memcmp(y0, y1, ny * 4) && !memcmp(a0, a1, ny * 4) && !memcmp(dx0, dx1, nx * 4) && zeros > 0,
+        "maxpool over BN+ReLU c=%d %dx%d: pre path differs from pooling the BN output (%zu zero outputs)", c, h, w,
+        zeros);
+  printf("  maxpool over bn+relu c=%-3d %dx%d n=%d: bitwise equal (%zu zero outputs)\n", c, h, w, n, zeros);
+  free(x), free(g), free(b), free(rm), free(rv), free(sc), free(sh), free(ybn), free(y0), free(y1), free(r);
+  free(dx0), free(dx1), free(a0), free(a1);
+}
+
+/* Ties keep the first pixel of the window (row-major), as PyTorch; padding is never chosen. */
+static void test_maxpool_ties(int c) {
+  rn_pool_desc d;
+  rn_err e;
+  RN_ASSERT(rn_pool_desc_init(&d, c, 5, 5, 3, 2, 1, &e) == RN_OK);
+  float x[25 * 16], y[9 * 16];
+  int32_t am[9 * 16];
+  for (int i = 0; i < 25 * c; i++) x[i] = -7.0f;
   rn_maxpool_forward(&d, 1, x, y, am);
   int ok = 1;
   for (int oy = 0; oy < d.oh; oy++)
     for (int ox = 0; ox < d.ow; ox++)
-      for (int j = 0; j < 2; j++) {
+      for (int j = 0; j < c; j++) {
         int iy = oy * 2 - 1 < 0 ? 0 : oy * 2 - 1, ix = ox * 2 - 1 < 0 ? 0 : ox * 2 - 1;
-        int o = (oy * d.ow + ox) * 2 + j;
-        ok &= y[o] == -7.0f && am[o] == (iy * 5 + ix) * 2 + j;
+        int o = (oy * d.ow + ox) * c + j;
+        ok &= y[o] == -7.0f && am[o] == (iy * 5 + ix) * c + j;
       }
-  CHECK(ok, "maxpool ties: argmax is not the first window pixel, or padding won");
+  CHECK(ok, "maxpool ties c=%d: argmax is not the first window pixel, or padding won", c);
+  /* a NaN wins over larger values after it and sticks: pixel (1,1) channel 1 is in window (0,0)
+   * and (1,1) is the bottom-right corner of the window of output (0,0), (2,2) = 9 later */
+  x[(1 * 5 + 1) * c + 1] = NAN, x[(2 * 5 + 2) * c + 1] = 9.0f;
+  rn_maxpool_forward(&d, 1, x, y, am);
+  CHECK(isnan(y[1]) && am[1] == (1 * 5 + 1) * c + 1 && y[(1 * d.ow + 1) * c + 1] != y[(1 * d.ow + 1) * c + 1],
+        "maxpool c=%d: NaN did not win and stick", c);
   CHECK(rn_pool_desc_init(&d, 2, 5, 5, 3, 2, 2, &e) == RN_EINVAL, "maxpool pad > k/2 accepted");
 }
 
@@ -846,7 +884,10 @@ int main(int argc, char **argv) {
   test_maxpool(3, 7, 8, 3, 2, 1, 2, -3, -1); /* all negative: padding must never win */
   test_maxpool(4, 6, 6, 2, 2, 0, 2, -1, 1);
   test_maxpool(3, 5, 5, 3, 1, 1, 1, -1, 1);
-  test_maxpool_ties();
+  test_maxpool(16, 9, 9, 3, 2, 1, 2, -1, 1); /* 16-channel vectors (AVX-512 path) */
+  test_maxpool(32, 7, 8, 3, 2, 1, 2, -3, -1);
+  test_maxpool_pre(5, 9, 9, 2), test_maxpool_pre(32, 12, 11, 3);
+  test_maxpool_ties(2), test_maxpool_ties(16);
   test_avgpool();
   test_linear(5, 33, 10);
   test_linear(1, 7, 3);

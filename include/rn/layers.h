@@ -253,6 +253,14 @@ rn_status rn_pool_desc_init(rn_pool_desc *d, int c, int h, int w, int k, int str
 /* argmax[n][oh][ow][c] stores the flat input index (h*w*c within the sample) of the max. */
 void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax);
 void rn_maxpool_backward(const rn_pool_desc *d, int n, const int32_t *argmax, const float *dy, float *dx, int acc);
+/* Forward over [relu](x * sc + sh) (pre: a lazy BN+ReLU output that is never stored, computed with
+ * the BN's own instructions, so the result is bitwise that of rn_maxpool_forward on it). */
+void rn_maxpool_forward_pre(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax,
+                            const rn_conv_pre *pre);
+/* Backward with each output's gradient masked by y > 0 (y: this pool's output): the gradient of a
+ * fused BN+ReLU's output already masked by the ReLU (an argmax input is > 0 iff its output is). */
+void rn_maxpool_backward_masked(const rn_pool_desc *d, int n, const int32_t *argmax, const float *dy, const float *y,
+                                float *dx, int acc);
 
 /* ---------------- global average pool: x[n][h][w][c] -> y[n][c] ---------------- */
 void rn_avgpool_forward(int n, int hw, int c, const float *x, float *y);

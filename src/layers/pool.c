@@ -1,6 +1,7 @@
 /* Max pool k x k / stride / pad over NHWC. Padding never wins: only real input pixels are
  * candidates (every window holds at least one since pad <= k/2). Ties keep the first pixel in
  * window order; NaN wins and sticks (as PyTorch). argmax holds the flat index h*w*c in the sample. */
+#include <math.h>
 #include <string.h>
 
 #include "rn/kernels.h"
@@ -18,7 +19,26 @@ rn_status rn_pool_desc_init(rn_pool_desc *d, int c, int h, int w, int k, int str
   return RN_OK;
 }
 
-void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax) {
+/* v = x, or with pre [relu](x * sc + sh) per channel (a lazy BN's output, with the instructions of
+ * its affine pass: FMA, then 0 > v ? 0 : v, so the same bits). */
+static inline __attribute__((always_inline)) float pool_in(const float *xp, int j, const rn_conv_pre *pre) {
+  if (!pre) return xp[j];
+  const float v = fmaf(xp[j], pre->sc[j], pre->sh[j]);
+  return pre->relu && 0.0f > v ? 0.0f : v;
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline __attribute__((always_inline)) __m512 pool_in16(const float *xp, int j, const rn_conv_pre *pre) {
+  const __m512 x = _mm512_loadu_ps(xp);
+  if (!pre) return x;
+  const __m512 v = _mm512_fmadd_ps(x, _mm512_loadu_ps(pre->sc + j), _mm512_loadu_ps(pre->sh + j));
+  return pre->relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v; /* 0 > v ? 0 : v (NaN, -0 stay) */
+}
+#endif
+
+static inline __attribute__((always_inline)) void maxpool_fwd(const rn_pool_desc *d, int n, const float *x, float *y,
+                                                               int32_t *argmax, const rn_conv_pre *pre) {
   const int c = d->c, h = d->h, w = d->w, k = d->k, s = d->stride, p = d->pad, oh = d->oh, ow = d->ow;
   const int64_t lines = (int64_t)n * oh;
   int T = rn_blas_threads();
@@ -39,14 +59,34 @@ void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, 
       int32_t *ar = argmax + ((size_t)l * ow + ox) * c;
       int32_t base = (int32_t)(((size_t)y0 * w + x0) * c);
       const float *xr = xi + base;
-      for (int j = 0; j < c; j++) yr[j] = xr[j], ar[j] = base + j;
+#if defined(__AVX512F__)
+      if (c % 16 == 0) { /* the same comparisons, 16 channels at a time */
+        for (int j = 0; j < c; j += 16) {
+          __m512 m = pool_in16(xr + j, j, pre);
+          __m512i a = _mm512_add_epi32(_mm512_set1_epi32(base + j), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+          for (int iy = y0; iy < y1; iy++)
+            for (int ix = x0; ix < x1; ix++) {
+              if (iy == y0 && ix == x0) continue;
+              const int32_t b = (int32_t)(((size_t)iy * w + ix) * c) + j;
+              const __m512 v = pool_in16(xi + b, j, pre);
+              const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+              m = _mm512_mask_blend_ps(take, m, v);
+              a = _mm512_mask_blend_epi32(take, a, _mm512_add_epi32(_mm512_set1_epi32(b), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)));
+            }
+          _mm512_storeu_ps(yr + j, m);
+          _mm512_storeu_si512(ar + j, a);
+        }
+        continue;
+      }
+#endif
+      for (int j = 0; j < c; j++) yr[j] = pool_in(xr, j, pre), ar[j] = base + j;
       for (int iy = y0; iy < y1; iy++)
         for (int ix = x0; ix < x1; ix++) {
           if (iy == y0 && ix == x0) continue;
           int32_t b = (int32_t)(((size_t)iy * w + ix) * c);
           const float *xp = xi + b;
           for (int j = 0; j < c; j++) {
-            float v = xp[j];
+            float v = pool_in(xp, j, pre);
             int take = (v > yr[j]) | (v != v);
             yr[j] = take ? v : yr[j];
             ar[j] = take ? b + j : ar[j];
@@ -56,7 +96,21 @@ void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, 
   }
 }
 
+void rn_maxpool_forward(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax) {
+  maxpool_fwd(d, n, x, y, argmax, NULL);
+}
+
+void rn_maxpool_forward_pre(const rn_pool_desc *d, int n, const float *x, float *y, int32_t *argmax,
+                            const rn_conv_pre *pre) {
+  maxpool_fwd(d, n, x, y, argmax, pre);
+}
+
 void rn_maxpool_backward(const rn_pool_desc *d, int n, const int32_t *argmax, const float *dy, float *dx, int acc) {
+  rn_maxpool_backward_masked(d, n, argmax, dy, NULL, dx, acc);
+}
+
+void rn_maxpool_backward_masked(const rn_pool_desc *d, int n, const int32_t *argmax, const float *dy, const float *y,
+                                float *dx, int acc) {
   const size_t in = (size_t)d->h * d->w * d->c, out = (size_t)d->oh * d->ow * d->c;
   int T = rn_blas_threads();
   if ((size_t)n * (in + out) < 65536) T = 1;
@@ -66,6 +120,9 @@ void rn_maxpool_backward(const rn_pool_desc *d, int n, const int32_t *argmax, co
     const float *g = dy + (size_t)i * out;
     const int32_t *a = argmax + (size_t)i * out;
     if (!acc) memset(di, 0, in * sizeof(float));
-    for (size_t o = 0; o < out; o++) di[a[o]] += g[o];
+    if (!y)
+      for (size_t o = 0; o < out; o++) di[a[o]] += g[o];
+    else /* masked by the output: y > 0 iff the input at the argmax (a fused ReLU's output) is */
+      for (size_t o = 0; o < out; o++) di[a[o]] += y[(size_t)i * out + o] > 0.0f ? g[o] : 0.0f;
   }
 }

@@ -622,6 +622,7 @@ static void check_act(const rn_model *m, const int *nuse, const int *producer) {
 }
 
 /* Level 3: a BN(+ReLU) whose only reader is a convolution that is the first reader of its output
+ * (lazy = 1)
  * (so it will compute the BN's backward sums in its dx epilogue: bn_prev, below) and runs on the
  * direct kernel in all passes is lazy: a training or eval forward never stores its output. The
  * convolution applies the BN's affine (+ReLU) as it copies the BN's input into its padded buffer
@@ -644,6 +645,21 @@ static void mark_lazy(rn_model *m) {
     if (first_reader != k || prod < 0 || readers != 1 || m->nodes[prod].op != RN_OP_BN) continue;
     cv->pre_bn = prod;
     m->nodes[prod].lazy = 1;
+  }
+  /* A BN+ReLU read only by a max pool (the ImageNet stem) is lazy too (lazy = 2): the pool takes the
+   * max over [relu](x * sc + sh), its backward masks each output's gradient by output > 0 (the
+   * ReLU's mask at the argmax), and the BN's backward sums that gradient unmasked. */
+  for (int k = 0; k < m->nnodes; k++) {
+    rn_node *mp = &m->nodes[k];
+    if (mp->op != RN_OP_MAXPOOL || mp->in == m->input) continue;
+    int prod = -1, readers = 0;
+    for (int q = 0; q < m->nnodes; q++) {
+      readers += (m->nodes[q].in == mp->in) + (m->nodes[q].in2 == mp->in);
+      if (m->nodes[q].out == mp->in) prod = q;
+    }
+    if (prod < 0 || readers != 1 || m->nodes[prod].op != RN_OP_BN || !m->nodes[prod].relu) continue;
+    mp->pre_bn = prod;
+    m->nodes[prod].lazy = 2;
   }
 }
 
@@ -933,8 +949,8 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
     size_t ncoef = 0;
     for (int k = 0; k < m->nnodes; k++) {
       rn_node *cv = &m->nodes[k];
-      if (cv->op != RN_OP_CONV || cv->pre_bn < 0) continue;
-      RN_ASSERT(cv->bn_prev == cv->pre_bn && m->bsums);
+      if (cv->pre_bn < 0) continue;
+      RN_ASSERT(cv->op == RN_OP_MAXPOOL || (cv->bn_prev == cv->pre_bn && m->bsums));
       rn_node *b = &m->nodes[cv->pre_bn];
       b->pre_off = ncoef;
       ncoef += rn_align16(2 * (size_t)b->u.bn.c);

@@ -85,7 +85,14 @@ void rn_model_forward(rn_model *m, int n, int train) {
         rn_relu_forward(numel(m, d->in, n), x, y);
         break;
       case RN_OP_MAXPOOL:
-        rn_maxpool_forward(&d->u.pool, n, x, y, (int32_t *)(m->save + d->save_off));
+        if (d->pre_bn >= 0 && (bn_train || !train)) { /* over a lazy BN+ReLU's output, from its input */
+          rn_conv_pre pre;
+          const rn_node *b = &m->nodes[d->pre_bn];
+          pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
+          rn_maxpool_forward_pre(&d->u.pool, n, A(m, b->in), y, (int32_t *)(m->save + d->save_off), &pre);
+        } else {
+          rn_maxpool_forward(&d->u.pool, n, x, y, (int32_t *)(m->save + d->save_off));
+        }
         break;
       case RN_OP_AVGPOOL:
         rn_avgpool_forward(n, ti->h * ti->w, ti->c, x, y);
@@ -198,7 +205,12 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
         if (bn_train && m->bsum_tensor == d->out)
           rn_bn_backward_train_sums(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx,
                                     d->acc_in, G(m, d->param[0]), G(m, d->param[1]), n, m->bsums, d->relu);
-        else if (bn_train)
+        else if (bn_train && d->lazy == 2) { /* read by a max pool, which masked dy already */
+          rn_bn_desc plain = d->u.bn;
+          plain.relu = 0;
+          rn_bn_backward_train(&plain, rows, x, NULL, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
+                               G(m, d->param[0]), G(m, d->param[1]));
+        } else if (bn_train)
           rn_bn_backward_train(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx, d->acc_in,
                                G(m, d->param[0]), G(m, d->param[1]));
         else
@@ -210,7 +222,10 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
         if (dx) rn_relu_backward(numel(m, d->in, n), y, dy, dx, d->acc_in);
         break;
       case RN_OP_MAXPOOL:
-        if (dx) rn_maxpool_backward(&d->u.pool, n, (const int32_t *)(m->save + d->save_off), dy, dx, d->acc_in);
+        if (dx && d->pre_bn >= 0) /* the gradient of a lazy BN+ReLU output, masked here (lazy = 2) */
+          rn_maxpool_backward_masked(&d->u.pool, n, (const int32_t *)(m->save + d->save_off), dy, y, dx, d->acc_in);
+        else if (dx)
+          rn_maxpool_backward(&d->u.pool, n, (const int32_t *)(m->save + d->save_off), dy, dx, d->acc_in);
         break;
       case RN_OP_AVGPOOL:
         if (dx) rn_avgpool_backward(n, ti->h * ti->w, ti->c, dy, dx, d->acc_in);
