@@ -63,6 +63,7 @@ static int bwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
 static int g_direct_1x1 = -1; /* -1: read RN_CONV_DIRECT_1X1 (and RN_CONV_STREAM) at first use */
 static int g_stream = 1;      /* streaming stores for large 1x1 outputs (RN_CONV_STREAM=0: off) */
 static int g_pf1 = 1;         /* 1x1: prefetch of the next line (RN_CONV_PF1=0: off) */
+static int g_pf_acc = 1;      /* prefetch of y when accumulating (RN_CONV_PFACC=0: off) */
 void rn_conv_set_direct_1x1(int on) { g_direct_1x1 = on != 0; }
 static int direct_1x1(void) {
   if (g_direct_1x1 < 0) {
@@ -72,6 +73,8 @@ static int direct_1x1(void) {
     g_stream = !(v && v[0] == '0');
     v = getenv("RN_CONV_PF1");
     g_pf1 = !(v && v[0] == '0');
+    v = getenv("RN_CONV_PFACC");
+    g_pf_acc = !(v && v[0] == '0');
   }
   return g_direct_1x1;
 }
@@ -309,6 +312,10 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
   const int per_tap = C * kw > 256;
   int first = acc != 1; /* acc: 0 = overwrite y, 1 = add into y, 2 = overwrite with streaming stores */
   if (t_bsum) bsum_prefetch(yl, ox0, cb0, ps, NB, NC);
+  /* accumulating into y (dx += ..., from memory): its vectors arrive while the tile computes */
+  if (acc == 1 && g_pf_acc)
+    for (int j = 0; j < NB; j++)
+      for (int c = 0; c < NC; c++) _mm_prefetch((const char *)(yl + (size_t)(ox0 + j) * ps + (size_t)(cb0 + c) * 16), _MM_HINT_T0);
   /* 1x1 on lines >= 28 wide (x read in place, from memory): the first channel-block sweep of a line
    * prefetches the same pixels of the next line into L2 (RN_CONV_PF1=0: off) */
   const float *pf = g_pf1 && kh == 1 && kw == 1 && cb0 == 0 && wp >= 28
