@@ -369,7 +369,8 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
   }
 }
 
-/* 3-wide kernels, stride S: one broadcast input value serves every tap of its kernel row that
+/* 3-wide (KW = 3; or 2-wide, KW = 2, stride 1) kernels, stride S: one broadcast input value serves
+ * every tap of its kernel row that
  * reads it (three at stride 1; at stride 2 the even pixels serve two outputs, the odd ones one).
  * Per input channel: 3*NC weight vectors and (NB-1)*S+3 broadcasts for 3*NB*NC FMAs (the generic
  * tile needs one broadcast per FMA row: 17 loads per 16 FMAs at NC = 1, the CIFAR 16-channel
@@ -379,10 +380,10 @@ AI void tile(const float *xp, int wp, const int C, const int S, int kh, int kw, 
 #define TILE3_CH 32
 #endif
 AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int ps, int oy, int ox0,
-              int cb0, float *yl, int acc, const int NB, const int NC) {
+              int cb0, float *yl, int acc, const int NB, const int NC, const int KW) {
   __m512 a[16];
   int first = acc != 1;
-  const size_t bs = (size_t)kh * 3 * C * 16; /* one channel block of blocked weights */
+  const size_t bs = (size_t)kh * KW * C * 16; /* one channel block of blocked weights */
   const size_t ts = (size_t)C * 16;          /* one tap */
   if (t_bsum) bsum_prefetch(yl, ox0, cb0, ps, NB, NC);
   for (int ky = 0; ky < kh; ky++) {
@@ -391,18 +392,18 @@ AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const f
       const int c1 = c0 + TILE3_CH < C ? c0 + TILE3_CH : C;
       for (int i = 0; i < NB * NC; i++) a[i] = _mm512_setzero_ps();
       const float *r = row + c0;
-      const float *wk = wt + (size_t)cb0 * bs + (size_t)(ky * 3) * ts + (size_t)c0 * 16;
+      const float *wk = wt + (size_t)cb0 * bs + (size_t)(ky * KW) * ts + (size_t)c0 * 16;
       for (int ci = c0; ci < c1; ci++, r++, wk += 16) {
         __m512 w[3][4];
 #pragma GCC unroll 4
-        for (int kx = 0; kx < 3; kx++)
+        for (int kx = 0; kx < KW; kx++)
 #pragma GCC unroll 4
           for (int c = 0; c < NC; c++) w[kx][c] = _mm512_loadu_ps(wk + kx * ts + c * bs);
 #pragma GCC unroll 33
-        for (int ix = 0; ix < (NB - 1) * S + 3; ix++) {
+        for (int ix = 0; ix < (NB - 1) * S + KW; ix++) {
           __m512 xv = _mm512_set1_ps(r[(size_t)ix * C]);
 #pragma GCC unroll 3
-          for (int kx = 0; kx < 3; kx++) {
+          for (int kx = 0; kx < KW; kx++) {
             const int o = (ix - kx) / S; /* input pixel ix serves output o through tap kx */
             if (ix - kx >= 0 && (ix - kx) % S == 0 && o < NB)
 #pragma GCC unroll 4
@@ -433,38 +434,41 @@ AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const f
 /* One output line of a 3-wide stride-1 kernel: 7 x 2 tiles on 7k-wide lines (ResNet-50), 16 x 1
  * for single channel blocks (CIFAR 16 channels), 8 x 2 otherwise; tails of 4 and 1 pixels. */
 AI void conv_line3_c(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int ps, int oy,
-                     int ow, float *yl, int acc, int cb_begin, int ncb) {
+                     int ow, float *yl, int acc, int cb_begin, int ncb, const int KW) {
   int cb = cb_begin;
   if (ow % 7 == 0) {
     for (; cb + 2 <= ncb; cb += 2)
-      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 2);
+      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 2, KW);
     for (; cb < ncb; cb++)
-      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 1);
+      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 1, KW);
     return;
   }
   for (; cb + 2 <= ncb; cb += 2) {
     int ox = 0;
-    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2);
-    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2);
-    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2);
+    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2, KW);
+    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2, KW);
+    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2, KW);
   }
   for (; cb < ncb; cb++) {
     int ox = 0;
-    for (; ox + 16 <= ow; ox += 16) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1);
-    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1);
-    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1);
-    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1);
+    for (; ox + 16 <= ow; ox += 16) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1, KW);
+    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1, KW);
+    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1, KW);
+    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1, KW);
   }
 }
 
 static int g_tile3 = -1;   /* RN_CONV_TILE3=0 turns the 3-wide kernel off (A/B) */
 static int g_tile3_s2 = 1; /* stride 2 too, up to 64 channels (RN_CONV_TILE3_S2=0: off, A/B) */
+static int g_tile2 = 1;    /* the same for 2-wide kernels (RN_CONV_TILE2=0: off, A/B) */
 static int use_tile3(void) {
   if (g_tile3 < 0) {
     const char *v = getenv("RN_CONV_TILE3");
     g_tile3 = !(v && v[0] == '0');
     v = getenv("RN_CONV_TILE3_S2");
     g_tile3_s2 = !(v && v[0] == '0');
+    v = getenv("RN_CONV_TILE2");
+    g_tile2 = !(v && v[0] == '0');
   }
   return g_tile3;
 }
@@ -476,7 +480,16 @@ AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, i
    * generic -> tile3: 16->32@32 226/232 -> 248/279 GF/s, 32->64@16 270/273 -> 324/326); ResNet-50's
    * 128-512 channels measured no better (128@56 300/307 -> 285/307, 256@28 318/314 -> 285/319). */
   if (use_tile3() && kw == 3 && (S == 1 || (g_tile3_s2 && C <= 64)) && acc != 2) {
-    conv_line3_c(xp, wp, C, S, kh, wt, Co, ps, oy, ow, yl, acc, cb_begin, ncb);
+    conv_line3_c(xp, wp, C, S, kh, wt, Co, ps, oy, ow, yl, acc, cb_begin, ncb, 3);
+    return;
+  }
+  /* 2-wide kernels at stride 1 (the 1x2 and 2x2 parity classes of a stride-2 dx, dx_parity): each
+   * broadcast serves both taps of its kernel row; not on lines the generic tile takes in 14 x 2
+   * tiles (rn-bench-conv dx, 2 threads, three alternating pairs, generic -> this: CIFAR 16->32@32
+   * 232-251 -> 252-262 GF/s, 32->64@16 301-325 -> 327-332; ResNet-50 128->128@56 346 -> 330-331,
+   * 256->256@28 366-375 -> 339-343). RN_CONV_TILE2=0: the generic tile (A/B). */
+  if (use_tile3() && g_tile2 && kw == 2 && S == 1 && acc != 2 && ow % 14 != 0) {
+    conv_line3_c(xp, wp, C, S, kh, wt, Co, ps, oy, ow, yl, acc, cb_begin, ncb, 2);
     return;
   }
   int cb = cb_begin;
