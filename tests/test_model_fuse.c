@@ -79,7 +79,7 @@ static void tail_pages(rn_model *m, size_t *pages, size_t *resident) {
 }
 
 /* Builds the case (fusion on/off), runs the fixed sequence, keeps every result. */
-static int run(const fcase *fc, int fuse, run_out *o) {
+static int run(const fcase *fc, int fuse, int recompute, run_out *o) {
   rn_model_config c;
   rn_err e = {0};
   rn_model_config_default(&c);
@@ -93,9 +93,10 @@ static int run(const fcase *fc, int fuse, run_out *o) {
   c.in_h = c.in_w = fc->hw;
   c.num_classes = fc->classes;
   c.sd_pl = fc->sd_pl;
-  int prev = rn_model_set_fusion(fuse);
+  int prev = rn_model_set_fusion(fuse), prev_rc = rn_model_set_recompute(recompute);
   rn_status st = rn_model_build(&o->m, &c, fc->batch, &e);
   rn_model_set_fusion(prev);
+  rn_model_set_recompute(prev_rc);
   if (st) {
     CHECK(0, "%s: %s", fc->tag, e.msg);
     return 1;
@@ -177,8 +178,8 @@ static void free_out(run_out *o) {
 static void run_case(const fcase *fc, int level) {
   run_out a, b;
   memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
-  if (run(fc, 0, &a)) return;
-  if (run(fc, level, &b)) {
+  if (run(fc, 0, 0, &a)) return;
+  if (run(fc, level, 1, &b)) {
     free_out(&a);
     return;
   }
@@ -229,14 +230,39 @@ static void run_case(const fcase *fc, int level) {
   int params_same = ma->nparams == mb->nparams && ma->ntotal == mb->ntotal;
   for (int i = 0; params_same && i < ma->nparams; i++)
     params_same &= !strcmp(ma->params[i].name, mb->params[i].name) && ma->params[i].off == mb->params[i].off;
-  CHECK(!ma->fused && mb->fused == level && fa == 0 && relu_b == 0 && fb == relu_a &&
-            mb->nnodes == ma->nnodes - relu_a - bnadd_b && named && bnadd_ok,
+  CHECK(!ma->fused && mb->fused == level && fa == 0 && (level == 0 ? relu_b == relu_a && fb == 0 : relu_b == 0 && fb == relu_a) &&
+            mb->nnodes == ma->nnodes - (level ? relu_a : 0) - bnadd_b && named && bnadd_ok,
         "%s level %d: fusion structure (unfused %d ReLU nodes; fused %d ReLU nodes, %d fused nodes, %d BN+add)", fc->tag,
         level, relu_a, relu_b, fb, bnadd_b);
   CHECK(params_same, "%s: parameter list differs with fusion", fc->tag);
-  /* level 1: the same memory; level 2: no more (option-A blocks no longer store the branch BN output) */
-  CHECK(level == 1 ? ma->act_floats == mb->act_floats : mb->act_floats <= ma->act_floats,
-        "%s level %d: activation arena %zu (unfused) vs %zu (fused)", fc->tag, level, ma->act_floats, mb->act_floats);
+  /* recompute: replayed nodes are elementwise and replayed before a later node's backward, their
+   * outputs have a backward buffer of their own; the touched arena is no larger than without
+   * fusion and recompute, and smaller than with this fusion level alone where anything is replayed */
+  int rc_ok = ma->nreplay == 0;
+  for (int i = 0; i < mb->nreplay; i++) {
+    const rn_node *d = &mb->nodes[mb->replay[i]];
+    rc_ok &= (d->op == RN_OP_BN || d->op == RN_OP_ADD || d->op == RN_OP_RELU || d->op == RN_OP_SHORTCUT_A) && !d->lazy &&
+             d->rp_at >= mb->replay[i] && (i == 0 || mb->nodes[mb->replay[i - 1]].rp_at >= d->rp_at);
+  }
+  size_t solo = 0;
+  {
+    rn_model_config c;
+    rn_model_config_default(&c);
+    rn_model_config_arch(&c, fc->arch, NULL);
+    c.shortcut = (rn_shortcut)fc->shortcut, c.preact = fc->preact, c.width = fc->width;
+    c.in_h = c.in_w = fc->hw, c.num_classes = fc->classes, c.sd_pl = fc->sd_pl;
+    rn_model mc;
+    int prev = rn_model_set_fusion(level), prev_rc = rn_model_set_recompute(0);
+    if (!rn_model_build(&mc, &c, fc->batch, NULL)) {
+      solo = mc.act_touch_floats;
+      rn_model_free(&mc);
+    }
+    rn_model_set_fusion(prev), rn_model_set_recompute(prev_rc);
+  }
+  CHECK(rc_ok && mb->act_touch_floats <= ma->act_touch_floats &&
+            (mb->nreplay ? mb->act_touch_floats < solo : mb->act_touch_floats == solo),
+        "%s level %d: %d replayed nodes (ok %d), touched arena %zu, %zu unfused without recompute, %zu at this level "
+        "without", fc->tag, level, mb->nreplay, rc_ok, mb->act_touch_floats, ma->act_touch_floats, solo);
   int ok_loss = !memcmp(a.loss, b.loss, sizeof a.loss);
   int ok_logits = same(a.logits, b.logits, (size_t)n * K) && same(a.eval_logits, b.eval_logits, (size_t)n * K);
   int ok_grad = same(a.grad, b.grad, ma->ntrain) && same(a.grad_eval, b.grad_eval, ma->ntrain);
@@ -245,10 +271,10 @@ static void run_case(const fcase *fc, int level) {
   double nz = 0;
   for (size_t i = 0; i < ma->ntrain; i++) nz += a.grad[i] != 0.0f;
   CHECK(ok_loss && ok_logits && ok_grad && ok_gin && ok_state && isfinite(a.loss[0]) && nz > ma->ntrain / 2,
-        "%s: fused differs from unfused: loss %d logits %d grads %d input grad %d state %d (loss %.17g vs %.17g)",
-        fc->tag, ok_loss, ok_logits, ok_grad, ok_gin, ok_state, a.loss[0], b.loss[0]);
-  printf("%-36s level %d: %3d -> %3d nodes (%2d fused ReLU, %d BN+add, %d lazy BN), loss %.6f %.6f: %s\n", fc->tag,
-         level, ma->nnodes, mb->nnodes, fb, bnadd_b, lazy_b, a.loss[0],
+        "%s level %d: fused with recompute differs from unfused without: loss %d logits %d grads %d input grad %d state %d (loss %.17g vs %.17g)",
+        fc->tag, level, ok_loss, ok_logits, ok_grad, ok_gin, ok_state, a.loss[0], b.loss[0]);
+  printf("%-36s level %d: %3d -> %3d nodes (%2d fused ReLU, %d BN+add, %d lazy BN, %d replayed), loss %.6f %.6f: %s\n",
+         fc->tag, level, ma->nnodes, mb->nnodes, fb, bnadd_b, lazy_b, mb->nreplay, a.loss[0],
          a.loss[1], ok_loss && ok_logits && ok_grad && ok_gin && ok_state ? "bitwise identical" : "DIFFERENT");
   free_out(&a);
   free_out(&b);
@@ -260,12 +286,14 @@ int main(void) {
     fprintf(stderr, "%s\n", e.msg);
     return 1;
   }
-  for (int level = 1; level <= 3; level++)
+  for (int level = 0; level <= 3; level++)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], level);
   /* the setting: -1 restores the environment default */
   int prev = rn_model_set_fusion(0);
   CHECK(rn_model_set_fusion(3) == 0 && rn_model_set_fusion(2) == 3 && rn_model_set_fusion(1) == 2 &&
             rn_model_set_fusion(prev) == 1,
         "rn_model_set_fusion round trip");
+  prev = rn_model_set_recompute(0);
+  CHECK(rn_model_set_recompute(1) == 0 && rn_model_set_recompute(prev) == 1, "rn_model_set_recompute round trip");
   return tu_done("test_model_fuse");
 }

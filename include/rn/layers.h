@@ -185,6 +185,9 @@ void rn_bn_forward_train_stats(const rn_bn_desc *d, int64_t m, const float *x, c
 void rn_bn_forward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                               const float *beta, float *run_mean, float *run_var, float *save, int nimg,
                               const double *stats, float *sc, float *sh);
+/* y = [relu](x * sc + sh) with the coefficients of rn_bn_forward_train_coef: the bits of
+ * rn_bn_forward_train's output (the model's backward recomputes BN outputs with it). y may alias x. */
+void rn_bn_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, float *y);
 /* Eval: running statistics. */
 /* The eval forward's float coefficients: y = [relu](x * sc + sh) (rn_conv_pre applies them). */
 void rn_bn_eval_coef(const rn_bn_desc *d, const float *gamma, const float *beta, const float *run_mean,
@@ -224,6 +227,10 @@ void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, con
                              const float *s, float scale, float *y);
 void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                             const float *run_mean, const float *run_var, const float *s, float scale, float *y);
+/* y = [relu](s + scale*(x * sc + sh)) with the coefficients of rn_bn_forward_train_coef (same
+ * statistics): the bits of rn_bn_add_forward_train's output. y may alias s, not x. */
+void rn_bn_add_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
+                     float scale, float *y);
 /* Backward: dy is d(loss)/dy; writes the shortcut gradient ds (= masked dy; += with acc_s; ds may
  * alias dy when !acc_s) and the BN input gradient dx (+= with acc), and adds dgamma, dbeta. y is
  * read as the ReLU mask when d->relu. */

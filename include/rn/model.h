@@ -41,8 +41,11 @@ typedef struct {
   size_t off;  /* offset (floats) of the tensor in the activation arena, room for the planned
                   batch (in-place outputs share their input's buffer, see plan() in build.c);
                   (size_t)-1 for a tensor left unused by the fusion pass */
-  size_t goff; /* offset (floats) of its gradient in the gradient arena (liveness-planned: buffers
-                  are reused once dead, so a gradient is valid only during backward) */
+  size_t goff; /* offset (floats) of its gradient in the arena (dact == act; liveness-planned:
+                  buffers are reused once dead, so a gradient is valid only during backward) */
+  size_t boff; /* offset of the tensor during backward: off, or for a recomputed tensor (rn_node.rp_at)
+                  the buffer its replay writes (the activation arena is liveness-planned too, so a
+                  tensor is valid only between its producer and its last reader, see plan()) */
 } rn_tensor;
 
 typedef struct {
@@ -79,6 +82,11 @@ typedef struct {
                        reader conv applies it (pre_bn) with the coefficients at m->pre_coef + pre_off
                        (only bn_eval_in_train training stores it, in the arena's untouched tail) */
   size_t pre_off;
+  int rp_at;        /* BN, ADD, ReLU, option-A shortcut whose output is recomputed (plan(): not kept from
+                       the forward to the backward): the backward replays this node just before node
+                       rp_at's backward, from the same inputs and, for a training BN, the float affine
+                       coefficients the forward used (m->rc_coef + rc_off), so the same bits; -1: kept */
+  size_t rc_off;
   int pre_bn;       /* CONV: index of the lazy BN node whose output is its input (-1: none) */
   int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
                        read by nothing else (-1: none): the dx epilogue computes that BN's backward
@@ -107,7 +115,8 @@ typedef struct {
   float *param;              /* [ntotal] */
   float *grad;               /* [ntrain] */
   float *mom;                /* [ntrain] momentum buffer (owned here, used by optim) */
-  float *act, *dact;         /* activation arena and its gradient arena */
+  float *act, *dact;         /* the arena of activations and their gradients (dact == act: one
+                                liveness-planned arena, see plan() in build.c) */
   float *save;               /* saved per-node state */
   float *ws;                 /* shared workspace */
   float *dlogits;            /* [batch][classes] */
@@ -117,10 +126,12 @@ typedef struct {
   uint64_t sd_seed;          /* stochastic depth: block b keeps its branch for this step iff */
   int64_t sd_step;           /*   uniform(rn_key(sd_seed, sd_step, b, 0)) < survival */
   double *prof_fwd, *prof_bwd; /* [nnodes] seconds per node, accumulated when non-NULL (rn-bench) */
+  double prof_replay;        /* seconds of replays (rn_node.rp_at), accumulated when prof_bwd is set;
+                                also counted in the replayed nodes' prof_bwd */
   int bn_eval_in_train;      /* 1: BN uses running statistics even in training (equivalence tests) */
   int input_grad;            /* 1: backward also computes d loss / d input (rn_model_input_grad) */
   int last_train;            /* mode of the last forward (selects the BN backward) */
-  size_t dact_floats;        /* gradient arena size */
+  size_t dact_floats;        /* the gradients' own peak (a statistic: they are placed in act) */
   int fused;                 /* fusion level used at build (rn_model_set_fusion): 0 none, 1 BN+ReLU and
                                 add+ReLU, 2 also the branch BN into the residual add, 3 also BN outputs
                                 applied by the convolution that reads them (rn_node.lazy) */
@@ -134,6 +145,10 @@ typedef struct {
   double *bsums;             /* [batch][2][max cin] BN backward sums from a conv's dx epilogue */
   int bsum_tensor;           /* tensor (a BN output) the sums in bsums are for (-1: none) */
   float *pre_coef;           /* lazy BN nodes' float affine coefficients (sc[c], sh[c] at pre_off) */
+  float *rc_coef;            /* replayed BN nodes' float affine coefficients (sc[c], sh[c] at rc_off) */
+  int *replay, nreplay;      /* the replayed nodes, by rp_at descending, then node index ascending */
+  int recompute;             /* 1 (default): tensors whose recompute lowers the arena's peak are replayed
+                                in the backward instead of kept (RN_RECOMPUTE=0 at build: none) */
   unsigned char *param_done; /* [nparams] backward: the param's gradient is final (grad-ready order) */
   int report_next;           /* backward: highest param not yet reported ready */
   size_t report_end;         /*   and the end of its range */
@@ -153,6 +168,13 @@ rn_status rn_model_config_arch(rn_model_config *c, const char *arch, rn_err *e);
  * Results are bitwise identical at every level; only speed and the node list differ. Returns the
  * previous setting. */
 int rn_model_set_fusion(int on);
+/* Recompute in the backward (applies to models built afterwards): 1 = the cheap elementwise outputs
+ * (BN, BN+add(+ReLU), ReLU, option-A shortcut) whose recompute lowers the activation arena's peak
+ * are not kept from the forward to the backward; the backward replays their nodes (the same bits;
+ * rn_node.rp_at). 0 = every output needed by the backward is kept. -1 = the default, which is the
+ * environment variable RN_RECOMPUTE (read once; "0" = off, anything else or unset = on). Returns
+ * the previous setting. */
+int rn_model_set_recompute(int on);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
 void rn_model_free(rn_model *m);

@@ -195,6 +195,8 @@ int main(int argc, char **argv) {
       }
       printf("\nconv+fc %.1f ms, other layers (bn, relu, add, pool, shortcut) %.1f ms = %.1f%% of the layer time\n",
              conv_t * 1e3, other_t * 1e3, 100 * other_t / (conv_t + other_t));
+      printf("recomputed in the backward (in their layers' bwd ms above): %d outputs, %.1f ms = %.1f%% of the layer "
+             "time (RN_RECOMPUTE=0: none)\n", m.nreplay, m.prof_replay / S * 1e3, 100 * m.prof_replay / S / (conv_t + other_t));
       printf("time by kind (forward + backward):");
       for (int q = 0; q < nkinds; q++)
         printf("%s %s %.1f ms (%.1f%%)", q ? "," : "", kinds[q], kind_t[q] * 1e3, 100 * kind_t[q] / (conv_t + other_t));

@@ -287,6 +287,11 @@ void rn_bn_forward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, co
   train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
 }
 
+void rn_bn_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, float *y) {
+  RN_ASSERT(d->c >= 1 && d->c <= MAX_C && m >= 1);
+  affine(d->c, m, x, sc, sh, d->relu, y);
+}
+
 void rn_bn_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                         const float *run_mean, const float *run_var, float *y) {
   const int c = d->c;
@@ -603,6 +608,12 @@ void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, con
   float sc[c], sh[c];
   train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
   affine_add(c, m, x, sc, sh, s, scale, d->relu, y);
+}
+
+void rn_bn_add_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
+                     float scale, float *y) {
+  RN_ASSERT(d->c >= 1 && d->c <= MAX_C && m >= 1 && y != x);
+  affine_add(d->c, m, x, sc, sh, s, scale, d->relu, y);
 }
 
 void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,

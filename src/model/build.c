@@ -50,6 +50,23 @@ int rn_model_set_fusion(int on) {
   g_fusion = on < 0 ? -1 : on > 3 ? 3 : on;
   return prev;
 }
+/* Recompute setting: -1 = not decided yet (environment RN_RECOMPUTE, read once). */
+static int g_recompute = -1;
+int rn_model_set_recompute(int on) {
+  int prev = g_recompute;
+  g_recompute = on < 0 ? -1 : on > 0;
+  return prev;
+}
+static int recompute_on(void) {
+  static int env = -1;
+  if (g_recompute >= 0) return g_recompute;
+  if (env < 0) {
+    const char *s = getenv("RN_RECOMPUTE");
+    env = s && !strcmp(s, "0") ? 0 : 1;
+  }
+  return env;
+}
+
 static int fusion_on(void) {
   static int env = -1;
   if (g_fusion >= 0) return g_fusion;
@@ -576,51 +593,366 @@ static int private_in(const rn_model *m, const int *nuse, const int *producer, i
   return nuse[t] == 1 && producer[t] >= 0 && !needs_output(&m->nodes[producer[t]]);
 }
 
-/* Verifies the activation plan: tensors whose buffers overlap share exactly the same range, and
- * for two such tensors t (produced first) and u, u is written in place by an elementwise node
- * (ReLU or add) reading a tensor of this buffer, no forward node reads t after u is written, and
- * no backward needs t (neither its consumers' backward nor its producer's). */
-static void check_act(const rn_model *m, const int *nuse, const int *producer) {
-  int T = m->ntensors;
-  int *last_use = malloc((size_t)T * sizeof(int));
-  char *bwd_need = calloc((size_t)T, 1);
-  RN_ASSERT(last_use && bwd_need);
-  for (int t = 0; t < T; t++) last_use[t] = -1;
-  for (int k = 0; k < m->nnodes; k++) {
-    const rn_node *n = &m->nodes[k];
-    int ins[2] = {n->in, n->in2};
-    for (int i = 0; i < 2; i++) {
-      if (ins[i] < 0) continue;
-      last_use[ins[i]] = k;
-      if (needs_input(n) || (i == 1 && needs_input2(n))) bwd_need[ins[i]] = 1;
-    }
-    if (needs_output(n)) bwd_need[n->out] = 1;
-  }
-  for (int t = 0; t < T; t++) {
-    size_t a0 = m->tensors[t].off;
-    if (a0 == (size_t)-1) {
-      RN_ASSERT(nuse[t] == 0 && producer[t] < 0 && t != m->input);
-      continue;
-    }
-    for (int u = 0; u < T; u++) {
-      size_t b0 = m->tensors[u].off;
-      if (u == t || b0 == (size_t)-1) continue;
-      if (a0 + tsize(m, t) <= b0 || b0 + tsize(m, u) <= a0) continue;
-      RN_ASSERT(a0 == b0 && tsize(m, t) == tsize(m, u));
-      if (producer[u] < producer[t]) continue; /* checked as the pair (u, t) */
-      RN_ASSERT(producer[u] > producer[t]);
-      const rn_node *w = &m->nodes[producer[u]];
-      RN_ASSERT(w->op == RN_OP_RELU || w->op == RN_OP_ADD);
-      RN_ASSERT(m->tensors[w->in].off == b0 || (w->in2 >= 0 && m->tensors[w->in2].off == b0));
-      RN_ASSERT(w->in2 < 0 || m->tensors[w->in].off != m->tensors[w->in2].off);
-      RN_ASSERT(last_use[t] <= producer[u]);
-      RN_ASSERT(!bwd_need[t]);
-    }
-  }
-  free(last_use);
-  free(bwd_need);
+/* ------------------------------------------------------------------------------------------ */
+/* Activation arena: liveness planning with recompute.
+ *
+ * Time runs over the forward (node k at time k) and then the backward (node k at time 2N-1-k).
+ * Tensors that share a buffer (in-place forward, below) form a group, placed as one buffer. A
+ * group is kept from its first producer to its last reader: the last forward reader, or the
+ * earliest node (in node order) whose backward reads it, whichever comes later in time. A
+ * recomputed group (rn_node.rp_at) instead has two buffers: a forward one, live until its last
+ * forward reader, and a backward one that its replay writes just before the backward of the
+ * highest node reading it in the backward (or of a recomputed group reading it, whichever is
+ * first), live until its last backward reader. Only groups produced by cheap elementwise nodes
+ * (BN, add, ReLU, option-A shortcut) are recomputed, and only where that lowers the peak: all
+ * candidates start recomputed, then each one (those replayed first in the backward first) is kept
+ * instead when that leaves the peak unchanged. Buffers are placed largest first at the lowest
+ * offset free over their live interval (place_items). */
+
+typedef struct {
+  size_t size, off;
+  int lo, hi;
+} act_item;
+
+static int cmp_range(const void *a, const void *b) {
+  const size_t *x = a, *y = b;
+  return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
+/* Places items in the order ord (greedy lowest fit); returns the arena size. buf: 2n scratch. */
+static size_t place_in_order(act_item *it, const int *ord, int n, size_t *buf) {
+  size_t peak = 0;
+  for (int i = 0; i < n; i++) {
+    act_item *a = &it[ord[i]];
+    int nb = 0;
+    for (int j = 0; j < i; j++) {
+      const act_item *b = &it[ord[j]];
+      if (a->lo > b->hi || b->lo > a->hi) continue;
+      buf[2 * nb] = b->off, buf[2 * nb + 1] = b->off + b->size;
+      nb++;
+    }
+    qsort(buf, (size_t)nb, 2 * sizeof(size_t), cmp_range);
+    size_t off = 0;
+    for (int q = 0; q < nb && buf[2 * q] < off + a->size; q++)
+      if (buf[2 * q + 1] > off) off = buf[2 * q + 1];
+    a->off = off;
+    if (off + a->size > peak) peak = off + a->size;
+  }
+  return peak;
+}
+
+static const act_item *g_items;
+static int g_tie;
+static int cmp_item(const void *pa, const void *pb) {
+  const act_item *a = &g_items[*(const int *)pa], *b = &g_items[*(const int *)pb];
+  if (a->size != b->size) return a->size > b->size ? -1 : 1;
+  int d = 0;
+  if (g_tie == 1) d = a->lo - b->lo;
+  else if (g_tie == 2) d = b->hi - a->hi;
+  else if (g_tie == 3) d = (b->hi - b->lo) - (a->hi - a->lo);
+  if (d) return d;
+  return *(const int *)pa - *(const int *)pb;
+}
+
+/* Largest first; ties in `ties` orders (1: by index only; 4: also by start, end descending, length
+ * descending), the smallest arena wins. Leaves the winning offsets in it[]. */
+static size_t place_items(act_item *it, int n, int ties) {
+  int *ord = malloc((size_t)(n ? n : 1) * sizeof(int));
+  size_t *buf = malloc((size_t)(n ? n : 1) * 2 * sizeof(size_t)), *best_off = malloc((size_t)(n ? n : 1) * sizeof(size_t));
+  RN_ASSERT(ord && buf && best_off);
+  size_t best = (size_t)-1;
+  for (int tie = 0; tie < ties; tie++) {
+    for (int i = 0; i < n; i++) ord[i] = i;
+    g_items = it, g_tie = tie;
+    qsort(ord, (size_t)n, sizeof(int), cmp_item);
+    size_t peak = place_in_order(it, ord, n, buf);
+    if (peak < best) {
+      best = peak;
+      for (int i = 0; i < n; i++) best_off[i] = it[i].off;
+    }
+  }
+  for (int i = 0; i < n; i++) it[i].off = best_off[i];
+  free(ord);
+  free(buf);
+  free(best_off);
+  return n ? best : 0;
+}
+
+/* 1 if node n can be replayed in the backward from its inputs (elementwise, no state but the BN's
+ * coefficients, which rc_coef keeps). */
+static int replayable(const rn_node *n) {
+  return (n->op == RN_OP_BN && !n->lazy) || n->op == RN_OP_ADD || n->op == RN_OP_RELU || n->op == RN_OP_SHORTCUT_A;
+}
+
+/* Calls f(t) for every activation tensor node k's backward may read (a superset is safe: it only
+ * keeps a tensor longer). */
+#define BWD_READS(m, k, f)                                                                             \
+  do {                                                                                                 \
+    const rn_node *n_ = &(m)->nodes[k];                                                                \
+    if (needs_input(n_)) f(n_->in);                                                                    \
+    if (needs_input2(n_)) f(n_->in2);                                                                  \
+    if (needs_output(n_) || (n_->op == RN_OP_MAXPOOL && n_->pre_bn >= 0)) f(n_->out);                  \
+    if (n_->op == RN_OP_CONV) {                                                                        \
+      if (n_->pre_bn >= 0) f((m)->nodes[n_->pre_bn].in);                                               \
+      for (int q_ = 0; q_ < (m)->nnodes; q_++) /* bn_prev (set after plan): the BN's input */          \
+        if ((m)->nodes[q_].out == n_->in && ((m)->nodes[q_].op == RN_OP_BN || (m)->nodes[q_].bn_add)) \
+          f((m)->nodes[q_].bn_add ? (m)->nodes[q_].in2 : (m)->nodes[q_].in);                           \
+    }                                                                                                  \
+  } while (0)
+
+typedef struct {
+  int G;               /* groups */
+  int *members, *mstart; /* members of group g: members[mstart[g] .. mstart[g+1]) by producer order */
+  int *lo, *fend;      /* first producer, last forward use (times) */
+  int *bmin, *bmax;    /* lowest / highest node whose backward reads a member (-1: none) */
+  int *cand, *rc, *rp, *low;
+  int *istart, *ilist; /* input groups of group g: ilist[istart[g] .. istart[g+1]) */
+  int *maxprod, *order; /* groups by highest producer descending */
+  size_t *size;
+  int ng, T;           /* gradient groups (placed after the activation items) */
+  const int *glo, *ghi, *groot, *gborn;
+} act_groups;
+
+/* rp and low for the current rc; returns the number of items (kept: 1, recomputed: 2) written. */
+static int act_intervals(const rn_model *m, act_groups *g, act_item *it, int *item_of) {
+  const int N = m->nnodes;
+  for (int q = 0; q < g->G; q++) g->rp[q] = -1, g->low[q] = g->bmin[q];
+  for (int i = 0; i < g->G; i++) {
+    int h = g->order[i];
+    if (g->rc[h] && g->bmax[h] > g->rp[h]) g->rp[h] = g->bmax[h];
+    if (!g->rc[h]) continue;
+    for (int j = g->istart[h]; j < g->istart[h + 1]; j++) {
+      int q = g->ilist[j];
+      if (g->rc[q] && g->rp[h] > g->rp[q]) g->rp[q] = g->rp[h];
+      if (g->low[q] < 0 || g->rp[h] < g->low[q]) g->low[q] = g->rp[h];
+    }
+  }
+  int n = 0;
+  for (int q = 0; q < g->G; q++) {
+    int bend = g->low[q] >= 0 ? 2 * N - 1 - g->low[q] : -1;
+    item_of[q] = n;
+    if (g->rc[q]) {
+      it[n++] = (act_item){g->size[q], 0, g->lo[q], g->fend[q]};
+      it[n++] = (act_item){g->size[q], 0, 2 * N - 1 - g->rp[q], bend};
+    } else {
+      it[n++] = (act_item){g->size[q], 0, g->lo[q], bend > g->fend[q] ? bend : g->fend[q]};
+    }
+  }
+  for (int t = 0; t < g->T; t++)
+    if (g->gborn[t] >= 0 && g->groot[t] == t)
+      it[n++] = (act_item){tsize(m, t), 0, 2 * N - 1 - g->ghi[t], 2 * N - 1 - g->glo[t]};
+  return n;
+}
+
+static void plan_act(rn_model *m, const int *nuse, const int *producer, const int *gborn, const int *groot) {
+  const int T = m->ntensors, N = m->nnodes;
+  int *root = malloc((size_t)T * sizeof(int)), *gid = malloc((size_t)T * sizeof(int));
+  int *lastF = malloc((size_t)T * sizeof(int)), *minB = malloc((size_t)T * sizeof(int)),
+      *maxB = malloc((size_t)T * sizeof(int));
+  RN_ASSERT(root && gid && lastF && minB && maxB);
+  for (int t = 0; t < T; t++) root[t] = -1, gid[t] = -1, lastF[t] = -1, minB[t] = -1, maxB[t] = -1;
+  /* Groups. Every tensor gets its own buffer, except:
+   *  - tensors left unused by the fusion pass get none; lazy BN outputs go to the untouched tail;
+   *  - ReLU runs in place (relu backward needs only its output; its input is a BN or add output
+   *    with no other consumer, and neither BN nor add backward needs its own output);
+   *  - add writes into its shortcut input, or else into its residual-branch input, when that is
+   *    private: consumed by nothing else and not needed by its producer's backward (projection
+   *    conv/BN output, option-A output, the branch's last BN (post-activation) or conv
+   *    (pre-activation) output; never a fused BN+ReLU output: its backward reads it as the mask).
+   * The backward of an add with a fused ReLU reads the add's output, i.e. that shared buffer: it
+   * holds the add's output until backward, since its input was dead after the add. */
+  for (int t = 0; t < T; t++) {
+    int k = producer[t];
+    const rn_node *n = k >= 0 ? &m->nodes[k] : NULL;
+    if (!n && nuse[t] == 0 && t != m->input) continue; /* unused (fused away) */
+    if (n && n->lazy) continue;                          /* at the end, below */
+    if (n && n->op == RN_OP_RELU && private_in(m, nuse, producer, n->in)) root[t] = root[n->in];
+    else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in)) root[t] = root[n->in];
+    else if (n && n->op == RN_OP_ADD && !n->bn_add && private_in(m, nuse, producer, n->in2)) root[t] = root[n->in2];
+    else root[t] = t;
+  }
+  /* uses */
+  for (int k = 0; k < N; k++) {
+    const rn_node *n = &m->nodes[k];
+    lastF[n->in] = k;
+    if (n->in2 >= 0) lastF[n->in2] = k;
+    if (n->pre_bn >= 0) lastF[m->nodes[n->pre_bn].in] = k;
+#define BREAD(t)                           \
+  do {                                     \
+    if (minB[t] < 0 || k < minB[t]) minB[t] = k; \
+    if (k > maxB[t]) maxB[t] = k;          \
+  } while (0)
+    BWD_READS(m, k, BREAD);
+#undef BREAD
+  }
+  act_groups g = {0};
+  for (int t = 0; t < T; t++)
+    if (root[t] == t) gid[t] = g.G++;
+  const int G = g.G;
+  g.mstart = calloc((size_t)G + 1, sizeof(int)), g.members = malloc((size_t)T * sizeof(int));
+  g.lo = malloc((size_t)G * sizeof(int)), g.fend = malloc((size_t)G * sizeof(int));
+  g.bmin = malloc((size_t)G * sizeof(int)), g.bmax = malloc((size_t)G * sizeof(int));
+  g.cand = calloc((size_t)G, sizeof(int)), g.rc = calloc((size_t)G, sizeof(int));
+  g.rp = malloc((size_t)G * sizeof(int)), g.low = malloc((size_t)G * sizeof(int));
+  g.istart = calloc((size_t)G + 1, sizeof(int)), g.ilist = malloc((size_t)(2 * T + 1) * sizeof(int));
+  g.maxprod = malloc((size_t)G * sizeof(int)), g.order = malloc((size_t)G * sizeof(int));
+  g.size = malloc((size_t)G * sizeof(size_t));
+  RN_ASSERT(g.mstart && g.members && g.lo && g.fend && g.bmin && g.bmax && g.cand && g.rc && g.rp && g.low &&
+            g.istart && g.ilist && g.maxprod && g.order && g.size);
+  for (int t = 0; t < T; t++)
+    if (root[t] >= 0) g.mstart[gid[root[t]] + 1]++;
+  for (int q = 0; q < G; q++) g.mstart[q + 1] += g.mstart[q];
+  {
+    int *fill = calloc((size_t)G, sizeof(int));
+    RN_ASSERT(fill);
+    for (int t = 0; t < T; t++) /* tensor ids follow producer order within a group */
+      if (root[t] >= 0) {
+        int q = gid[root[t]];
+        g.members[g.mstart[q] + fill[q]++] = t;
+      }
+    free(fill);
+  }
+  int ni = 0;
+  for (int q = 0; q < G; q++) {
+    g.lo[q] = INT32_MAX, g.fend[q] = -1, g.bmin[q] = -1, g.bmax[q] = -1, g.maxprod[q] = -1;
+    g.size[q] = tsize(m, g.members[g.mstart[q]]);
+    int cand = 1, any_b = 0;
+    g.istart[q] = ni;
+    for (int j = g.mstart[q]; j < g.mstart[q + 1]; j++) {
+      int t = g.members[j], k = producer[t];
+      RN_ASSERT(tsize(m, t) == g.size[q]);
+      int p = k >= 0 ? k : 0;
+      if (p < g.lo[q]) g.lo[q] = p;
+      if (k > g.maxprod[q]) g.maxprod[q] = k;
+      int f = t == m->logits ? 2 * N - 1 : lastF[t] > p ? lastF[t] : p;
+      if (f > g.fend[q]) g.fend[q] = f;
+      if (minB[t] >= 0 && (g.bmin[q] < 0 || minB[t] < g.bmin[q])) g.bmin[q] = minB[t];
+      if (maxB[t] > g.bmax[q]) g.bmax[q] = maxB[t];
+      any_b |= minB[t] >= 0;
+      if (k < 0 || !replayable(&m->nodes[k]) || t == m->logits || t == m->input) cand = 0;
+      if (k >= 0) { /* external inputs */
+        const rn_node *n = &m->nodes[k];
+        int ins[2] = {n->in, n->in2};
+        for (int i = 0; i < 2; i++) {
+          if (ins[i] < 0 || root[ins[i]] < 0 || root[ins[i]] == root[t]) continue;
+          int h = gid[root[ins[i]]], dup = 0;
+          for (int z = g.istart[q]; z < ni; z++) dup |= g.ilist[z] == h;
+          if (!dup) g.ilist[ni++] = h;
+        }
+      }
+      /* in-place members: the overwritten tensor is read by nothing after, and by no backward */
+      if (j > g.mstart[q]) {
+        int prev = g.members[j - 1];
+        RN_ASSERT(k >= 0 && (m->nodes[k].op == RN_OP_RELU || m->nodes[k].op == RN_OP_ADD));
+        RN_ASSERT(m->nodes[k].in == prev || m->nodes[k].in2 == prev);
+        RN_ASSERT(m->nodes[k].in2 < 0 || root[m->nodes[k].in] != root[m->nodes[k].in2]);
+        RN_ASSERT(lastF[prev] <= k && minB[prev] < 0);
+      }
+    }
+    g.istart[q + 1] = ni;
+    g.cand[q] = cand && any_b && m->recompute;
+  }
+  /* groups by highest producer descending (a group's readers come after all its producers) */
+  for (int q = 0; q < G; q++) g.order[q] = q;
+  for (int i = 1; i < G; i++) {
+    int q = g.order[i], j = i;
+    for (; j > 0 && g.maxprod[g.order[j - 1]] < g.maxprod[q]; j--) g.order[j] = g.order[j - 1];
+    g.order[j] = q;
+  }
+  /* Gradients: group r (groot[t] == r, in-place backward) is live over the backward of nodes
+   * [lowest producer, highest last consumer] of its members (see place_grads). */
+  int *glo = malloc((size_t)T * sizeof(int)), *ghi = malloc((size_t)T * sizeof(int)), ng = 0;
+  RN_ASSERT(glo && ghi);
+  for (int t = 0; t < T; t++) glo[t] = INT32_MAX, ghi[t] = -2;
+  for (int t = 0; t < T; t++) {
+    if (gborn[t] < 0) continue;
+    int r = groot[t];
+    if (producer[t] < glo[r]) glo[r] = producer[t];
+    if (gborn[t] > ghi[r]) ghi[r] = gborn[t];
+  }
+  for (int t = 0; t < T; t++) ng += gborn[t] >= 0 && groot[t] == t;
+  g.ng = ng, g.glo = glo, g.ghi = ghi, g.groot = groot, g.gborn = gborn, g.T = T;
+  act_item *it = malloc((size_t)(2 * G + ng + 1) * sizeof(act_item));
+  int *item_of = malloc((size_t)(G + 1) * sizeof(int)), *tord = malloc((size_t)(G + 1) * sizeof(int));
+  RN_ASSERT(it && item_of && tord);
+  int ncand = 0;
+  for (int q = 0; q < G; q++) g.rc[q] = g.cand[q], ncand += g.cand[q];
+  size_t best = place_items(it, act_intervals(m, &g, it, item_of), 1);
+  /* Keep every candidate whose recompute does not lower the peak, those replayed first (highest
+   * rp) first. Beyond 256 candidates (e.g. cifar-resnet1202) all stay recomputed: each trial
+   * places the whole arena. */
+  if (ncand && ncand <= 256) {
+    int nt = 0;
+    for (int q = 0; q < G; q++)
+      if (g.cand[q]) tord[nt++] = q;
+    for (int i = 1; i < nt; i++) {
+      int q = tord[i], j = i, rq = g.rp[q];
+      for (; j > 0 && g.rp[tord[j - 1]] < rq; j--) tord[j] = tord[j - 1];
+      tord[j] = q;
+    }
+    for (int i = 0; i < nt; i++) {
+      int q = tord[i];
+      g.rc[q] = 0;
+      size_t peak = place_items(it, act_intervals(m, &g, it, item_of), 1);
+      if (peak <= best) best = peak;
+      else g.rc[q] = 1;
+    }
+  }
+  int n = act_intervals(m, &g, it, item_of);
+  size_t off = place_items(it, n, 4);
+  /* Verify: items live at the same time never share memory. */
+  for (int i = 0; i < n; i++)
+    for (int j = i + 1; j < n; j++) {
+      if (it[i].lo > it[j].hi || it[j].lo > it[i].hi) continue;
+      RN_ASSERT(it[i].off + it[i].size <= it[j].off || it[j].off + it[j].size <= it[i].off);
+    }
+  for (int t = 0; t < T; t++) m->tensors[t].off = m->tensors[t].boff = (size_t)-1;
+  for (int k = 0; k < N; k++) m->nodes[k].rp_at = -1;
+  int nrep = 0;
+  for (int t = 0; t < T; t++) {
+    if (root[t] < 0) continue;
+    int q = gid[root[t]];
+    m->tensors[t].off = it[item_of[q]].off;
+    m->tensors[t].boff = g.rc[q] ? it[item_of[q] + 1].off : m->tensors[t].off;
+    if (g.rc[q]) {
+      m->nodes[producer[t]].rp_at = g.rp[q];
+      nrep++;
+    }
+  }
+  {
+    int i = item_of[G - 1] + 1 + g.rc[G - 1]; /* the first gradient item */
+    size_t *gpos = malloc((size_t)T * sizeof(size_t));
+    RN_ASSERT(gpos);
+    for (int t = 0; t < T; t++)
+      if (gborn[t] >= 0 && groot[t] == t) gpos[t] = it[i++].off;
+    RN_ASSERT(i == n);
+    for (int t = 0; t < T; t++) m->tensors[t].goff = gborn[t] >= 0 ? gpos[groot[t]] : (size_t)-1;
+    free(gpos);
+  }
+  /* replay list: by rp_at descending, then node index ascending */
+  m->nreplay = nrep;
+  m->replay = nrep ? malloc((size_t)nrep * sizeof(int)) : NULL;
+  RN_ASSERT(!nrep || m->replay);
+  nrep = 0;
+  for (int at = N - 1; at >= 0; at--)
+    for (int k = 0; k < N; k++)
+      if (m->nodes[k].rp_at == at) m->replay[nrep++] = k;
+  RN_ASSERT(nrep == m->nreplay);
+  /* The outputs of lazy BN nodes (mark_lazy) last: neither a training step nor an eval forward
+   * writes them (the reading convolution applies the BN), only a training step with BN in eval
+   * mode does, so that part of the arena is never touched otherwise (rn_alloc_arena). */
+  m->act_touch_floats = off;
+  for (int t = 0; t < T; t++)
+    if (producer[t] >= 0 && m->nodes[producer[t]].lazy) {
+      m->tensors[t].off = m->tensors[t].boff = off;
+      off += tsize(m, t);
+    }
+  m->act_floats = off;
+  free(it), free(item_of), free(tord);
+  free(g.mstart), free(g.members), free(g.lo), free(g.fend), free(g.bmin), free(g.bmax), free(g.cand), free(g.rc);
+  free(g.rp), free(g.low), free(g.istart), free(g.ilist), free(g.maxprod), free(g.order), free(g.size);
+  free(root), free(gid), free(lastF), free(minB), free(maxB), free(glo), free(ghi);
+}
 /* Level 3: a BN(+ReLU) whose only reader is a convolution that is the first reader of its output
  * (lazy = 1)
  * (so it will compute the BN's backward sums in its dx epilogue: bn_prev, below) and runs on the
@@ -675,47 +1007,6 @@ static void plan(rn_model *m) {
     producer[n->out] = k;
   }
 
-  /* Activation arena. Every tensor gets its own buffer, except:
-   *  - tensors left unused by the fusion pass get none;
-   *  - ReLU runs in place (relu backward needs only its output; its input is a BN or add output
-   *    with no other consumer, and neither BN nor add backward needs its own output);
-   *  - add writes into its shortcut input, or else into its residual-branch input, when that is
-   *    private: consumed by nothing else and not needed by its producer's backward (projection
-   *    conv/BN output, option-A output, the branch's last BN (post-activation) or conv
-   *    (pre-activation) output; never a fused BN+ReLU output: its backward reads it as the mask).
-   * The backward of an add with a fused ReLU reads the add's output, i.e. that shared buffer: it
-   * holds the add's output until backward, since its input was dead after the add.
-   * The check below verifies these rules on the result. */
-  size_t off = 0;
-  for (int t = 0; t < T; t++) m->tensors[t].off = (size_t)-1;
-  for (int t = 0; t < T; t++) {
-    int k = producer[t];
-    const rn_node *n = k >= 0 ? &m->nodes[k] : NULL;
-    if (!n && nuse[t] == 0 && t != m->input) continue; /* unused (fused away) */
-    if (n && n->lazy) continue;                          /* at the end, below */
-    if (n && n->op == RN_OP_RELU && private_in(m, nuse, producer, n->in)) {
-      m->tensors[t].off = m->tensors[n->in].off;
-    } else if (n && n->op == RN_OP_ADD && private_in(m, nuse, producer, n->in)) {
-      m->tensors[t].off = m->tensors[n->in].off;
-    } else if (n && n->op == RN_OP_ADD && !n->bn_add && private_in(m, nuse, producer, n->in2)) {
-      m->tensors[t].off = m->tensors[n->in2].off;
-    } else {
-      m->tensors[t].off = off;
-      off += tsize(m, t);
-    }
-  }
-  /* The outputs of lazy BN nodes (mark_lazy) last: neither a training step nor an eval forward
-   * writes them (the reading convolution applies the BN), only a training step with BN in eval
-   * mode does, so that part of the arena is never touched otherwise (rn_alloc_arena). */
-  m->act_touch_floats = off;
-  for (int t = 0; t < T; t++)
-    if (producer[t] >= 0 && m->nodes[producer[t]].lazy) {
-      m->tensors[t].off = off;
-      off += tsize(m, t);
-    }
-  m->act_floats = off;
-  check_act(m, nuse, producer);
-
   /* acc flags: walking backward, the first node to write a tensor's gradient overwrites. */
   char *written = calloc((size_t)T, 1);
   RN_ASSERT(written);
@@ -752,7 +1043,9 @@ static void plan(rn_model *m) {
         tsize(m, n->in) == tsize(m, n->out))
       root[n->in] = root[n->out];
   }
-  m->dact_floats = place_grads(m, producer, born, root);
+  m->dact_floats = place_grads(m, producer, born, root); /* their own peak (a statistic) */
+  /* Activations and gradients share one arena, placed together (plan_act). */
+  plan_act(m, nuse, producer, born, root);
   /* Verify: gradients that are live at the same backward step never share memory, except d(in)
    * and d(out) of an in-place add, BN or ReLU at that node. Step of a tensor's birth = its last consumer
    * (highest node index), death = its producer. */
@@ -859,12 +1152,13 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
     m->bn_epilogue = v && v[0] == '0' ? 0 : v && v[0] == '1' ? 1 : 2;
   }
   mark_lazy(m);
+  m->recompute = recompute_on();
   plan(m);
   m->param = rn_alloc(m->ntotal * sizeof(float));
   m->grad = rn_alloc(m->ntrain * sizeof(float));
   m->mom = rn_alloc(m->ntrain * sizeof(float));
   m->act = rn_alloc_arena(m->act_floats * sizeof(float), m->act_touch_floats * sizeof(float));
-  m->dact = rn_alloc(m->dact_floats * sizeof(float));
+  m->dact = m->act; /* one arena (plan_act) */
   m->save = rn_alloc(m->save_floats * sizeof(float));
   m->ws = rn_alloc(m->ws_floats * sizeof(float));
   m->param_done = rn_alloc((size_t)m->nparams);
@@ -956,6 +1250,15 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       ncoef += rn_align16(2 * (size_t)b->u.bn.c);
     }
     m->pre_coef = ncoef ? rn_alloc(ncoef * sizeof(float)) : NULL;
+    /* Replayed BN and BN+add nodes keep the float coefficients of their training forward. */
+    size_t nrc = 0;
+    for (int k = 0; k < m->nnodes; k++) {
+      rn_node *d = &m->nodes[k];
+      if (d->rp_at < 0 || !(d->op == RN_OP_BN || (d->op == RN_OP_ADD && d->bn_add))) continue;
+      d->rc_off = nrc;
+      nrc += rn_align16(2 * (size_t)d->u.bn.c);
+    }
+    m->rc_coef = nrc ? rn_alloc(nrc * sizeof(float)) : NULL;
   }
   m->dlogits = rn_alloc(rn_align16((size_t)batch * c.num_classes) * sizeof(float));
   m->last_train = 1;
@@ -970,11 +1273,12 @@ void rn_model_free(rn_model *m) {
   rn_free(m->grad);
   rn_free(m->mom);
   rn_free_arena(m->act, m->act_floats * sizeof(float));
-  rn_free(m->dact);
   rn_free(m->save);
   rn_free(m->ws);
   rn_free(m->param_done);
   rn_free(m->pre_coef);
+  rn_free(m->rc_coef);
+  free(m->replay);
   rn_free(m->dlogits);
   rn_free(m->stats);
   rn_free(m->bsums);
@@ -1088,9 +1392,10 @@ void rn_model_summary(const rn_model *m, FILE *f) {
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));
   fprintf(f, "  trainable parameters: %s (%.2fM)\n", cnt, (double)rn_model_param_count(m) / 1e6);
-  fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations %.1f MB (+%.1f MB of lazy BN "
-          "outputs, used only with BN in eval mode during training), gradients %.1f MB, saved %.1f MB, workspace "
-          "%.1f MB\n", m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_touch_floats * 4 / 1e6,
+  fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations and their gradients %.1f MB (one "
+          "liveness-planned arena; %d outputs recomputed in the backward; +%.1f MB of lazy BN outputs, used only with "
+          "BN in eval mode during training; the gradients alone peak at %.1f MB), saved %.1f MB, workspace %.1f MB\n",
+          m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_touch_floats * 4 / 1e6, m->nreplay,
           (double)(m->act_floats - m->act_touch_floats) * 4 / 1e6, (double)m->dact_floats * 4 / 1e6,
           (double)m->save_floats * 4 / 1e6, (double)m->ws_floats * 4 / 1e6);
 }

@@ -23,6 +23,8 @@ static float sd_scale(const rn_model *m, const rn_node *n, int train) {
 }
 
 static inline float *A(rn_model *m, int t) { return m->act + m->tensors[t].off; }
+/* In the backward: a recomputed tensor lives in its replay's buffer (rn_tensor.boff). */
+static inline float *AB(rn_model *m, int t) { return m->act + m->tensors[t].boff; }
 static inline float *P(rn_model *m, int p) { return m->param + m->params[p].off; }
 static inline float *G(rn_model *m, int p) { return m->grad + m->params[p].off; }
 static inline int64_t numel(const rn_model *m, int t, int n) {
@@ -70,7 +72,13 @@ void rn_model_forward(rn_model *m, int n, int train) {
                                    P(m, d->param[2]), P(m, d->param[3]), m->save + d->save_off, n,
                                    m->stats_tensor == d->in ? m->stats : NULL, m->pre_coef + d->pre_off,
                                    m->pre_coef + d->pre_off + d->u.bn.c);
-        else if (bn_train && m->stats_tensor == d->in)
+        else if (bn_train && d->rp_at >= 0) { /* recomputed in the backward: keep the coefficients */
+          float *sc = m->rc_coef + d->rc_off, *sh = sc + d->u.bn.c;
+          rn_bn_forward_train_coef(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]), P(m, d->param[1]),
+                                   P(m, d->param[2]), P(m, d->param[3]), m->save + d->save_off, n,
+                                   m->stats_tensor == d->in ? m->stats : NULL, sc, sh);
+          rn_bn_apply(&d->u.bn, (int64_t)n * ti->h * ti->w, x, sc, sh, y);
+        } else if (bn_train && m->stats_tensor == d->in)
           rn_bn_forward_train_stats(&d->u.bn, (int64_t)n * ti->h * ti->w, x, P(m, d->param[0]),
                                     P(m, d->param[1]), P(m, d->param[2]), P(m, d->param[3]),
                                     m->save + d->save_off, y, n, m->stats);
@@ -108,13 +116,17 @@ void rn_model_forward(rn_model *m, int n, int train) {
           const rn_tensor *t2 = &m->tensors[d->in2];
           int64_t rows = (int64_t)n * t2->h * t2->w;
           float *x2 = A(m, d->in2);
-          if (bn_train)
+          const double *st = m->stats_tensor == d->in2    ? m->stats
+                             : m->stats_tensor2 == d->in2 ? m->stats2
+                                                          : NULL;
+          if (bn_train && d->rp_at >= 0) { /* recomputed in the backward: keep the coefficients */
+            float *sc = m->rc_coef + d->rc_off, *sh = sc + d->u.bn.c;
+            rn_bn_forward_train_coef(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
+                                     P(m, d->param[3]), m->save + d->save_off, n, st, sc, sh);
+            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y);
+          } else if (bn_train)
             rn_bn_add_forward_train(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                    P(m, d->param[3]), m->save + d->save_off, n,
-                                    m->stats_tensor == d->in2    ? m->stats
-                                    : m->stats_tensor2 == d->in2 ? m->stats2
-                                                                 : NULL,
-                                    x, d->scale, y);
+                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y);
           else
             rn_bn_add_forward_eval(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
                                    P(m, d->param[3]), x, d->scale, y);
@@ -153,6 +165,48 @@ static void report(rn_model *m, const rn_node *d, rn_grad_ready_fn cb, void *ctx
   m->report_next = p, m->report_end = end;
 }
 
+/* Recomputes node d's output in the backward (rn_node.rp_at) from its inputs, all in their backward
+ * buffers: the forward's arithmetic on the same values (a training BN with the coefficients its
+ * forward kept), so the same bits. */
+static void replay(rn_model *m, const rn_node *d, int n, int bn_train) {
+  const rn_tensor *ti = &m->tensors[d->in];
+  const float *x = AB(m, d->in);
+  float *y = AB(m, d->out);
+  switch (d->op) {
+    case RN_OP_BN: {
+      const int64_t rows = (int64_t)n * ti->h * ti->w;
+      if (bn_train)
+        rn_bn_apply(&d->u.bn, rows, x, m->rc_coef + d->rc_off, m->rc_coef + d->rc_off + d->u.bn.c, y);
+      else
+        rn_bn_forward_eval(&d->u.bn, rows, x, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
+                           P(m, d->param[3]), y);
+      break;
+    }
+    case RN_OP_RELU:
+      rn_relu_forward(numel(m, d->in, n), x, y);
+      break;
+    case RN_OP_SHORTCUT_A:
+      rn_shortcut_a_forward(&d->u.sa, n, x, y);
+      break;
+    case RN_OP_ADD:
+      if (!d->bn_add) {
+        rn_add_forward(numel(m, d->out, n), x, AB(m, d->in2), d->scale, d->relu, y);
+      } else {
+        const rn_tensor *t2 = &m->tensors[d->in2];
+        const int64_t rows = (int64_t)n * t2->h * t2->w;
+        if (bn_train)
+          rn_bn_add_apply(&d->u.bn, rows, AB(m, d->in2), m->rc_coef + d->rc_off, m->rc_coef + d->rc_off + d->u.bn.c,
+                          x, d->scale, y);
+        else
+          rn_bn_add_forward_eval(&d->u.bn, rows, AB(m, d->in2), P(m, d->param[0]), P(m, d->param[1]),
+                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y);
+      }
+      break;
+    default:
+      RN_ASSERT(!"not replayable");
+  }
+}
+
 void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
   RN_ASSERT(n >= 1 && n <= m->batch);
   int bn_train = m->last_train && !m->bn_eval_in_train;
@@ -165,16 +219,25 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
     const rn_node *d = &m->nodes[k];
     if (d->op != RN_OP_BN || !d->lazy) continue;
     const rn_tensor *ti = &m->tensors[d->in];
-    rn_bn_forward_eval(&d->u.bn, (int64_t)n * ti->h * ti->w, A(m, d->in), P(m, d->param[0]), P(m, d->param[1]),
-                       P(m, d->param[2]), P(m, d->param[3]), A(m, d->out));
+    rn_bn_forward_eval(&d->u.bn, (int64_t)n * ti->h * ti->w, AB(m, d->in), P(m, d->param[0]), P(m, d->param[1]),
+                       P(m, d->param[2]), P(m, d->param[3]), AB(m, d->out));
   }
+  int ri = 0;
   for (int k = m->nnodes - 1; k >= 0; k--) {
     rn_node *d = &m->nodes[k];
+    for (; ri < m->nreplay && m->nodes[m->replay[ri]].rp_at == k; ri++) { /* timed as the replayed node's */
+      double t1 = m->prof_bwd ? rn_now() : 0;
+      replay(m, &m->nodes[m->replay[ri]], n, bn_train);
+      if (m->prof_bwd) {
+        const double dt = rn_now() - t1;
+        m->prof_bwd[m->replay[ri]] += dt, m->prof_replay += dt;
+      }
+    }
+    double t0 = m->prof_bwd ? rn_now() : 0;
     const rn_tensor *ti = &m->tensors[d->in];
-    const float *x = A(m, d->in), *y = A(m, d->out);
+    const float *x = AB(m, d->in), *y = AB(m, d->out);
     const float *dy = d->out == m->logits ? m->dlogits : m->dact + m->tensors[d->out].goff;
     float *dx = (d->in == m->input && !m->input_grad) ? NULL : m->dact + ti->goff;
-    double t0 = m->prof_bwd ? rn_now() : 0;
     switch (d->op) {
       case RN_OP_CONV:
         /* the backward channel sums of the BN before, in the dx epilogue (when dx is direct) */
@@ -183,15 +246,15 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           const rn_node *b = &m->nodes[d->pre_bn];
           rn_conv_pre pre;
           pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
-          rn_bn_sums bs = {NULL, A(m, b->in), m->bsums, 1.0f, b->relu, &pre};
-          const int got = rn_conv_backward_bn(&d->u.conv, n, A(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
+          rn_bn_sums bs = {NULL, AB(m, b->in), m->bsums, 1.0f, b->relu, &pre};
+          const int got = rn_conv_backward_bn(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
                                               G(m, d->param[0]), m->ws, &bs);
           RN_ASSERT(got && dx); /* the BN's backward needs the sums (it has no output to mask with) */
           m->bsum_tensor = d->in;
         } else if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
           const rn_node *b = &m->nodes[d->bn_prev];
           const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
-          rn_bn_sums bs = {mask, A(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL,
+          rn_bn_sums bs = {mask, AB(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL,
                            NULL};
           if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
                                   &bs))
@@ -241,7 +304,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
         } else {
           const rn_tensor *t2 = &m->tensors[d->in2];
           int64_t rows = (int64_t)n * t2->h * t2->w;
-          const float *x2 = A(m, d->in2);
+          const float *x2 = AB(m, d->in2);
           float *dx2 = m->dact + t2->goff;
           if (bn_train && m->bsum_tensor == d->out) /* sums from the dx epilogue; dy holds g and is ds */
             rn_bn_add_backward_train_sums(&d->u.bn, rows, x2, P(m, d->param[0]), m->save + d->save_off,
@@ -264,4 +327,5 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
     report(m, d, cb, ctx);
   }
   RN_ASSERT(m->report_next < 0); /* every param belongs to a node */
+  RN_ASSERT(ri == m->nreplay);
 }
