@@ -1,13 +1,15 @@
 /* Fused BN+ReLU and add+ReLU (fusion level 1), also the branch BN fused into the add (level 2),
  * and also BN outputs applied by the convolution that reads them (level 3, the default)
- * (build-time fusion, rn_model_set_fusion / RN_FUSE) against the same
- * model built without fusion: bitwise identical loss, logits, parameter gradients, input gradient
- * and BN running statistics over two training steps (the second accumulating into the gradients),
- * a partial batch, an eval forward and a backward with BN in eval mode; for basic and bottleneck
- * blocks, post- and pre-activation, shortcuts A/B/C, plain nets, stochastic depth (a step with
- * dropped and kept branches) and BN with running statistics in training. Also: the fused graph has
- * no ReLU node left, the per-kind names, the same activation memory, and the parameter list is
- * untouched (checkpoints do not see the fusion). */
+ * (build-time fusion, rn_model_set_fusion / RN_FUSE), each level (and level 0) with the
+ * elementwise outputs recomputed in the backward (rn_model_set_recompute / RN_RECOMPUTE), against
+ * the same model built without fusion and without recompute: bitwise identical loss, logits,
+ * parameter gradients, input gradient and BN running statistics over two training steps (the
+ * second accumulating into the gradients), a partial batch, an eval forward and a backward with
+ * BN in eval mode; for basic and bottleneck blocks, post- and pre-activation, shortcuts A/B/C,
+ * plain nets, stochastic depth (a step with dropped and kept branches) and BN with running
+ * statistics in training. Also: the fused graph has no ReLU node left, the per-kind names, the
+ * parameter list is untouched (checkpoints do not see the fusion), replays are elementwise nodes,
+ * and the touched arena is smaller with recompute. */
 #include <math.h>
 #include <string.h>
 #include <sys/mman.h>

@@ -3,7 +3,8 @@
 # momentum after K steps as 1 rank with the global batch P*B (--batch is global), for P = 2, 4,
 # with --overlap 1 and 0 (and the communication thread) and small buckets (--bucket-mb 0.01: many buckets). Tolerance TOL = 1e-5 relative (measured ~3e-7; float32
 # summation order differs). Negative control: the same comparison with --bn-eval 0 (batch statistics
-# per rank) must exceed TOL, so the comparison can fail.
+# per rank) must exceed TOL, so the comparison can fail. Also: --recompute 0 (every activation kept)
+# gives the same bits as the default (BN/add outputs recomputed in the backward).
 source "$(dirname "$0")/train_common.sh"
 TOL=1e-5
 K=8
@@ -25,6 +26,12 @@ for np in 2 4; do
 done
 # Negative control: batch-statistics BN makes the split visible.
 train_ok 1 "$WORK/nref.log" "${EQ[@]}" --bn-eval 0 --out "$WORK/nref"
+# Recompute (the default) replays BN/add outputs in the backward: the same bits as keeping them.
+train_ok 1 "$WORK/nrc.log" "${EQ[@]}" --bn-eval 0 --recompute 0 --out "$WORK/nrc"
+nrep=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward).*/\1/p' "$WORK/nref.log")
+[ -n "$nrep" ] && [ "$nrep" -gt 0 ] || fail "recompute: no replayed outputs reported: $(grep -m1 'memory per rank' "$WORK/nref.log")"
+grep -q "0 outputs recomputed in the backward: --recompute 0" "$WORK/nrc.log" || fail "--recompute 0: $(grep -m1 'memory per rank' "$WORK/nrc.log")"
+same_ckpt "$(latest_ckpt "$WORK/nrc")" "$(latest_ckpt "$WORK/nref")" "--recompute 0 vs 1 ($nrep outputs recomputed)"
 train_ok 2 "$WORK/nctl.log" "${EQ[@]}" --bn-eval 0 --out "$WORK/nctl"
 if "$PY" "$SRC/tests/train_compare.py" "$(latest_ckpt "$WORK/nctl")" "$(latest_ckpt "$WORK/nref")" $TOL >"$WORK/nctl.txt"; then
   fail "negative control: with --bn-eval 0 P=2 matched 1 rank within $TOL ($(cat "$WORK/nctl.txt")): the comparison cannot tell"

@@ -44,7 +44,10 @@ static void usage(void) {
          "kernel choice and the K split of weight-gradient GEMMs off for comparison. Under mpirun with\n"
          "several ranks it adds the bucketed allreduce time and bandwidth; --overlap 0 = allreduce after\n"
          "backward, 1 = overlapped and driven by MPI_Test between layers, 2 = by a communication thread.\n"
-         "Defaults: --model resnet50 --batch 32 --threads <cores> --size 224 (32 for cifar-*).\n");
+         "Defaults: --model resnet50 --batch 32 --threads <cores> --size 224 (32 for cifar-*).\n"
+         "Environment: RN_RECOMPUTE=0 keeps every activation the backward needs instead of recomputing\n"
+         "the cheap elementwise ones (BN, BN+add, ReLU) in the backward where that lowers the peak\n"
+         "memory (the default; --layers 1 prints their time); RN_FUSE, RN_CONV_* switches: docs/PERF.md.\n");
 }
 
 int main(int argc, char **argv) {

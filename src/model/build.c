@@ -878,9 +878,14 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   int ncand = 0;
   for (int q = 0; q < G; q++) g.rc[q] = g.cand[q], ncand += g.cand[q];
   size_t best = place_items(it, act_intervals(m, &g, it, item_of), 1);
-  /* Keep every candidate whose recompute does not lower the peak, those replayed first (highest
-   * rp) first. Beyond 256 candidates (e.g. cifar-resnet1202) all stay recomputed: each trial
-   * places the whole arena. */
+  /* Then, in two passes over the candidates (those replayed first, highest rp, first):
+   * 1. keep a candidate when that lowers the peak: recomputed tensors that feed each other form
+   *    chains replayed together at the first need of the last one (an option-A net's block outputs
+   *    are one chain across all stages, replayed at the start of the backward: no gain), and a
+   *    kept one cuts the chain (repeated while it helps, at most four sweeps);
+   * 2. keep every candidate whose recompute does not lower the peak.
+   * Beyond 256 candidates (e.g. cifar-resnet1202) all stay recomputed: each trial places the
+   * whole arena. */
   if (ncand && ncand <= 256) {
     int nt = 0;
     for (int q = 0; q < G; q++)
@@ -890,7 +895,19 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
       for (; j > 0 && g.rp[tord[j - 1]] < rq; j--) tord[j] = tord[j - 1];
       tord[j] = q;
     }
+    for (int changed = 1, sweep = 0; changed && sweep < 4; sweep++) {
+      changed = 0;
+      for (int i = 0; i < nt; i++) {
+        int q = tord[i];
+        if (!g.rc[q]) continue;
+        g.rc[q] = 0;
+        size_t peak = place_items(it, act_intervals(m, &g, it, item_of), 1);
+        if (peak < best) best = peak, changed = 1;
+        else g.rc[q] = 1;
+      }
+    }
     for (int i = 0; i < nt; i++) {
+      if (!g.rc[tord[i]]) continue;
       int q = tord[i];
       g.rc[q] = 0;
       size_t peak = place_items(it, act_intervals(m, &g, it, item_of), 1);

@@ -366,7 +366,9 @@ int rn_train_main(int argc, char **argv) {
   mc.num_classes = r->train_ds.meta.classes;
   int plan_batch = r->local_batch;
   if (r->val_ld && rn_loader_batch_capacity(r->val_ld) > plan_batch) plan_batch = rn_loader_batch_capacity(r->val_ld);
+  int prev_rc = rn_model_set_recompute((int)c->recompute);
   st = rn_model_build(&r->m, &mc, plan_batch, &e);
+  rn_model_set_recompute(prev_rc);
   if (st) return fail(r, &e, RN_EXIT_USAGE);
   rn_model_init(&r->m, (uint64_t)c->seed);
   r->m.bn_eval_in_train = c->bn_eval;
@@ -385,6 +387,9 @@ int rn_train_main(int argc, char **argv) {
     printf("model %s: %zu parameters; data %s: %lld train / %lld val images %dx%dx%d, %d classes\n", c->model,
            rn_model_param_count(&r->m), c->data, (long long)r->train_ds.n, (long long)(r->have_val ? r->val_ds.n : 0),
            oh, ow, oc, mc.num_classes);
+    printf("memory per rank: parameters %.1f MB (+gradients, momentum), activations and their gradients %.1f MB "
+           "(%d outputs recomputed in the backward%s)\n", (double)r->m.ntotal * 4 / 1e6,
+           (double)r->m.act_touch_floats * 4 / 1e6, r->m.nreplay, c->recompute ? "" : ": --recompute 0");
     printf("schedule: %lld steps (%lld per epoch), peak lr %g\nconfiguration:\n%s", (long long)r->total_steps,
            (long long)r->steps_per_epoch, rn_sched_peak_lr(&r->sched), r->cfg_text);
     fflush(stdout);
