@@ -491,13 +491,16 @@ int rn_train_main(int argc, char **argv) {
   int const_warm_done = (r->st.flags & 1) != 0;
   int64_t log_step0 = r->st.step;
   int exit_code = RN_EXIT_DONE;
+  /* Tests: RN_STOP_AFTER_STEP=N stops after step N as a SIGUSR1 during it would. */
+  const char *sa = getenv("RN_STOP_AFTER_STEP");
+  const long long stop_after = sa ? atoll(sa) : 0;
   st = RN_OK;
   while (r->st.step < r->total_steps) {
     int64_t epoch = r->st.epoch;
     st = rn_loader_start_epoch(r->train_ld, (int)epoch, r->st.epoch_offset, &e);
     st = rn_dist_agree(&r->d, st, &e);
     if (st) return fail(r, &e, RN_EXIT_ERROR);
-    int stop = 0;
+    int stop = 0, stop_unsaved = 0;
     while (r->st.step < r->total_steps && rn_loader_steps_left(r->train_ld) > 0) {
       double t0 = rn_now(), w0 = rn_loader_wait_seconds(r->train_ld);
       int n = 0;
@@ -528,7 +531,7 @@ int rn_train_main(int argc, char **argv) {
       r->st.lr = lr;
       /* One small allreduce per step: metrics, timing and the stop flag. */
       double v[9] = {loss * n, (double)top1, (double)n, rn_loader_wait_seconds(r->train_ld) - w0, t2 - t1,
-                     exposed, t4 - t3, 1, g_stop_signal ? 1.0 : 0.0};
+                     exposed, t4 - t3, 1, g_stop_signal || (stop_after > 0 && r->st.step == stop_after) ? 1.0 : 0.0};
       (void)t0;
       for (int k = 0; k < 4; k++) mine[k] += v[3 + k];
       rn_dist_sum(&r->d, v, 9);
@@ -604,9 +607,24 @@ int rn_train_main(int argc, char **argv) {
         t_last_ckpt = rn_now();
         if (rank0 && !r->bar) printf("checkpoint at step %lld written to %s\n", (long long)r->st.step, c->out);
       }
-      if (stop) break;
+      if (stop) {
+        stop_unsaved = last; /* the epoch's (or the run's) last step: its checkpoint comes at the epoch end */
+        break;
+      }
     }
     if (stop) {
+      /* A stop on an epoch's last step skips the epoch end: checkpoint here what it would have
+       * (the next epoch at position 0; that epoch's validation is skipped). On the run's last step
+       * the checkpoint is the final one, without the final validation. */
+      if (stop_unsaved) {
+        if (rn_loader_steps_left(r->train_ld) == 0) {
+          r->st.epoch++;
+          r->st.epoch_offset = 0;
+        }
+        st = checkpoint(r, &e);
+        if (st) return fail(r, &e, RN_EXIT_ERROR);
+        if (rank0 && !r->bar) printf("checkpoint at step %lld written to %s\n", (long long)r->st.step, c->out);
+      }
       if (rank0) {
         if (r->bar) putchar('\n');
         printf("stop requested (signal): checkpoint at step %lld written; exit %d (requeue me)\n",
