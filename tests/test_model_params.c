@@ -123,7 +123,8 @@ static void check_layout(const rn_model *m) {
 
 /* In-place residual adds: every add writes into its shortcut input or its branch input (each is
  * private in these nets: projection/option-A outputs, the branch's last BN or conv output), never
- * into a tensor another node reads or a fused BN+ReLU output (its backward needs it as the mask).
+ * into a tensor another node reads or a fused BN+ReLU output (its backward needs it as the mask),
+ * except in the forward when both are recomputed in the backward (rn_node.rp_at).
  * Returns the number of adds written in place over their branch input. */
 static int check_add_inplace(const rn_model *m, const char *tag) {
   int nadd = 0, ok = 1, over_in2 = 0;
@@ -134,11 +135,13 @@ static int check_add_inplace(const rn_model *m, const char *tag) {
     size_t o = m->tensors[d->out].off;
     int on_in = o == m->tensors[d->in].off, on_in2 = o == m->tensors[d->in2].off;
     if (d->bn_add) { /* fused branch BN: in2 is the BN input (kept for its backward): over in when private */
-      int users = 0, relu_src = 0;
+      int users = 0, relu_src = 0, src_rc = 0;
       for (int q = 0; q < m->nnodes; q++) users += (m->nodes[q].in == d->in) + (m->nodes[q].in2 == d->in);
       for (int q = 0; q < m->nnodes; q++)
-        if (m->nodes[q].out == d->in) relu_src = m->nodes[q].relu || m->nodes[q].op == RN_OP_RELU;
-      ok &= !on_in2 && on_in == (users == 1 && !relu_src);
+        if (m->nodes[q].out == d->in)
+          relu_src = m->nodes[q].relu || m->nodes[q].op == RN_OP_RELU, src_rc = m->nodes[q].rp_at >= 0;
+      /* also over a shared one when both are recomputed (the backward has their own buffers) */
+      ok &= !on_in2 && (on_in == (users == 1 && !relu_src) || (on_in && src_rc && d->rp_at >= 0));
       continue;
     }
     ok &= on_in != on_in2; /* exactly one */

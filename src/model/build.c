@@ -705,10 +705,11 @@ typedef struct {
   int *members, *mstart; /* members of group g: members[mstart[g] .. mstart[g+1]) by producer order */
   int *lo, *fend;      /* first producer, last forward use (times) */
   int *bmin, *bmax;    /* lowest / highest node whose backward reads a member (-1: none) */
-  int *cand, *rc, *rp, *low;
+  int *cand, *rc, *rp, *low, *fhi;
   int *istart, *ilist; /* input groups of group g: ilist[istart[g] .. istart[g+1]) */
   int *maxprod, *order; /* groups by highest producer descending */
   size_t *size;
+  int *fpar;           /* forward: group whose buffer this recomputed add output overwrites (-1) */
   int ng, T;           /* gradient groups (placed after the activation items) */
   const int *glo, *ghi, *groot, *gborn;
 } act_groups;
@@ -727,12 +728,19 @@ static int act_intervals(const rn_model *m, act_groups *g, act_item *it, int *it
       if (g->low[q] < 0 || g->rp[h] < g->low[q]) g->low[q] = g->rp[h];
     }
   }
+  /* forward buffers shared along in-place adds (fpar): the first one lives until the last ends */
+  for (int q = 0; q < g->G; q++) g->fhi[q] = g->fend[q];
+  for (int i = 0; i < g->G; i++) {
+    int h = g->order[i], q = g->fpar[h];
+    if (q >= 0 && g->fhi[h] > g->fhi[q]) g->fhi[q] = g->fhi[h];
+  }
   int n = 0;
   for (int q = 0; q < g->G; q++) {
     int bend = g->low[q] >= 0 ? 2 * N - 1 - g->low[q] : -1;
     item_of[q] = n;
     if (g->rc[q]) {
-      it[n++] = (act_item){g->size[q], 0, g->lo[q], g->fend[q]};
+      if (g->fpar[q] >= 0) it[n++] = (act_item){0, 0, g->lo[q], g->lo[q]}; /* in its parent's buffer */
+      else it[n++] = (act_item){g->size[q], 0, g->lo[q], g->fhi[q]};
       it[n++] = (act_item){g->size[q], 0, 2 * N - 1 - g->rp[q], bend};
     } else {
       it[n++] = (act_item){g->size[q], 0, g->lo[q], bend > g->fend[q] ? bend : g->fend[q]};
@@ -797,6 +805,9 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   g.istart = calloc((size_t)G + 1, sizeof(int)), g.ilist = malloc((size_t)(2 * T + 1) * sizeof(int));
   g.maxprod = malloc((size_t)G * sizeof(int)), g.order = malloc((size_t)G * sizeof(int));
   g.size = malloc((size_t)G * sizeof(size_t));
+  g.fpar = malloc((size_t)G * sizeof(int)), g.fhi = malloc((size_t)G * sizeof(int));
+  RN_ASSERT(g.fpar && g.fhi);
+  for (int q = 0; q < G; q++) g.fpar[q] = -1;
   RN_ASSERT(g.mstart && g.members && g.lo && g.fend && g.bmin && g.bmax && g.cand && g.rc && g.rp && g.low &&
             g.istart && g.ilist && g.maxprod && g.order && g.size);
   for (int t = 0; t < T; t++)
@@ -915,6 +926,22 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
       else g.rc[q] = 1;
     }
   }
+  /* Forward in place: a recomputed add output whose shortcut input is recomputed too and read by
+   * nothing after the add (in the forward; the backward has its own buffers) overwrites it, as
+   * the projection blocks' adds do: no read for ownership of a fresh buffer. Kept only if the
+   * peak does not grow. */
+  size_t peak0 = place_items(it, act_intervals(m, &g, it, item_of), 4);
+  int nfp = 0;
+  const char *fe = getenv("RN_FWD_INPLACE"); /* "0": off (A/B) */
+  for (int h = 0; h < G && !(fe && fe[0] == '0'); h++) {
+    int t0 = g.members[g.mstart[h]], k = producer[t0];
+    if (!g.rc[h] || k < 0 || m->nodes[k].op != RN_OP_ADD) continue;
+    int s = m->nodes[k].in, q = root[s] >= 0 ? gid[root[s]] : -1;
+    if (q < 0 || q == h || !g.rc[q] || lastF[s] != k || g.members[g.mstart[q + 1] - 1] != s) continue;
+    g.fpar[h] = q, nfp++;
+  }
+  if (nfp && place_items(it, act_intervals(m, &g, it, item_of), 4) > peak0)
+    for (int q = 0; q < G; q++) g.fpar[q] = -1;
   int n = act_intervals(m, &g, it, item_of);
   size_t off = place_items(it, n, 4);
   /* Verify: items live at the same time never share memory. */
@@ -928,8 +955,9 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   int nrep = 0;
   for (int t = 0; t < T; t++) {
     if (root[t] < 0) continue;
-    int q = gid[root[t]];
-    m->tensors[t].off = it[item_of[q]].off;
+    int q = gid[root[t]], f = q;
+    while (g.fpar[f] >= 0) f = g.fpar[f];
+    m->tensors[t].off = it[item_of[f]].off;
     m->tensors[t].boff = g.rc[q] ? it[item_of[q] + 1].off : m->tensors[t].off;
     if (g.rc[q]) {
       m->nodes[producer[t]].rp_at = g.rp[q];
@@ -968,6 +996,7 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   free(it), free(item_of), free(tord);
   free(g.mstart), free(g.members), free(g.lo), free(g.fend), free(g.bmin), free(g.bmax), free(g.cand), free(g.rc);
   free(g.rp), free(g.low), free(g.istart), free(g.ilist), free(g.maxprod), free(g.order), free(g.size);
+  free(g.fpar), free(g.fhi);
   free(root), free(gid), free(lastF), free(minB), free(maxB), free(glo), free(ghi);
 }
 /* Level 3: a BN(+ReLU) whose only reader is a convolution that is the first reader of its output
