@@ -177,6 +177,52 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
   free(st);
 }
 
+/* A convolution over a lazy BN's output (rn_conv_pre: never stored; the kernel applies
+ * [relu](x * sc + sh) to the BN's input x itself): forward (with statistics), dx with the BN sums
+ * (mask from x * sc + sh > 0) and dW must be bitwise those of the same calls on the stored output
+ * a = [relu](fmaf(x, sc, sh)) (mask a > 0). 3x3: the padded copy; 1x1 stride 1: bands of lines
+ * (forward) and the dW kernel's packing. */
+static void pre_case(int cin, int cout, int k, int p, int h, int w, int n, int relu, uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, k, k, 1, p, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  CHECK(rn_conv_pre_ok(&d), "pre k=%d cin=%d %dx%d: rn_conv_pre_ok refused", k, cin, h, w);
+  if (!rn_conv_pre_ok(&d)) return;
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * d.oh * d.ow * cout, nw = (size_t)cout * k * k * cin;
+  size_t ns = (size_t)n * 2 * (cin > cout ? cin : cout);
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2), *sc = randf(cin, seed + 3);
+  float *sh = randf(cin, seed + 4), *a = malloc(nx * 4), *y0 = nanbuf(ny), *y1 = nanbuf(ny);
+  float *ws = nanbuf(rn_conv_workspace(&d, n)), *dx0 = nanbuf(nx), *dx1 = nanbuf(nx);
+  float *dw0 = calloc(nw, 4), *dw1 = calloc(nw, 4);
+  double *st0 = malloc(ns * sizeof(double)), *st1 = malloc(ns * sizeof(double));
+  size_t zeros = 0;
+  for (size_t i = 0; i < nx; i++) {
+    const int c = (int)(i % (size_t)cin);
+    float v = fmaf(x[i], sc[c], sh[c]);
+    a[i] = relu && !(v > 0.0f) ? 0.0f : v;
+    zeros += a[i] == 0.0f;
+  }
+  rn_conv_pre pre = {sc, sh, relu};
+  int g0 = rn_conv_forward_stats(&d, n, a, wt, y0, ws, st0);
+  int g1 = rn_conv_forward_pre(&d, n, x, wt, y1, ws, st1, &pre);
+  CHECK(g0 && g1 && !memcmp(y0, y1, ny * 4) && !memcmp(st0, st1, (size_t)n * 2 * cout * sizeof(double)),
+        "pre k=%d cin=%d cout=%d %dx%d n=%d relu=%d: forward/statistics differ from the stored BN output", k, cin,
+        cout, h, w, n, relu);
+  rn_bn_sums b0 = {relu ? a : NULL, x, st0, 1.0f, relu, NULL}, b1 = {NULL, x, st1, 1.0f, relu, &pre};
+  g0 = rn_conv_backward_bn(&d, n, a, wt, dy, dx0, 0, dw0, ws, &b0);
+  g1 = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, 0, dw1, ws, &b1);
+  CHECK(g0 && g1 && !memcmp(dx0, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4) &&
+            !memcmp(st0, st1, (size_t)n * 2 * cin * sizeof(double)) && (!relu || zeros > nx / 5),
+        "pre k=%d cin=%d cout=%d %dx%d n=%d relu=%d: dx/dW/BN sums differ from the stored BN output (%zu zeros)", k,
+        cin, cout, h, w, n, relu, zeros);
+  /* and the plain path agrees with the naive reference on the stored output (ones() covers it) */
+  free(x), free(wt), free(dy), free(sc), free(sh), free(a), free(y0), free(y1), free(ws), free(dx0), free(dx1);
+  free(dw0), free(dw1), free(st0), free(st1);
+}
+
 static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
   ones(cin, cout, k, p, 1, h, w, n, seed);
 }
@@ -255,7 +301,12 @@ int main(void) {
      * tiles), 96 output channels (6/6/4 tiles per 16), chunks of 64 pixels across image borders;
      * stride 2 over whole lines, also lines wider than a chunk (ow 75). */
     one(112, 96, 1, 0, 9, 10, 3, 32), ones(208, 48, 1, 0, 2, 13, 15, 2, 33), ones(16, 32, 1, 0, 2, 3, 150, 2, 34);
-    cases += 33;
+    /* Over a lazy BN's output: 3x3 (padded copy), 1x1 in one band (64 x 14 x 14), in bands with a
+     * shorter last one (32 ch @28: 18 + 10 lines; 16 ch @56: 18 x 3 + 2), with and without ReLU. */
+    pre_case(32, 32, 3, 1, 14, 14, 2, 1, 70), pre_case(16, 48, 3, 1, 9, 11, 3, 0, 71);
+    pre_case(64, 256, 1, 0, 14, 14, 3, 1, 72), pre_case(32, 128, 1, 0, 28, 28, 2, 1, 73);
+    pre_case(16, 64, 1, 0, 56, 56, 2, 1, 74), pre_case(48, 96, 1, 0, 5, 9, 3, 0, 75);
+    cases += 39;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
@@ -295,6 +346,12 @@ int main(void) {
         "1x1 stride 2 @28: GEMM dW expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
             !rn_conv_direct_bwd_ok(&d), "1x1@7: GEMM expected");
+  CHECK(rn_conv_desc_init(&d, 64, 256, 1, 1, 1, 0, 56, 56, &e) == RN_OK && rn_conv_pre_ok(&d) &&
+            rn_conv_desc_init(&d, 256, 1024, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_pre_ok(&d),
+        "1x1 stride 1 @56/@14: reading a lazy BN expected");
+  CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_pre_ok(&d) &&
+            rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 56, 56, &e) == RN_OK && !rn_conv_pre_ok(&d),
+        "1x1@7 (GEMM) or stride 2: no lazy BN expected");
   CHECK(rn_conv_desc_init(&d, 3, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "CIFAR stem: direct fwd and dW, GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 4, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&

@@ -49,6 +49,8 @@ static const fcase cases[] = {
     {"resnet18 w16 112x112", "resnet18", RN_SHORTCUT_B, 0, 16, 112, 6, 2, 1.0f, 0},
     /* bottlenecks: the stride-2 3x3 conv2 applies its BN (dx by pixel parity computes the sums) */
     {"resnet50 w16 64x64", "resnet50", RN_SHORTCUT_B, 0, 16, 64, 6, 2, 1.0f, 0},
+    /* pre-activation bottlenecks: conv3 (1x1) applies bn3+ReLU; conv1 (shrinking) never does */
+    {"resnet50 w16 64x64 preact", "resnet50", RN_SHORTCUT_B, 1, 16, 64, 6, 2, 1.0f, 0},
 };
 
 typedef struct {
@@ -208,13 +210,21 @@ static void run_case(const fcase *fc, int level) {
   int bnadd_ok = bnadd_a == 0 && bnadd_b == want_bnadd && (level < 2 || fc->preact || !adds_b || bnadd_b > 0);
   /* level 3: BN outputs applied by the reading conv (rn_node.lazy) where the channels take the
    * direct kernel (multiples of 16), never below level 3; each such BN's reader names it */
-  int lazy_a = 0, lazy_b = 0, lazy_ok = 1;
+  int lazy_a = 0, lazy_b = 0, lazy_ok = 1, lazy_1x1 = 0;
   for (int k = 0; k < ma->nnodes; k++) lazy_a += ma->nodes[k].lazy;
   for (int k = 0; k < mb->nnodes; k++) {
     const rn_node *d = &mb->nodes[k];
     lazy_b += d->lazy;
-    if (d->op == RN_OP_CONV && d->pre_bn >= 0) lazy_ok &= mb->nodes[d->pre_bn].lazy && mb->nodes[d->pre_bn].out == d->in;
+    if (d->op == RN_OP_CONV && d->pre_bn >= 0) {
+      lazy_ok &= mb->nodes[d->pre_bn].lazy && mb->nodes[d->pre_bn].out == d->in;
+      lazy_1x1 += d->u.conv.kh == 1 && d->u.conv.kw == 1;
+      /* a 1x1 reader: stride 1, and it does not shrink the channels (conv3, not conv1) */
+      lazy_ok &= !(d->u.conv.kh == 1) || (d->u.conv.stride == 1 && d->u.conv.cout >= d->u.conv.cin);
+    }
   }
+  /* bottlenecks with 16-channel multiples at >= 14-wide lines: conv3 (1x1) applies bn2 (+ReLU) */
+  CHECK(level < 3 || fc->width % 16 || strcmp(fc->arch, "resnet50") || lazy_1x1 > 0,
+        "%s level %d: no 1x1 convolution reads a lazy BN", fc->tag, level);
   CHECK(lazy_a == 0 && lazy_ok && (level < 3 ? lazy_b == 0 : fc->width % 16 != 0 || lazy_b > 0),
         "%s level %d: %d lazy BN nodes (unfused %d)", fc->tag, level, lazy_b, lazy_a);
   /* the lazy BN outputs: the arena's tail, never written by training steps or an eval forward

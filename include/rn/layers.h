@@ -42,7 +42,8 @@ struct rn_conv_pre {
   const float *sc, *sh; /* [cin] */
   int relu;
 };
-/* The shape takes the direct kernel with a padded copy in all three passes (forward, dx, dW). */
+/* The shape takes the direct kernel in all three passes (forward, dx, dW), with a padded copy
+ * (k x k), or (1x1, stride 1) a copy of bands of lines forward and the dW kernel's packing. */
 int rn_conv_pre_ok(const rn_conv_desc *d);
 /* rn_conv_forward_stats with pre (rn_conv_pre_ok(d) required). */
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
@@ -115,6 +116,7 @@ int rn_conv_direct_shape(const rn_conv_desc *d); /* the shape qualifies (whateve
 int rn_conv_direct_ok(const rn_conv_desc *d);    /* forward uses it: shape, switch and width rule */
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward dW uses it (stricter width rule) */
 int rn_conv_direct_dx_ok(const rn_conv_desc *d);  /* backward dx uses it */
+int rn_conv_direct_pre_ok(const rn_conv_desc *d); /* all passes direct, and can read a lazy BN (rn_conv_pre) */
 /* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
 void rn_conv_set_direct_max_channels(int c);
 /* Width rules (measured, see conv_direct.c): forward takes widths that are multiples of 8, 24+,
@@ -140,7 +142,8 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
  * builds only, called per thread by rn_conv_direct_backward_bn, which sizes the per-thread `pack`
  * scratch with rn_conv_dw1x1_pack_floats; RN_CONV_DW1X1=0 turns it off). */
 size_t rn_conv_dw1x1_pack_floats(const rn_conv_desc *d);
-void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack);
+void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack,
+                   const rn_conv_pre *pre); /* pre: x is a lazy BN's input (stride 1), applied in the packing */
 /* The ImageNet stem (cin 3, 7x7, stride 2, pad 3, cout a multiple of 16) on its own AVX-512 kernels
  * (src/kernels/conv_stem7.c): forward (with the output's BN statistics, as rn_conv_direct_forward)
  * and dW added into dw (it has no dx). rn_conv_forward/_backward take them for that shape unless

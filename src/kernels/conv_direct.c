@@ -169,13 +169,27 @@ int rn_conv_direct_ok(const rn_conv_desc *d) {
   if (is_1x1(d)) return g_all_widths || d->ow >= 14;
   return fwd_width(d->ow);
 }
+/* A convolution can read a lazy BN's output (rn_conv_pre): all three passes direct, 16-channel
+ * multiples; 1x1 only at stride 1 with its own dW kernel (conv_dw1x1.c applies the BN in its
+ * packing, the forward in bands: pre1_lines). */
+int rn_conv_direct_pre_ok(const rn_conv_desc *d) {
+  if (d->cin % 16 || !rn_conv_direct_ok(d) || !rn_conv_direct_bwd_ok(d) || !rn_conv_direct_dx_ok(d)) return 0;
+  return !is_1x1(d) || (d->stride == 1 && d->pad == 0 && use_dw1x1());
+}
 
 static size_t al16(size_t v) { return (v + 15) & ~(size_t)15; }
 
 /* Per thread: the padded image of x (fwd, dW) or of dy (dx); for 1x1 none (no padding: the
  * tensors are read in place), except the dense part of a stride-2 dx (spread2). */
+/* Lines per band of a 1x1 forward over a lazy BN's output (rn_conv_pre): the band is copied with
+ * the BN applied into the thread's buffer (<= 64 KB: stays in L1/L2) and convolved from there. */
+static int pre1_lines(const rn_conv_desc *d) {
+  int l = (int)(16384 / ((size_t)d->w * d->cin));
+  return l < 1 ? 1 : l > d->h ? d->h : l;
+}
 static size_t pad_floats(const rn_conv_desc *d) {
-  if (is_1x1(d)) return d->stride == 1 ? 0 : al16((size_t)d->oh * d->ow * d->cin); /* dx_s2's dense part */
+  if (is_1x1(d)) /* stride 1: a band of pre1_lines; stride 2: dx_s2's dense part */
+    return d->stride == 1 ? al16((size_t)pre1_lines(d) * d->w * d->cin) : al16((size_t)d->oh * d->ow * d->cin);
   size_t a = (size_t)(d->h + 2 * d->pad) * (d->w + 2 * d->pad) * d->cin;
   int pq = d->kh - 1 - d->pad, pr = d->kw - 1 - d->pad;
   size_t b = (size_t)(d->oh + 2 * pq) * (d->ow + 2 * pr) * d->cout;
@@ -213,14 +227,13 @@ static void pad_image_pre(const float *img, int hi, int wi, int c, int py, int p
     } else {
       const float *src = img + (size_t)y * wi * c;
       float *dst = r + (size_t)px * c;
-      for (int j = 0; j < c; j += 16) {
-        const __m512 sc = _mm512_loadu_ps(pre->sc + j), sh = _mm512_loadu_ps(pre->sh + j);
-        for (int x = 0; x < wi; x++) {
-          __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(src + (size_t)x * c + j), sc, sh);
+      /* pixel by pixel (a sequential read of the source; sc and sh stay in L1) */
+      for (size_t q = 0; q < (size_t)wi * c; q += (size_t)c)
+        for (int j = 0; j < c; j += 16) {
+          __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(src + q + j), _mm512_loadu_ps(pre->sc + j), _mm512_loadu_ps(pre->sh + j));
           if (pre->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-          _mm512_storeu_ps(dst + (size_t)x * c + j, v);
+          _mm512_storeu_ps(dst + q + j, v);
         }
-      }
     }
     memset(r + (size_t)(px + wi) * c, 0, (size_t)px * c * sizeof(float));
   }
@@ -696,7 +709,16 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
         t_stats = stats + (size_t)i * 2 * Co;
         memset(t_stats, 0, 2 * (size_t)Co * sizeof(double));
       }
-      conv_plane(one ? xi : xp, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, yi, streaming ? 2 : 0);
+      if (one && pre) { /* 1x1 over a lazy BN's output: bands of lines copied with the BN applied */
+        const int L = pre1_lines(d);
+        for (int y0 = 0; y0 < d->h; y0 += L) {
+          const int l = d->h - y0 < L ? d->h - y0 : L;
+          pad_image_pre(xi + (size_t)y0 * d->w * C, l, d->w, C, 0, 0, xp, pre);
+          conv_plane(xp, wp, C, 1, 1, 1, wt, Co, l, d->ow, yi + (size_t)y0 * d->ow * Co, streaming ? 2 : 0);
+        }
+      } else {
+        conv_plane(one ? xi : xp, wp, C, d->stride, kh, kw, wt, Co, d->oh, d->ow, yi, streaming ? 2 : 0);
+      }
       t_stats = NULL;
     }
     if (streaming) _mm_sfence(); /* streaming stores are visible to the other threads after the region */
@@ -923,7 +945,8 @@ void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, co
     const size_t xin = (size_t)d->h * d->w * C, yin = (size_t)d->oh * d->ow * Co;
     const int dw1 = dw && one && use_dw1x1(); /* 1x1: all of the thread's images in one sweep */
     if (dw1)
-      rn_conv_dw1x1(d, n * t / nt, i1, x, dy, dwt, part + (size_t)(T > 1 ? T - 1 : 0) * al16(nw) + (size_t)t * al16(rn_conv_dw1x1_pack_floats(d)));
+      rn_conv_dw1x1(d, n * t / nt, i1, x, dy, dwt, part + (size_t)(T > 1 ? T - 1 : 0) * al16(nw) + (size_t)t * al16(rn_conv_dw1x1_pack_floats(d)),
+                    bn ? bn->pre : NULL);
     for (int i = n * t / nt; i < i1; i += G) {
       const int g = i + G <= i1 ? G : i1 - i;
       if (dw && !dw1) {
@@ -994,6 +1017,10 @@ int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
   return 0;
 }
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
+  (void)d;
+  return 0;
+}
+int rn_conv_direct_pre_ok(const rn_conv_desc *d) {
   (void)d;
   return 0;
 }

@@ -7,7 +7,8 @@
  * tile, 16 broadcasts + 1 load per 16 FMAs, ran at 110-140 GF/s on 2 threads; BLIS, which has to
  * pack the transposed dy, at 90-140). The pixels are taken in chunks of 64 (stride 2: whole
  * output lines); each chunk is first copied into two packed panels, dy as [co/16][p][16] and x as
- * [ci/64][p][64] (vector copies), so that every tile streams both sequentially (read in place, rows
+ * [ci/64][p][64] (vector copies; x with a lazy BN applied when pre is given), so that every
+ * tile streams both sequentially (read in place, rows
  * 1-4 KB apart, 64->256@56 ran at ~160 instead of ~200 GF/s). Then the
  * tiles sweep the 64-channel x panels (outer: 16 KB, stays in L1) and the 6-, 6- and 4-channel
  * parts of every 16-channel dy block (inner), each adding its sums into dW. Results differ from the
@@ -69,7 +70,8 @@ AI void pchunk_nv(const float *ap, const float *bp, int np, int ci0, int Co, flo
   }
 }
 
-static void pchunk(const seglist *s, size_t xps, size_t gps, int C, int Co, float *dwt, float *ap, float *bp) {
+static void pchunk(const seglist *s, size_t xps, size_t gps, int C, int Co, float *dwt, float *ap, float *bp,
+                   const rn_conv_pre *pre) {
   int np = 0;
   for (int q = 0; q < s->n; q++) np += s->cnt[q];
   int p = 0;
@@ -80,7 +82,15 @@ static void pchunk(const seglist *s, size_t xps, size_t gps, int C, int Co, floa
       for (int ci0 = 0; ci0 < C; ci0 += 64) {
         const int w = C - ci0 < 64 ? C - ci0 : 64;
         float *o = bp + (size_t)ci0 * np + (size_t)p * w;
-        for (int c = 0; c < w; c += 16) _mm512_storeu_ps(o + c, _mm512_loadu_ps(x + ci0 + c));
+        if (!pre)
+          for (int c = 0; c < w; c += 16) _mm512_storeu_ps(o + c, _mm512_loadu_ps(x + ci0 + c));
+        else /* a lazy BN's output: [relu](x * sc + sh), the BN's own instructions (same bits) */
+          for (int c = 0; c < w; c += 16) {
+            __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + ci0 + c), _mm512_loadu_ps(pre->sc + ci0 + c),
+                                       _mm512_loadu_ps(pre->sh + ci0 + c));
+            if (pre->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+            _mm512_storeu_ps(o + c, v);
+          }
       }
     }
   int ci0 = 0;
@@ -120,7 +130,8 @@ static size_t max_pixels(const rn_conv_desc *d) { return (size_t)DW1_CHUNK + (d-
 
 size_t rn_conv_dw1x1_pack_floats(const rn_conv_desc *d) { return max_pixels(d) * (size_t)(d->cin + d->cout) + 32; }
 
-void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack) {
+void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack,
+                   const rn_conv_pre *pre) {
   const int C = d->cin, Co = d->cout;
   const size_t per = d->stride == 1 ? (size_t)d->oh * d->ow : (size_t)d->oh;
   const size_t end = (size_t)i1 * per, xps = (size_t)d->stride * C;
@@ -128,7 +139,7 @@ void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const 
   seglist s;
   for (size_t pos = (size_t)i0 * per; pos < end;) {
     pos = make_chunk(d, x, dy, pos, end, &s);
-    pchunk(&s, xps, (size_t)Co, C, Co, dwt, ap, bp);
+    pchunk(&s, xps, (size_t)Co, C, Co, dwt, ap, bp, pre);
   }
 }
 

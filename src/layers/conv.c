@@ -117,10 +117,7 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   return a;
 }
 
-int rn_conv_pre_ok(const rn_conv_desc *d) {
-  return !(d->kh == 1 && d->kw == 1) && d->cin % 16 == 0 && rn_conv_direct_ok(d) && rn_conv_direct_bwd_ok(d) &&
-         rn_conv_direct_dx_ok(d);
-}
+int rn_conv_pre_ok(const rn_conv_desc *d) { return rn_conv_direct_pre_ok(d); }
 
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                         double *stats, const rn_conv_pre *pre) {
@@ -277,6 +274,7 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   if (M <= 0) return 0;
   if (pointwise(d)) {
     int ddw = dw && rn_conv_direct_bwd_ok(d), ddx = dx && rn_conv_direct_dx_ok(d);
+    RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && ddw && ddx)); /* an input never stored: both direct */
     if (ddw || ddx)
       rn_conv_direct_backward_bn(d, n, x, w, dy, ddx ? dx : NULL, acc, ddw ? dw : NULL, ws, conv_threads(),
                                  ddx ? bn : NULL);

@@ -1004,14 +1004,20 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
  * (so it will compute the BN's backward sums in its dx epilogue: bn_prev, below) and runs on the
  * direct kernel in all passes is lazy: a training or eval forward never stores its output. The
  * convolution applies the BN's affine (+ReLU) as it copies the BN's input into its padded buffer
- * (forward and dW), and its dx epilogue takes the ReLU mask from the BN's input. Only a training
+ * (forward and dW; 1x1: in bands forward, in the dW kernel's packing), and its dx epilogue takes
+ * the ReLU mask from the BN's input. Only a training
  * step with BN in eval mode (bn_eval_in_train) writes the output. */
 static void mark_lazy(rn_model *m) {
   for (int k = 0; k < m->nnodes; k++) m->nodes[k].pre_bn = -1, m->nodes[k].lazy = 0;
   if (m->fused < 3 || m->bn_epilogue < 2) return;
+  const char *l1 = getenv("RN_LAZY_1X1"); /* "0": 1x1 convolutions never read a lazy BN (A/B) */
+  const int lazy1 = !(l1 && l1[0] == '0');
   for (int k = 0; k < m->nnodes; k++) {
     rn_node *cv = &m->nodes[k];
-    if (cv->op != RN_OP_CONV || cv->in == m->input || cv->u.conv.kh * cv->u.conv.kw == 1 ||
+    /* 1x1: only those that do not shrink the channels (ResNet-50's conv3): the dx epilogue of a
+     * shrinking one (cin = 4 cout) has too few FMAs per vector to hide its loads (see bn_prev) */
+    const int pw = cv->u.conv.kh * cv->u.conv.kw == 1;
+    if (cv->op != RN_OP_CONV || cv->in == m->input || (pw && (!lazy1 || cv->u.conv.cout < cv->u.conv.cin)) ||
         !rn_conv_pre_ok(&cv->u.conv))
       continue;
     int first_reader = -1, prod = -1, readers = 0;
@@ -1269,7 +1275,7 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       /* Not for 1x1 convolutions: their dx does few FMAs per stored vector (cout, 64 at ResNet-50's
        * conv1), so the epilogue's extra loads made them memory-bound: ResNet-50 b32 backward
        * convolutions 2324 -> 2577 ms per step with them, against 160 ms saved in the BN passes. */
-      if (cv->u.conv.kh * cv->u.conv.kw == 1) continue;
+      if (cv->u.conv.kh * cv->u.conv.kw == 1 && cv->pre_bn < 0) continue; /* (but a lazy BN's reader must) */
       int first_reader = -1, prod = -1;
       for (int q = 0; q < m->nnodes; q++) {
         if ((m->nodes[q].in == cv->in || m->nodes[q].in2 == cv->in) && first_reader < 0) first_reader = q;
