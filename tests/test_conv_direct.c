@@ -302,10 +302,11 @@ int main(void) {
      * stride 2 over whole lines, also lines wider than a chunk (ow 75). */
     one(112, 96, 1, 0, 9, 10, 3, 32), ones(208, 48, 1, 0, 2, 13, 15, 2, 33), ones(16, 32, 1, 0, 2, 3, 150, 2, 34);
     /* Over a lazy BN's output: 3x3 (padded copy), 1x1 in one band (64 x 14 x 14), in bands with a
-     * shorter last one (32 ch @28: 18 + 10 lines; 16 ch @56: 18 x 3 + 2), with and without ReLU. */
+     * shorter last one (64K floats per band: 128 ch @28: 18 + 10 lines; 64 ch @56: 18 x 3 + 2),
+     * with and without ReLU. */
     pre_case(32, 32, 3, 1, 14, 14, 2, 1, 70), pre_case(16, 48, 3, 1, 9, 11, 3, 0, 71);
-    pre_case(64, 256, 1, 0, 14, 14, 3, 1, 72), pre_case(32, 128, 1, 0, 28, 28, 2, 1, 73);
-    pre_case(16, 64, 1, 0, 56, 56, 2, 1, 74), pre_case(48, 96, 1, 0, 5, 9, 3, 0, 75);
+    pre_case(64, 256, 1, 0, 14, 14, 3, 1, 72), pre_case(128, 128, 1, 0, 28, 28, 2, 1, 73);
+    pre_case(64, 64, 1, 0, 56, 56, 2, 1, 74), pre_case(48, 96, 1, 0, 5, 9, 3, 0, 75);
     cases += 39;
   }
   /* Disabled: the GEMM path serves the same shape. */
