@@ -700,21 +700,21 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
     if (eval) {
       rn_bn_forward_eval(&d0, m, x, g, b, rm, rv, z);
-      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sc, scale, y1);
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sc, scale, y1, NULL);
     } else if (use_stats) {
       rn_bn_forward_train_stats(&d0, m, x, g, b, rm0, rv0, s0, z, nimg, st);
-      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, nimg, st, sc, scale, y1);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, nimg, st, sc, scale, y1, NULL);
     } else {
       rn_bn_forward_train(&d0, m, x, g, b, rm0, rv0, s0, z);
-      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sc, scale, y1);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sc, scale, y1, NULL);
     }
     if (!eval) ok &= same_bits(s0, s1, 2 * c) && same_bits(rm0, rm1, c) && same_bits(rv0, rv1, c);
     rn_add_forward((int64_t)n, sc, z, scale, relu, y0);
     ok &= same_bits(y0, y1, n);
   }
   memcpy(w, sc, n * 4); /* output over the shortcut input (the model's in-place add) */
-  if (eval) rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, w, scale, w);
-  else rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, w, scale, w);
+  if (eval) rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, w, scale, w, NULL);
+  else rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, w, scale, w, NULL);
   ok &= same_bits(w, y0, n);
   size_t zeros = 0;
   for (size_t i = 0; i < n; i++) zeros += y1[i] == 0.0f;
@@ -728,7 +728,7 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
       rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, dy, scale, ds1, as, dx1, ax, dg1, db1);
     } else {
       rn_bn_backward_train(&d0, m, x, NULL, g, s0, gb, dx0, ax, dg0, db0);
-      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds1, as, dx1, ax, dg1, db1);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds1, as, dx1, ax, dg1, db1, NULL, NULL);
     }
     ok &= same_bits(ds0, ds1, n) && same_bits(dx0, dx1, n) && same_bits(dg0, dg1, c) && same_bits(db0, db1, c);
   }
@@ -740,9 +740,49 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, w, scale, w, 0, dx1, 0, NULL, NULL);
   } else {
     rn_bn_backward_train(&d0, m, x, NULL, g, s0, gb, dx0, 0, NULL, NULL);
-    rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL);
+    rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL, NULL, NULL);
   }
   ok &= same_bits(w, ds0, n) && same_bits(dx0, dx1, n);
+  /* A lazy shortcut BN (rn_node.lazy = 3): the shortcut given as that BN's input with its affine
+   * (spre), not as its stored output; and in training, that BN's backward with the channel sums
+   * the fused backward computed (ssums) vs its own pass. */
+  int lazy_ok = 1;
+  {
+    float *sx = special(n, 310, -2, 2, 0), *ssc = randf(c, 311, -1.5f, 1.5f), *ssh = randf(c, 312, -0.5f, 0.5f);
+    float *sg = randf(c, 313, 0.5f, 1.5f), *ssave = malloc(2 * c * 4), *st0 = nanbuf(n), *sdx0 = nanbuf(n);
+    float *sdx1 = nanbuf(n), *sdg0 = calloc(c, 4), *sdb0 = calloc(c, 4), *sdg1 = calloc(c, 4), *sdb1 = calloc(c, 4);
+    double *ssums = malloc(2 * (size_t)c * sizeof(double));
+    for (int j = 0; j < c; j++) ssave[j] = 0.05f * (float)(j % 7), ssave[c + j] = 0.5f + 0.1f * (float)(j % 5);
+    rn_conv_pre sp = {ssc, ssh, 0};
+    rn_bn_apply(&d0, m, sx, ssc, ssh, st0); /* the BN output the add would read */
+    memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
+    if (eval) {
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, st0, scale, y0, NULL);
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sx, scale, y1, &sp);
+    } else {
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm0, rv0, s0, 0, NULL, st0, scale, y0, NULL);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sx, scale, y1, &sp);
+      lazy_ok &= same_bits(s0, s1, 2 * c);
+      rn_bn_add_apply(&d1, m, x, s1, s1 + c, sx, scale, w, &sp); /* s1: any coefficients will do */
+      rn_bn_add_apply(&d1, m, x, s1, s1 + c, st0, scale, z, NULL);
+      lazy_ok &= same_bits(w, z, n);
+    }
+    lazy_ok &= same_bits(y0, y1, n);
+    if (!eval) {
+      memcpy(ds0, dy, n * 4), memcpy(ds1, dy, n * 4);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds0, 0, dx0, 0, NULL, NULL, NULL, NULL);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, ds1, scale, ds1, 0, dx1, 0, NULL, NULL, sx, ssums);
+      lazy_ok &= same_bits(ds0, ds1, n) && same_bits(dx0, dx1, n);
+      rn_bn_backward_train(&d0, m, sx, NULL, sg, ssave, ds0, sdx0, 0, sdg0, sdb0);
+      rn_bn_backward_train_sums(&d0, m, sx, NULL, sg, ssave, ds1, sdx1, 0, sdg1, sdb1, 1, ssums, 0);
+      lazy_ok &= same_bits(sdx0, sdx1, n) && same_bits(sdg0, sdg1, c) && same_bits(sdb0, sdb1, c);
+    }
+    free(sx), free(ssc), free(ssh), free(sg), free(ssave), free(st0), free(sdx0), free(sdx1), free(sdg0);
+    free(sdb0), free(sdg1), free(sdb1), free(ssums);
+  }
+  CHECK(lazy_ok, "bn+add%s %s m=%d c=%d threads=%d scale=%g: over a lazy shortcut BN differs from over its output",
+        relu ? "+relu" : "", eval ? "eval" : "train", m, c, threads, scale);
+  ok &= lazy_ok;
   CHECK(ok && (!relu || zeros > n / 10), "bn+add%s %s m=%d c=%d threads=%d scale=%g: fused differs from BN then add "
         "(%zu zeros)", relu ? "+relu" : "", eval ? "eval" : "train", m, c, threads, scale, zeros);
   printf("  bn+add%-5s %-5s m=%-6d c=%-3d threads=%d scale=%-6g bitwise equal to bn, add: %s\n", relu ? "+relu" : "",

@@ -214,7 +214,7 @@ static void run_case(const fcase *fc, int level) {
   for (int k = 0; k < ma->nnodes; k++) lazy_a += ma->nodes[k].lazy;
   for (int k = 0; k < mb->nnodes; k++) {
     const rn_node *d = &mb->nodes[k];
-    lazy_b += d->lazy;
+    lazy_b += d->lazy != 0;
     if (d->op == RN_OP_CONV && d->pre_bn >= 0) {
       lazy_ok &= mb->nodes[d->pre_bn].lazy && mb->nodes[d->pre_bn].out == d->in;
       lazy_1x1 += d->u.conv.kh == 1 && d->u.conv.kw == 1;
@@ -222,6 +222,21 @@ static void run_case(const fcase *fc, int level) {
       lazy_ok &= !(d->u.conv.kh == 1) || (d->u.conv.stride == 1 && d->u.conv.cout >= d->u.conv.cin);
     }
   }
+  /* level 3: the BN of every projection shortcut (a BN whose output is an add's shortcut input) is
+   * applied by the fused BN+add that reads it (lazy = 3, the add's pre_bn), any channel count */
+  int sc_a = 0, sc_b = 0;
+  for (int k = 0; k < ma->nnodes; k++)
+    for (int q = 0; ma->nodes[k].op == RN_OP_ADD && q < ma->nnodes; q++)
+      sc_a += ma->nodes[q].op == RN_OP_BN && ma->nodes[q].out == ma->nodes[k].in;
+  for (int k = 0; k < mb->nnodes; k++) {
+    const rn_node *d = &mb->nodes[k];
+    if (d->op == RN_OP_BN && d->lazy == 3) sc_b++;
+    if (d->op == RN_OP_ADD && d->pre_bn >= 0)
+      lazy_ok &= d->bn_add && mb->nodes[d->pre_bn].lazy == 3 && mb->nodes[d->pre_bn].out == d->in &&
+                 !mb->nodes[d->pre_bn].relu;
+  }
+  CHECK(sc_b == (level >= 3 && !fc->preact ? sc_a : 0) && (fc->preact || strcmp(fc->arch, "resnet50") || sc_a > 0),
+        "%s level %d: %d lazy projection-shortcut BNs (%d projection BNs)", fc->tag, level, sc_b, sc_a);
   /* bottlenecks with 16-channel multiples at >= 14-wide lines: conv3 (1x1) applies bn2 (+ReLU) */
   CHECK(level < 3 || fc->width % 16 || strcmp(fc->arch, "resnet50") || lazy_1x1 > 0,
         "%s level %d: no 1x1 convolution reads a lazy BN", fc->tag, level);

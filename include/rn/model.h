@@ -79,15 +79,19 @@ typedef struct {
                        convs are all 1 (2): a training forward on the direct kernel hands that BN the
                        channel sums (rn_conv_forward_stats) in m->stats (1) or m->stats2 (2) */
   int lazy;         /* BN (fusion level 3): a training or eval forward does not store the output; the
-                       reader conv applies it (pre_bn) with the coefficients at m->pre_coef + pre_off
-                       (only bn_eval_in_train training stores it, in the arena's untouched tail) */
+                       reader applies it (its pre_bn) with the coefficients at m->pre_coef + pre_off
+                       (only bn_eval_in_train training stores it, in the arena's untouched tail):
+                       1 a conv, 2 a max pool (BN+ReLU of the stem), 3 a fused BN+add node, as its
+                       shortcut input (a projection shortcut's BN, no ReLU; that add's backward
+                       also computes this BN's backward sums) */
   size_t pre_off;
   int rp_at;        /* BN, ADD, ReLU, option-A shortcut whose output is recomputed (plan(): not kept from
                        the forward to the backward): the backward replays this node just before node
                        rp_at's backward, from the same inputs and, for a training BN, the float affine
                        coefficients the forward used (m->rc_coef + rc_off), so the same bits; -1: kept */
   size_t rc_off;
-  int pre_bn;       /* CONV: index of the lazy BN node whose output is its input (-1: none) */
+  int pre_bn;       /* CONV, MAXPOOL: index of the lazy BN node whose output is its input; ADD (bn_add):
+                       whose output is its shortcut input, in (-1: none) */
   int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
                        read by nothing else (-1: none): the dx epilogue computes that BN's backward
                        channel sums (rn_conv_backward_bn) */
@@ -144,6 +148,7 @@ typedef struct {
   int stats_tensor2;
   double *bsums;             /* [batch][2][max cin] BN backward sums from a conv's dx epilogue */
   int bsum_tensor;           /* tensor (a BN output) the sums in bsums are for (-1: none) */
+  int bsum_n;                /*   and how many [2][c] blocks bsums holds (images; 1: the whole batch's) */
   float *pre_coef;           /* lazy BN nodes' float affine coefficients (sc[c], sh[c] at pre_off) */
   float *rc_coef;            /* replayed BN nodes' float affine coefficients (sc[c], sh[c] at rc_off) */
   int *replay, nreplay;      /* the replayed nodes, by rp_at descending, then node index ascending */

@@ -461,20 +461,30 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
 /* gb from g: mode 0 = scale 1, 1 = scale 0, 2 = scale*g */
 static int scale_mode(float scale) { return scale == 1.0f ? 0 : scale == 0.0f ? 1 : 2; }
 
-static void sums_rows_add(int c, int64_t r0, int64_t r1, const float *dy, const float *mask, const float *x,
-                          float scale, int mode, float *ds, int acc_s, double *p1, double *p2) {
+static inline __attribute__((always_inline)) void sums_rows_add(int c, int64_t r0, int64_t r1, const float *dy,
+                                                                const float *mask, const float *x, float scale,
+                                                                int mode, float *ds, int acc_s, double *p1,
+                                                                double *p2, const float *sx, double *p3, double *p4,
+                                                                const int has_s) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
   /* row by row with L1 accumulators per block of CB channels, as sums_rows */
   const __m256 vs = _mm256_set1_ps(scale);
-  double acc[4][CB] __attribute__((aligned(64)));
-  const size_t pf = c <= CB ? 256 : (size_t)c; /* prefetch 1 KB ahead (or the next row's block) */
-  for (int j0 = 0; j0 < c; j0 += CB) {
-    const int cb = c - j0 < CB ? c - j0 : CB;
+  /* with the shortcut's sums (has_s) the accumulators double: half the channels per block */
+  enum { CBA = CB / 2 };
+  double acc[8][CBA] __attribute__((aligned(64)));
+  const int cbm = has_s ? CBA : CB;
+  double(*accw)[CB] = (double(*)[CB])acc; /* without has_s: 4 rows of CB */
+  const size_t pf = c <= cbm ? 256 : (size_t)c; /* prefetch 1 KB ahead (or the next row's block) */
+  for (int j0 = 0; j0 < c; j0 += cbm) {
+    const int cb = c - j0 < cbm ? c - j0 : cbm;
     for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
       const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
-      for (int e = 0; e < 4; e++) memset(acc[e], 0, (size_t)cb * sizeof(double));
+      double *R[8];
+      for (int e = 0; e < 8; e++) R[e] = has_s ? acc[e] : e < 4 ? accw[e] : NULL;
+      for (int e = 0; e < (has_s ? 8 : 4); e++) memset(R[e], 0, (size_t)cb * sizeof(double));
       for (int64_t i = t0; i < t1; i++) {
-        double *A1 = acc[(i - t0) & 1], *A2 = acc[2 + ((i - t0) & 1)];
+        double *A1 = R[(i - t0) & 1], *A2 = R[2 + ((i - t0) & 1)];
+        double *A3 = R[4 + ((i - t0) & 1)], *A4 = R[6 + ((i - t0) & 1)];
         for (int j = 0; j < cb; j += 8) {
           const __mmask8 k = cb - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (cb - j)) - 1);
           const size_t o = (size_t)i * c + j0 + j;
@@ -482,11 +492,17 @@ static void sums_rows_add(int c, int64_t r0, int64_t r1, const float *dy, const 
             if (mask) _mm_prefetch((const char *)(mask + o + pf), _MM_HINT_T0);
             _mm_prefetch((const char *)(dy + o + pf), _MM_HINT_T0);
             _mm_prefetch((const char *)(x + o + pf), _MM_HINT_T0);
+            if (has_s) _mm_prefetch((const char *)(sx + o + pf), _MM_HINT_T0);
           }
           __mmask8 kv = k;
           if (mask) kv = _mm256_mask_cmp_ps_mask(k, _mm256_maskz_loadu_ps(k, mask + o), _mm256_setzero_ps(), _CMP_GT_OQ);
           const __m256 g = _mm256_maskz_loadu_ps(kv, dy + o);
           if (ds) _mm256_mask_storeu_ps(ds + o, k, acc_s ? _mm256_add_ps(_mm256_maskz_loadu_ps(k, ds + o), g) : g);
+          if (has_s) { /* as sums_rows(a = ds = g, b = sx) */
+            const __m512d v = _mm512_cvtps_pd(g);
+            _mm512_store_pd(A3 + j, _mm512_add_pd(_mm512_load_pd(A3 + j), v));
+            _mm512_store_pd(A4 + j, _mm512_fmadd_pd(v, _mm512_maskz_cvtps_pd(k, _mm256_maskz_loadu_ps(k, sx + o)), _mm512_load_pd(A4 + j)));
+          }
           const __m256 gb = mode == 0 ? g : mode == 1 ? _mm256_setzero_ps() : _mm256_mul_ps(vs, g);
           const __m512d v = _mm512_cvtps_pd(gb);
           _mm512_store_pd(A1 + j, _mm512_add_pd(_mm512_load_pd(A1 + j), v));
@@ -496,8 +512,13 @@ static void sums_rows_add(int c, int64_t r0, int64_t r1, const float *dy, const 
       for (int j = 0; j < cb; j += 8) {
         const __mmask8 k = cb - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (cb - j)) - 1);
         double *P1 = p1 + j0 + j, *P2 = p2 + j0 + j;
-        _mm512_mask_storeu_pd(P1, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, P1), _mm512_add_pd(_mm512_load_pd(acc[0] + j), _mm512_load_pd(acc[1] + j))));
-        _mm512_mask_storeu_pd(P2, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, P2), _mm512_add_pd(_mm512_load_pd(acc[2] + j), _mm512_load_pd(acc[3] + j))));
+        _mm512_mask_storeu_pd(P1, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, P1), _mm512_add_pd(_mm512_load_pd(R[0] + j), _mm512_load_pd(R[1] + j))));
+        _mm512_mask_storeu_pd(P2, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, P2), _mm512_add_pd(_mm512_load_pd(R[2] + j), _mm512_load_pd(R[3] + j))));
+        if (has_s) {
+          double *P3 = p3 + j0 + j, *P4 = p4 + j0 + j;
+          _mm512_mask_storeu_pd(P3, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, P3), _mm512_add_pd(_mm512_load_pd(R[4] + j), _mm512_load_pd(R[5] + j))));
+          _mm512_mask_storeu_pd(P4, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, P4), _mm512_add_pd(_mm512_load_pd(R[6] + j), _mm512_load_pd(R[7] + j))));
+        }
       }
     }
   }
@@ -505,48 +526,67 @@ static void sums_rows_add(int c, int64_t r0, int64_t r1, const float *dy, const 
   for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
     const int64_t t1 = t0 + TILE < r1 ? t0 + TILE : r1;
     for (int j = 0; j < c; j++) {
-      double s1[2] = {0, 0}, s2[2] = {0, 0};
+      double s1[2] = {0, 0}, s2[2] = {0, 0}, s3[2] = {0, 0}, s4[2] = {0, 0};
       for (int64_t i = t0; i < t1; i++) {
         const int e = (int)((i - t0) & 1);
         const size_t o = (size_t)i * c + j;
         const float g = mask ? (mask[o] > 0.0f ? dy[o] : 0.0f) : dy[o];
         if (ds) ds[o] = acc_s ? ds[o] + g : g;
+        if (has_s) s3[e] += (double)g, s4[e] = fma((double)g, (double)sx[o], s4[e]);
         const double v = mode == 0 ? g : mode == 1 ? 0.0f : scale * g;
         s1[e] += v;
         s2[e] = fma(v, (double)x[o], s2[e]);
       }
       p1[j] += s1[0] + s1[1];
       p2[j] += s2[0] + s2[1];
+      if (has_s) p3[j] += s3[0] + s3[1], p4[j] += s4[0] + s4[1];
     }
   }
 #endif
 }
 
-/* channel_sums(c, m, gb, x, NULL, s1, s2) of the branch gradient gb, writing ds on the way. */
+/* channel_sums(c, m, gb, x, NULL, s1, s2) of the branch gradient gb, writing ds on the way; with sx
+ * also channel_sums(c, m, g, sx, NULL, s3, s4) of the shortcut gradient g (as a BN whose input is
+ * sx and whose output gradient is ds would sum it: the same groups and order). */
 static void channel_sums_add(int c, int64_t m, const float *dy, const float *mask, const float *x, float scale,
-                             float *ds, int acc_s, double *s1, double *s2) {
+                             float *ds, int acc_s, double *s1, double *s2, const float *sx, double *s3, double *s4) {
   const int G = groups_for(c, m), mode = scale_mode(scale);
-  double part[G][2][c];
+  double part[G][2][c], spart[sx ? G : 1][2][sx ? c : 1];
   const int T = nthreads_for(m * c);
 #pragma omp parallel for num_threads(T < G ? T : G) schedule(static)
   for (int g = 0; g < G; g++) {
     double *p1 = part[g][0], *p2 = part[g][1];
     for (int j = 0; j < c; j++) p1[j] = 0, p2[j] = 0;
-    sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2);
+    if (sx) {
+      double *p3 = spart[g][0], *p4 = spart[g][1];
+      for (int j = 0; j < c; j++) p3[j] = 0, p4[j] = 0;
+      sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2, sx, p3, p4, 1);
+    } else {
+      sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2, NULL, NULL, NULL, 0);
+    }
   }
   for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
   for (int g = 0; g < G; g++)
     for (int j = 0; j < c; j++) s1[j] += part[g][0][j], s2[j] += part[g][1][j];
+  if (!sx) return;
+  for (int j = 0; j < c; j++) s3[j] = 0, s4[j] = 0;
+  for (int g = 0; g < G; g++)
+    for (int j = 0; j < c; j++) s3[j] += spart[g][0][j], s4[j] += spart[g][1][j];
 }
 
+/* ssc/ssh (spre): the shortcut is a lazy BN's input, s = fmaf(sr, ssc, ssh) as affine_row computes
+ * that BN's output (no ReLU) */
 static inline __attribute__((always_inline)) void affine_add_row(int c, const float *xr, const float *sc,
                                                                  const float *sh, const float *sr, float scale,
-                                                                 float *yr, const int relu, const int mode) {
+                                                                 float *yr, const int relu, const int mode,
+                                                                 const float *ssc, const float *ssh,
+                                                                 const int spre) {
 #if defined(__AVX512F__)
   const __m512 vs = _mm512_set1_ps(scale);
   for (int j = 0; j < c; j += 16) {
     const __mmask16 k = tail16(c - j);
     __m512 v = _mm512_maskz_loadu_ps(k, sr + j);
+    if (spre) v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, ssc + j), _mm512_maskz_loadu_ps(k, ssh + j));
     if (mode != 1) {
       const __m512 z = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xr + j), _mm512_maskz_loadu_ps(k, sc + j),
                                        _mm512_maskz_loadu_ps(k, sh + j));
@@ -557,7 +597,7 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
   }
 #else
   for (int j = 0; j < c; j++) {
-    float v = sr[j];
+    float v = spre ? fmaf(sr[j], ssc[j], ssh[j]) : sr[j];
     if (mode != 1) {
       const float z = fmaf(xr[j], sc[j], sh[j]);
       v = mode == 0 ? v + z : fmaf(scale, z, v);
@@ -567,31 +607,40 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
 #endif
 }
 
-#define AFFINE_ADD_LOOP(RELU, MODE)                                                                            \
+#define AFFINE_ADD_LOOP(RELU, MODE, SP)                                                                        \
   do {                                                                                                         \
     _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++)                \
-        affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU, MODE); \
+        affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU, MODE,  \
+                       ssc, ssh, SP);                                                                          \
   } while (0)
 
-/* y = [relu](s + scale*(x*sc + sh)) per channel; y may alias s (not x). */
-static void affine_add(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s, float scale,
-                       int relu, float *y) {
+static void affine_add_sp(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
+                          float scale, int relu, float *y, const float *ssc, const float *ssh, const int sp) {
   const int T = nthreads_for(m * c), mode = scale_mode(scale);
   if (relu) {
-    if (mode == 0) AFFINE_ADD_LOOP(1, 0);
-    else if (mode == 1) AFFINE_ADD_LOOP(1, 1);
-    else AFFINE_ADD_LOOP(1, 2);
+    if (mode == 0) AFFINE_ADD_LOOP(1, 0, sp);
+    else if (mode == 1) AFFINE_ADD_LOOP(1, 1, sp);
+    else AFFINE_ADD_LOOP(1, 2, sp);
   } else {
-    if (mode == 0) AFFINE_ADD_LOOP(0, 0);
-    else if (mode == 1) AFFINE_ADD_LOOP(0, 1);
-    else AFFINE_ADD_LOOP(0, 2);
+    if (mode == 0) AFFINE_ADD_LOOP(0, 0, sp);
+    else if (mode == 1) AFFINE_ADD_LOOP(0, 1, sp);
+    else AFFINE_ADD_LOOP(0, 2, sp);
   }
 }
 #undef AFFINE_ADD_LOOP
 
+/* y = [relu](s' + scale*(x*sc + sh)) per channel, s' = s or (spre) s*spre->sc + spre->sh; y may
+ * alias s (not x). */
+static void affine_add(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s, float scale,
+                       int relu, float *y, const rn_conv_pre *spre) {
+  RN_ASSERT(!spre || !spre->relu);
+  if (spre) affine_add_sp(c, m, x, sc, sh, s, scale, relu, y, spre->sc, spre->sh, 1);
+  else affine_add_sp(c, m, x, sc, sh, s, scale, relu, y, NULL, NULL, 0);
+}
+
 void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                              float *run_mean, float *run_var, float *save, int nimg, const double *stats,
-                             const float *s, float scale, float *y) {
+                             const float *s, float scale, float *y, const rn_conv_pre *spre) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && y != x);
   double s1[c], s2[c];
@@ -607,17 +656,18 @@ void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, con
   }
   float sc[c], sh[c];
   train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
-  affine_add(c, m, x, sc, sh, s, scale, d->relu, y);
+  affine_add(c, m, x, sc, sh, s, scale, d->relu, y, spre);
 }
 
 void rn_bn_add_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
-                     float scale, float *y) {
+                     float scale, float *y, const rn_conv_pre *spre) {
   RN_ASSERT(d->c >= 1 && d->c <= MAX_C && m >= 1 && y != x);
-  affine_add(d->c, m, x, sc, sh, s, scale, d->relu, y);
+  affine_add(d->c, m, x, sc, sh, s, scale, d->relu, y, spre);
 }
 
 void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
-                            const float *run_mean, const float *run_var, const float *s, float scale, float *y) {
+                            const float *run_mean, const float *run_var, const float *s, float scale, float *y,
+                            const rn_conv_pre *spre) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && y != x);
   float sc[c], sh[c];
@@ -626,7 +676,7 @@ void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, cons
     sc[j] = (float)k;
     sh[j] = (float)(beta[j] - run_mean[j] * k);
   }
-  affine_add(c, m, x, sc, sh, s, scale, d->relu, y);
+  affine_add(c, m, x, sc, sh, s, scale, d->relu, y, spre);
 }
 
 /* The dx pass of the fused backward: g from ds (already masked) when it holds g, else from dy and
@@ -697,13 +747,15 @@ static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *
 
 void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                               const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
-                              int acc, float *dgamma, float *dbeta) {
+                              int acc, float *dgamma, float *dbeta, const float *sx, double *ssums) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
   RN_ASSERT(!d->relu || y);
+  RN_ASSERT(!ssums || (sx && ds && !acc_s)); /* the shortcut BN's dy is ds = g */
   const float *mask = d->relu ? y : NULL;
   double sdy[c], sdyx[c];
-  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx); /* sum gb, sum gb*x; writes ds */
+  /* sum gb, sum gb*x; writes ds; and sum g, sum g*sx */
+  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx, ssums ? sx : NULL, ssums, ssums ? ssums + c : NULL);
   bn_add_backward_finish(d, m, x, mask, gamma, save, dy, scale, ds, acc_s, dx, acc, dgamma, dbeta, sdy, sdyx);
 }
 
@@ -756,7 +808,7 @@ void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, con
   RN_ASSERT(!d->relu || y);
   const float *mask = d->relu ? y : NULL;
   double sdy[c], sdyx[c];
-  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx);
+  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx, NULL, NULL, NULL);
   for (int j = 0; j < c; j++) sdyx[j] -= (double)run_mean[j] * sdy[j];
   for (int j = 0; j < c; j++) {
     double is = 1.0 / sqrt((double)run_var[j] + (double)d->eps);

@@ -590,7 +590,7 @@ static int inplace_grad(const rn_node *n) {
  * consumer, and the producer's backward does not read it. (Its consumer is elementwise: the
  * caller's business.) */
 static int private_in(const rn_model *m, const int *nuse, const int *producer, int t) {
-  return nuse[t] == 1 && producer[t] >= 0 && !needs_output(&m->nodes[producer[t]]);
+  return nuse[t] == 1 && producer[t] >= 0 && !needs_output(&m->nodes[producer[t]]) && !m->nodes[producer[t]].lazy;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -692,6 +692,7 @@ static int replayable(const rn_node *n) {
     if (needs_input(n_)) f(n_->in);                                                                    \
     if (needs_input2(n_)) f(n_->in2);                                                                  \
     if (needs_output(n_) || (n_->op == RN_OP_MAXPOOL && n_->pre_bn >= 0)) f(n_->out);                  \
+    if (n_->op == RN_OP_ADD && n_->pre_bn >= 0) f((m)->nodes[n_->pre_bn].in); /* lazy shortcut BN */    \
     if (n_->op == RN_OP_CONV) {                                                                        \
       if (n_->pre_bn >= 0) f((m)->nodes[n_->pre_bn].in);                                               \
       for (int q_ = 0; q_ < (m)->nnodes; q_++) /* bn_prev (set after plan): the BN's input */          \
@@ -843,8 +844,8 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
       if (k < 0 || !replayable(&m->nodes[k]) || t == m->logits || t == m->input) cand = 0;
       if (k >= 0) { /* external inputs */
         const rn_node *n = &m->nodes[k];
-        int ins[2] = {n->in, n->in2};
-        for (int i = 0; i < 2; i++) {
+        int ins[3] = {n->in, n->in2, n->pre_bn >= 0 ? m->nodes[n->pre_bn].in : -1};
+        for (int i = 0; i < 3; i++) {
           if (ins[i] < 0 || root[ins[i]] < 0 || root[ins[i]] == root[t]) continue;
           int h = gid[root[ins[i]]], dup = 0;
           for (int z = g.istart[q]; z < ni; z++) dup |= g.ilist[z] == h;
@@ -1044,6 +1045,26 @@ static void mark_lazy(rn_model *m) {
     if (prod < 0 || readers != 1 || m->nodes[prod].op != RN_OP_BN || !m->nodes[prod].relu) continue;
     mp->pre_bn = prod;
     m->nodes[prod].lazy = 2;
+  }
+  /* A BN without ReLU read only by a fused BN+add, as its shortcut (a projection shortcut's BN) is
+   * lazy too (lazy = 3): the add applies it as it reads the shortcut (forward and replay), and its
+   * backward, which writes this BN's output gradient, sums that gradient for this BN's backward in
+   * the same pass. No forward pass, no replay and no channel-sum pass of its own over the
+   * projection's output. */
+  const char *lsc = getenv("RN_LAZY_SC"); /* "0": off (A/B) */
+  for (int k = 0; k < m->nnodes && !(lsc && lsc[0] == '0'); k++) {
+    rn_node *a = &m->nodes[k];
+    if (a->op != RN_OP_ADD || !a->bn_add) continue;
+    int prod = -1, readers = 0;
+    for (int q = 0; q < m->nnodes; q++) {
+      readers += (m->nodes[q].in == a->in) + (m->nodes[q].in2 == a->in);
+      if (m->nodes[q].out == a->in) prod = q;
+    }
+    if (prod < 0 || readers != 1 || m->nodes[prod].op != RN_OP_BN || m->nodes[prod].relu || m->nodes[prod].lazy ||
+        m->nodes[prod].in == m->input)
+      continue;
+    a->pre_bn = prod;
+    m->nodes[prod].lazy = 3;
   }
 }
 
@@ -1289,14 +1310,18 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       cv->bn_prev = prod;
       if (cv->u.conv.cin > maxb) maxb = cv->u.conv.cin;
     }
-    m->bsums = maxb ? rn_alloc((size_t)batch * 2 * maxb * sizeof(double)) : NULL;
+    size_t nbs = (size_t)batch * 2 * maxb;
+    for (int k = 0; k < m->nnodes; k++) /* an add with a lazy shortcut BN: that BN's sums, one block */
+      if (m->nodes[k].op == RN_OP_ADD && m->nodes[k].pre_bn >= 0 && 2 * (size_t)m->nodes[k].u.bn.c > nbs)
+        nbs = 2 * (size_t)m->nodes[k].u.bn.c;
+    m->bsums = nbs ? rn_alloc(nbs * sizeof(double)) : NULL;
     /* The lazy BN nodes (mark_lazy): their reading convolution is their bn_prev; coefficients in
      * m->pre_coef (sc then sh per node). */
     size_t ncoef = 0;
     for (int k = 0; k < m->nnodes; k++) {
       rn_node *cv = &m->nodes[k];
       if (cv->pre_bn < 0) continue;
-      RN_ASSERT(cv->op == RN_OP_MAXPOOL || (cv->bn_prev == cv->pre_bn && m->bsums));
+      RN_ASSERT(cv->op == RN_OP_MAXPOOL || cv->op == RN_OP_ADD || (cv->bn_prev == cv->pre_bn && m->bsums));
       rn_node *b = &m->nodes[cv->pre_bn];
       b->pre_off = ncoef;
       ncoef += rn_align16(2 * (size_t)b->u.bn.c);

@@ -1,7 +1,8 @@
 /* model: the graph driver (forward, loss, backward). No allocation here. BN and add nodes with
  * relu set (build-time fusion) apply the ReLU themselves; their backward reads their output as the
  * mask. Add nodes with bn_add apply the branch BN to in2 first (rn_bn_add_*). Lazy BN nodes
- * (rn_node.lazy) only compute coefficients; the convolution that reads them applies them. */
+ * (rn_node.lazy) only compute coefficients; the convolution, max pool or add that reads them
+ * applies them. */
 #include <string.h>
 
 #include "rn/model.h"
@@ -119,17 +120,24 @@ void rn_model_forward(rn_model *m, int n, int train) {
           const double *st = m->stats_tensor == d->in2    ? m->stats
                              : m->stats_tensor2 == d->in2 ? m->stats2
                                                           : NULL;
+          /* the shortcut is a lazy BN's output (lazy = 3): apply it from its input */
+          rn_conv_pre spb, *sp = NULL;
+          if (d->pre_bn >= 0 && (bn_train || !train)) {
+            const rn_node *b = &m->nodes[d->pre_bn];
+            spb.sc = m->pre_coef + b->pre_off, spb.sh = spb.sc + b->u.bn.c, spb.relu = 0;
+            sp = &spb, x = A(m, b->in);
+          }
           if (bn_train && d->rp_at >= 0) { /* recomputed in the backward: keep the coefficients */
             float *sc = m->rc_coef + d->rc_off, *sh = sc + d->u.bn.c;
             rn_bn_forward_train_coef(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
                                      P(m, d->param[3]), m->save + d->save_off, n, st, sc, sh);
-            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y);
+            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y, sp);
           } else if (bn_train)
             rn_bn_add_forward_train(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y);
+                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y, sp);
           else
             rn_bn_add_forward_eval(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                   P(m, d->param[3]), x, d->scale, y);
+                                   P(m, d->param[3]), x, d->scale, y, sp);
         }
         break;
       case RN_OP_SHORTCUT_A:
@@ -194,12 +202,18 @@ static void replay(rn_model *m, const rn_node *d, int n, int bn_train) {
       } else {
         const rn_tensor *t2 = &m->tensors[d->in2];
         const int64_t rows = (int64_t)n * t2->h * t2->w;
+        rn_conv_pre spb, *sp = NULL;
+        if (d->pre_bn >= 0 && (bn_train || !m->last_train)) { /* as the forward: from the lazy BN's input */
+          const rn_node *b = &m->nodes[d->pre_bn];
+          spb.sc = m->pre_coef + b->pre_off, spb.sh = spb.sc + b->u.bn.c, spb.relu = 0;
+          sp = &spb, x = AB(m, b->in);
+        }
         if (bn_train)
           rn_bn_add_apply(&d->u.bn, rows, AB(m, d->in2), m->rc_coef + d->rc_off, m->rc_coef + d->rc_off + d->u.bn.c,
-                          x, d->scale, y);
+                          x, d->scale, y, sp);
         else
           rn_bn_add_forward_eval(&d->u.bn, rows, AB(m, d->in2), P(m, d->param[0]), P(m, d->param[1]),
-                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y);
+                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y, sp);
       }
       break;
     default:
@@ -250,7 +264,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           const int got = rn_conv_backward_bn(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
                                               G(m, d->param[0]), m->ws, &bs);
           RN_ASSERT(got && dx); /* the BN's backward needs the sums (it has no output to mask with) */
-          m->bsum_tensor = d->in;
+          m->bsum_tensor = d->in, m->bsum_n = n;
         } else if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
           const rn_node *b = &m->nodes[d->bn_prev];
           const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
@@ -258,7 +272,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
                            NULL};
           if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
                                   &bs))
-            m->bsum_tensor = d->in;
+            m->bsum_tensor = d->in, m->bsum_n = n;
         } else {
           rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
         }
@@ -267,7 +281,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
         int64_t rows = (int64_t)n * ti->h * ti->w;
         if (bn_train && m->bsum_tensor == d->out)
           rn_bn_backward_train_sums(&d->u.bn, rows, x, y, P(m, d->param[0]), m->save + d->save_off, dy, dx,
-                                    d->acc_in, G(m, d->param[0]), G(m, d->param[1]), n, m->bsums, d->relu);
+                                    d->acc_in, G(m, d->param[0]), G(m, d->param[1]), m->bsum_n, m->bsums, d->relu);
         else if (bn_train && d->lazy == 2) { /* read by a max pool, which masked dy already */
           rn_bn_desc plain = d->u.bn;
           plain.relu = 0;
@@ -309,11 +323,16 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           if (bn_train && m->bsum_tensor == d->out) /* sums from the dx epilogue; dy holds g and is ds */
             rn_bn_add_backward_train_sums(&d->u.bn, rows, x2, P(m, d->param[0]), m->save + d->save_off,
                                           (float *)dy, d->scale, dx2, d->acc_in2, G(m, d->param[0]),
-                                          G(m, d->param[1]), n, m->bsums);
-          else if (bn_train)
+                                          G(m, d->param[1]), m->bsum_n, m->bsums);
+          else if (bn_train) {
+            /* a lazy shortcut BN (lazy = 3, the next node backward): its channel sums over its input
+             * and the gradient written here, in this pass (one image's worth: the whole batch) */
+            const int ss = d->pre_bn >= 0 && dx && !d->acc_in;
             rn_bn_add_backward_train(&d->u.bn, rows, x2, y, P(m, d->param[0]), m->save + d->save_off, dy, d->scale,
-                                     dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]));
-          else
+                                     dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]),
+                                     ss ? AB(m, m->nodes[d->pre_bn].in) : NULL, ss ? m->bsums : NULL);
+            if (ss) m->bsum_tensor = d->in, m->bsum_n = 1;
+          } else
             rn_bn_add_backward_eval(&d->u.bn, rows, x2, y, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]),
                                     dy, d->scale, dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]),
                                     G(m, d->param[1]));
