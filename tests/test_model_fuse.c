@@ -11,6 +11,9 @@
  * parameter list is untouched (checkpoints do not see the fusion), replays are elementwise nodes,
  * and the touched arena is smaller with recompute. */
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -307,8 +310,61 @@ static void run_case(const fcase *fc, int level) {
   free_out(&b);
 }
 
+/* kB of AnonHugePages in /proc/self/smaps over the mappings that overlap [a, b). */
+static long huge_kb(uintptr_t a, uintptr_t b) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  char line[512];
+  long kb = 0;
+  int in = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    long v;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') == line + strspn(line, "0123456789abcdef"))
+      in = lo < b && hi > a;
+    else if (in && sscanf(line, "AnonHugePages: %ld kB", &v) == 1)
+      kb += v;
+  }
+  fclose(f);
+  return kb;
+}
+
+/* Transparent huge pages (core.c): the touched part of an activation arena and large rn_alloc
+ * buffers ask for them (the kernel's THP mode is "madvise" on Debian 12); the arena's untouched
+ * tail stays unbacked. With THP off in the kernel ("[never]") only the latter can be checked. */
+static void test_hugepages(void) {
+  char mode[128] = "";
+  FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (f) {
+    if (!fgets(mode, sizeof mode, f)) mode[0] = 0;
+    fclose(f);
+  }
+  const char *env = getenv("RN_HUGEPAGES");
+  const int want = mode[0] && !strstr(mode, "[never]") && !(env && env[0] == '0');
+  const size_t bytes = (size_t)64 << 20, touch = ((size_t)40 << 20) + 12345, ps = (size_t)sysconf(_SC_PAGESIZE);
+  char *p = rn_alloc_arena(bytes, touch);
+  const long akb = huge_kb((uintptr_t)p, (uintptr_t)p + touch);
+  uintptr_t t0 = ((uintptr_t)p + touch + ps - 1) & ~(uintptr_t)(ps - 1), t1 = ((uintptr_t)p + bytes) & ~(uintptr_t)(ps - 1);
+  size_t np = (t1 - t0) / ps, res = 0;
+  unsigned char *v = malloc(np);
+  CHECK(v && !mincore((void *)t0, t1 - t0, v), "mincore failed");
+  for (size_t i = 0; v && i < np; i++) res += v[i] & 1;
+  free(v);
+  float *q = rn_alloc((size_t)32 << 20);
+  const long bkb = huge_kb((uintptr_t)q, (uintptr_t)q + ((size_t)32 << 20));
+  CHECK(akb >= 0 && bkb >= 0, "cannot read /proc/self/smaps");
+  CHECK(want ? akb >= 2048 && bkb >= 2048 : akb == 0 || !strstr(mode, "[madvise]"),
+        "huge pages (THP mode %.*s): arena %ld kB, 32 MB buffer %ld kB", (int)strcspn(mode, "\n"), mode, akb, bkb);
+  CHECK(res == 0, "arena tail: %zu of %zu pages resident", res, np);
+  printf("huge pages (THP %.*s): arena's touched 40 MB %ld kB, 32 MB buffer %ld kB; tail %zu of %zu pages resident\n",
+         (int)strcspn(mode, "\n"), mode, akb, bkb, res, np);
+  rn_free(q);
+  rn_free_arena(p, bytes);
+}
+
 int main(void) {
   rn_err e = {0};
+  test_hugepages();
   if (rn_blas_init(NULL, 2, stderr, &e)) {
     fprintf(stderr, "%s\n", e.msg);
     return 1;

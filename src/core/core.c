@@ -1,6 +1,8 @@
 #include "rn/core.h"
 
 #include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <pthread.h>
 #include <math.h>
@@ -61,14 +63,34 @@ void rn_assert_fail(const char *what, const char *file, int line) {
  * not fault at a page boundary. */
 #define RN_ALLOC_SLACK 16384
 
+/* Transparent huge pages (this machine's kernel, like most, has THP in "madvise" mode: only
+ * regions that ask get them). The training step streams over tensors of up to ~100 MB; with 4 KB
+ * pages every 4 KB of a stream costs a TLB miss. RN_HUGEPAGES=0 turns it off (A/B). */
+#define RN_HUGE (2u << 20)
+static int huge_on(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *v = getenv("RN_HUGEPAGES");
+    on = !(v && v[0] == '0');
+  }
+  return on;
+}
+/* Huge pages for the whole 2 MB pages of [p, p + len) (the caller touches all of it). */
+static void advise_huge(void *p, size_t len) {
+  uintptr_t a = ((uintptr_t)p + RN_HUGE - 1) & ~(uintptr_t)(RN_HUGE - 1), e = ((uintptr_t)p + len) & ~(uintptr_t)(RN_HUGE - 1);
+  if (huge_on() && e > a) madvise((void *)a, e - a, MADV_HUGEPAGE);
+}
+
 void *rn_alloc(size_t bytes) {
   if (bytes == 0) bytes = 64;
   size_t sz = ((bytes + 63) & ~(size_t)63) + RN_ALLOC_SLACK;
+  const int big = sz >= 4 * (size_t)RN_HUGE; /* parameters, gradients, momentum, workspaces */
   void *p = aligned_alloc(64, sz);
   if (!p) {
     fprintf(stderr, "resnet-mpi: out of memory allocating %zu bytes\n", bytes);
     abort();
   }
+  if (big) advise_huge(p, sz);
   memset(p, 0, sz);
   return p;
 }
@@ -82,6 +104,9 @@ void *rn_alloc_arena(size_t bytes, size_t touch) {
     fprintf(stderr, "resnet-mpi: out of memory mapping %zu bytes: %s\n", bytes, strerror(errno));
     abort();
   }
+  /* huge pages for the touched part only (whole 2 MB pages), so the untouched tail (the lazy BN
+   * outputs, see rn_model.act_touch_floats) stays unbacked */
+  advise_huge(p, touch < sz ? touch : sz);
   memset(p, 0, touch < sz ? touch : sz);
   return p;
 }
