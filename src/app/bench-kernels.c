@@ -9,6 +9,9 @@
  * The loops are copies of tile3's (3-wide kernels: one broadcast serves every tap of its kernel
  * row) and of the generic tile's at 1x1 (one broadcast per pixel, NC weight vectors); keep them in
  * step with conv_direct.c when its tiles change. Prints GF/s and the share of the FMA loop's. */
+#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, when built on its own with -std=c11 */
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
