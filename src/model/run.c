@@ -153,7 +153,16 @@ double rn_model_loss(rn_model *m, int n, const int32_t *labels, float smoothing,
   return rn_softmax_xent(n, m->cfg.num_classes, rn_model_logits(m), labels, smoothing, m->dlogits, top1, top5);
 }
 
-void rn_model_zero_grad(rn_model *m) { memset(m->grad, 0, m->ntrain * sizeof(float)); }
+/* In parallel: one thread's memset leaves the others idle for ~1% of a ResNet-50 step (100 MB). */
+void rn_model_zero_grad(rn_model *m) {
+  const size_t n = m->ntrain, chunk = (size_t)1 << 16;
+  const long nc = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (nc > 4)
+  for (long c = 0; c < nc; c++) {
+    const size_t a = (size_t)c * chunk, b = a + chunk < n ? a + chunk : n;
+    memset(m->grad + a, 0, (b - a) * sizeof(float));
+  }
+}
 
 /* Marks node d's params final and reports every trainable param range that is now final, from the
  * highest offset down, stopping at the first that is not: the ranges reach cb in strictly
