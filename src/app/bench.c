@@ -33,10 +33,29 @@ static double node_macs(const rn_model *m, const rn_node *d, int n) {
   return 0;
 }
 
+/* --ab: one setting (0 = off, 1 = on) of a run-time switch; narrow/ksplit keep the other's value */
+static void set_switch(const char *sw, int on, int narrow, int ksplit) {
+  if (!strcmp(sw, "own-gemm")) rn_blas_set_own_gemm(on);
+  else if (!strcmp(sw, "narrow")) rn_blas_set_tuning(on, ksplit);
+  else if (!strcmp(sw, "ksplit")) rn_blas_set_tuning(narrow, on);
+  else if (!strcmp(sw, "gemm-par")) rn_blas_set_own_threading(on);
+}
+
+static double min_of(const double *v, long n) {
+  double m = v[0];
+  for (long i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
+  return m;
+}
+static double max_of(const double *v, long n) {
+  double m = v[0];
+  for (long i = 1; i < n; i++) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab own-gemm|narrow|ksplit|gemm-par]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -47,7 +66,12 @@ static void usage(void) {
          "Defaults: --model resnet50 --batch 32 --threads <cores> --size 224 (32 for cifar-*).\n"
          "Environment: RN_RECOMPUTE=0 keeps every activation the backward needs instead of recomputing\n"
          "the cheap elementwise ones (BN, BN+add, ReLU) in the backward where that lowers the peak\n"
-         "memory (the default; --layers 1 prints their time); RN_FUSE, RN_CONV_* switches: docs/PERF.md.\n");
+         "memory (the default; --layers 1 prints their time); RN_FUSE, RN_CONV_* switches: docs/PERF.md.\n"
+         "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
+         "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
+         "median step and the median of the on/off ratios of neighbouring steps (--steps per setting).\n"
+         "Switches: own-gemm (our loops around BLIS's micro-kernel), narrow, ksplit, gemm-par (our\n"
+         "threading of GEMMs). The per-layer table and the step figures are then the on setting's.\n");
 }
 
 int main(int argc, char **argv) {
@@ -57,7 +81,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "rn-bench: %s\n", e.msg);
     return 1;
   }
-  const char *model = "resnet50", *arch = NULL;
+  const char *model = "resnet50", *arch = NULL, *ab = NULL;
   long batch = 32, threads = 0, size = 0, channels = 3, classes = 0, steps = 10, warmup = 3, layers = 1;
   long narrow = 1, ksplit = 1, overlap = 1;
   double bucket_mb = 25;
@@ -87,7 +111,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--narrow")) st = rn_parse_int("option narrow", v, 0, 1, &narrow, &e);
     else if (!strcmp(a, "--ksplit")) st = rn_parse_int("option ksplit", v, 0, 1, &ksplit, &e);
     else if (!strcmp(a, "--overlap")) st = rn_parse_int("option overlap", v, 0, 2, &overlap, &e);
-    else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
+    else if (!strcmp(a, "--ab")) {
+      ab = v;
+      if (strcmp(v, "own-gemm") && strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par"))
+        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: own-gemm, narrow, ksplit, gemm-par)", v);
+    } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }
   if (threads == 0) {
@@ -126,10 +154,17 @@ int main(int argc, char **argv) {
   rn_allreducer *ar = rn_ar_create(&d, m.grad, m.ntrain, (size_t)(bucket_mb * 1048576.0), (int)overlap);
   double macs = 0;
   for (int k = 0; k < m.nnodes; k++) macs += node_macs(&m, &m.nodes[k], n);
-  for (long it = 0; it < warmup + steps; it++) {
-    int timed = it >= warmup;
-    m.prof_fwd = timed ? fw : NULL;
-    m.prof_bwd = timed ? bw : NULL;
+  /* --ab: steps alternate off, on, on, off, ... (each setting `steps` times after the warm-up) */
+  const long nsteps = ab ? 2 * steps : steps;
+  double *tab[2] = {NULL, NULL};
+  long nab[2] = {0, 0};
+  if (ab) tab[0] = rn_alloc(sizeof(double) * (size_t)steps), tab[1] = rn_alloc(sizeof(double) * (size_t)steps);
+  for (long it = 0; it < warmup + nsteps; it++) {
+    const long j = it - warmup; /* timed steps: off, on, on, off, off, on, ... (each arm `steps` times) */
+    int timed = it >= warmup, arm = timed ? (int)((j / 2 + j % 2) % 2) : (int)(it % 2);
+    if (ab) set_switch(ab, arm, (int)narrow, (int)ksplit);
+    m.prof_fwd = timed && (!ab || arm == 1) ? fw : NULL;
+    m.prof_bwd = timed && (!ab || arm == 1) ? bw : NULL;
     double t0 = rn_now();
     rn_model_set_step(&m, 1, it);
     rn_model_forward(&m, n, 1);
@@ -143,11 +178,13 @@ int main(int argc, char **argv) {
     double t3 = rn_now();
     rn_sgd_step(&m, 1e-4f, 0.9f, 1e-4f, 0);
     double t4 = rn_now();
-    if (timed) {
-      long j = it - warmup;
-      tstep[j] = t4 - t0, tf[j] = t1 - t0, tb[j] = t2 - t1, tc[j] = t3 - t2, to[j] = t4 - t3;
+    if (timed && ab) tab[arm][nab[arm]++] = t4 - t0;
+    if (timed && (!ab || arm == 1)) {
+      const long q = ab ? nab[1] - 1 : j;
+      tstep[q] = t4 - t0, tf[q] = t1 - t0, tb[q] = t2 - t1, tc[q] = t3 - t2, to[q] = t4 - t3;
     }
   }
+  if (ab) set_switch(ab, 1, (int)narrow, (int)ksplit);
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   if (d.rank == 0) {
@@ -221,6 +258,16 @@ int main(int argc, char **argv) {
            mf * 1e3, mb * 1e3, mcm * 1e3, mo * 1e3);
     printf("ours %s batch %d threads %ld: median_step_s %.4f img_s %.1f gflops %.1f peak_rss_mb %.0f fma_peak_gflops %.0f\n",
            model, n, threads, ms, n * d.size / ms, gflop / ms, ru.ru_maxrss / 1024.0, peak);
+    if (ab) {
+      /* neighbouring steps pair up: (0,1), (2,3), ... each holds one step of each setting */
+      double *ratio = rn_alloc(sizeof(double) * (size_t)steps);
+      for (long j = 0; j < steps; j++) ratio[j] = tab[1][j] / tab[0][j];
+      double r_med = median(ratio, (int)steps);
+      printf("ab %s: off median_step_s %.4f, on median_step_s %.4f, on/off %.4f (median of %ld paired ratios, "
+             "from %.4f to %.4f)\n", ab, median(tab[0], (int)steps), median(tab[1], (int)steps), r_med, steps,
+             min_of(ratio, steps), max_of(ratio, steps));
+      rn_free(ratio);
+    }
     if (d.size > 1)
       printf("allreduce: %d bucket(s) of %.1f MB, %.1f MB of gradients, exposed wait %.2f ms\n", rn_ar_nbuckets(ar),
              bucket_mb, m.ntrain * 4.0 / 1048576.0, mcm * 1e3);
@@ -251,6 +298,7 @@ int main(int argc, char **argv) {
   }
   rn_ar_free(ar);
   rn_model_free(&m);
+  rn_free(tab[0]), rn_free(tab[1]);
   rn_free(labels), rn_free(fw), rn_free(bw), rn_free(tstep), rn_free(tf), rn_free(tb), rn_free(to), rn_free(tc);
   rn_dist_finalize();
   return 0;
