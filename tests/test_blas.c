@@ -64,40 +64,6 @@ int main(void) {
     one(1, 0, 16, 144, 20000, 1.0f, 0);
   }
   rn_blas_set_tuning(1, 1);
-  /* Our own loops around the skx micro-kernel against BLIS's driver and the reference: every
-   * transpose case, ragged edges in all three dimensions (panels of 32 and 12, 16x16 transposes
-   * with a remainder), several K blocks (K > KC = 384), several M blocks (M > NC = 3072), several
-   * N blocks (N > MC = 480), padded leading dimensions, beta 0 over NaN garbage and beta 1. */
-  if (rn_blas_own_gemm()) {
-    rn_blas_set_threads(1);
-    rn_blas_set_narrow_rule(0, 0); /* every shape on the skx kernels, the narrow ones too */
-    const int shapes[][3] = {{1, 1, 1},      {13, 31, 17},   {12, 32, 16},  {37, 70, 385}, {100, 33, 800},
-                             {3100, 40, 20}, {25, 1000, 50}, {61, 47, 1200}};
-    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
-      for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++)
-          for (int beta = 0; beta < 2; beta++) one(ta, tb, shapes[k][0], shapes[k][1], shapes[k][2], (float)beta, 5);
-    /* beta 0 must not read C: NaN in C stays out of the result */
-    float A[40 * 30], B[30 * 50], C[40 * 50], R[40 * 50];
-    fill(A, 40 * 30, 7), fill(B, 30 * 50, 8);
-    for (int i = 0; i < 40 * 50; i++) C[i] = R[i] = __builtin_nanf("");
-    rn_sgemm(0, 0, 40, 50, 30, 1.0f, A, 30, B, 50, 0.0f, C, 50);
-    rn_ref_sgemm(0, 0, 40, 50, 30, 1.0f, A, 30, B, 50, 0.0f, R, 50);
-    CHECK(tu_max_rel_err(C, R, 40 * 50, 1e-3) < 1e-5, "beta 0 over NaN");
-    /* the same products through BLIS's driver agree to rounding */
-    float C2[40 * 50];
-    rn_blas_set_own_gemm(0);
-    CHECK(!rn_blas_own_gemm(), "own GEMM still on after rn_blas_set_own_gemm(0)");
-    rn_sgemm(0, 0, 40, 50, 30, 1.0f, A, 30, B, 50, 0.0f, C2, 50);
-    CHECK(tu_max_rel_err(C, C2, 40 * 50, 1e-3) < 1e-5, "own GEMM vs BLIS driver");
-    rn_blas_set_own_gemm(1);
-    CHECK(rn_blas_own_gemm(), "own GEMM off after rn_blas_set_own_gemm(1)");
-    rn_blas_set_narrow_rule(32, 32);
-    rn_blas_set_threads(2);
-  } else {
-    fprintf(stderr, "test_blas: own GEMM loops not in use here (kernel set %s): only BLIS's driver tested\n",
-            rn_blas_arch());
-  }
   rn_blas_set_threads(1);
   one(0, 1, 20, 30, 40, 1.0f, 0);
   rn_err bad;

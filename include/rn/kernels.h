@@ -40,11 +40,6 @@ void rn_blas_reserve(size_t mn);
  * thread stalls the others). The environment variable RN_GEMM_PAR=0|1 sets the default. */
 void rn_blas_set_own_threading(int own);
 int rn_blas_own_threading(void);
-/* Whether single-threaded GEMMs on the skx kernels run our own loops and AVX-512 packing around
- * BLIS's micro-kernel (1, the default where the context allows it; RN_OWN_GEMM=0 turns it off) or
- * bli_sgemm_ex (0). rn_blas_own_gemm() says which is in use. For tests and benchmarks' A/B. */
-void rn_blas_set_own_gemm(int on);
-int rn_blas_own_gemm(void);
 /* The per-shape kernel rule: the narrow set (rn_blas_narrow_arch) is used when N <= n_max or
  * M <= m_max (and narrow kernels are on). Defaults come from tests/test_perf_gemm measurements
  * (docs/PERF.md). Benchmarks may change them (0, 0 = main set only; INT_MAX = narrow set only). */
