@@ -6,13 +6,13 @@ set -u
 BIN=$1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2
 fail=0
-out=$("$BIN/rn-bench" --model cifar-resnet20 --batch 8 --steps 3 --warmup 1 --layers 0 --ab own-gemm 2>&1) ||
-  { echo "FAIL: rn-bench --ab own-gemm exited $?: $out"; exit 1; }
-line=$(echo "$out" | grep '^ab own-gemm: ')
-[ -n "$line" ] || { echo "FAIL: no 'ab own-gemm:' line in: $out"; fail=1; }
+out=$("$BIN/rn-bench" --model cifar-resnet20 --batch 8 --steps 3 --warmup 1 --layers 0 --ab narrow 2>&1) ||
+  { echo "FAIL: rn-bench --ab narrow exited $?: $out"; exit 1; }
+line=$(echo "$out" | grep '^ab narrow: ')
+[ -n "$line" ] || { echo "FAIL: no 'ab narrow:' line in: $out"; fail=1; }
 echo "$line" | grep -Eq 'off median_step_s [0-9.]+, on median_step_s [0-9.]+, on/off [0-9.]+ \(median of 3 paired ratios, from [0-9.]+ to [0-9.]+\)' ||
   { echo "FAIL: malformed A/B line: $line"; fail=1; }
-for sw in narrow ksplit gemm-par; do
+for sw in ksplit gemm-par; do
   "$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab $sw 2>&1 | grep -q "^ab $sw: " ||
     { echo "FAIL: --ab $sw printed no A/B line"; fail=1; }
 done

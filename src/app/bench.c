@@ -35,8 +35,7 @@ static double node_macs(const rn_model *m, const rn_node *d, int n) {
 
 /* --ab: one setting (0 = off, 1 = on) of a run-time switch; narrow/ksplit keep the other's value */
 static void set_switch(const char *sw, int on, int narrow, int ksplit) {
-  if (!strcmp(sw, "own-gemm")) rn_blas_set_own_gemm(on);
-  else if (!strcmp(sw, "narrow")) rn_blas_set_tuning(on, ksplit);
+  if (!strcmp(sw, "narrow")) rn_blas_set_tuning(on, ksplit);
   else if (!strcmp(sw, "ksplit")) rn_blas_set_tuning(narrow, on);
   else if (!strcmp(sw, "gemm-par")) rn_blas_set_own_threading(on);
 }
@@ -55,7 +54,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab own-gemm|narrow|ksplit|gemm-par]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -70,8 +69,8 @@ static void usage(void) {
          "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting).\n"
-         "Switches: own-gemm (our loops around BLIS's micro-kernel), narrow, ksplit, gemm-par (our\n"
-         "threading of GEMMs). The per-layer table and the step figures are then the on setting's.\n");
+         "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's). The\n"
+         "per-layer table and the step figures are then the on setting's.\n");
 }
 
 int main(int argc, char **argv) {
@@ -113,8 +112,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--overlap")) st = rn_parse_int("option overlap", v, 0, 2, &overlap, &e);
     else if (!strcmp(a, "--ab")) {
       ab = v;
-      if (strcmp(v, "own-gemm") && strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par"))
-        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: own-gemm, narrow, ksplit, gemm-par)", v);
+      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par"))
+        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par)", v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }
