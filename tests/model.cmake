@@ -1,6 +1,10 @@
 # Model: builder (counts, names, planning) and graph driver (finite differences, PyTorch parity).
 rn_test(test_model_params LABELS unit)
 rn_test(test_model_fd LABELS unit)
+# The same with Winograd taking every 3x3 stride-1 convolution of 16+ channels (the ImageNet
+# cases' later stages), so the model's gradients are checked through it too.
+rn_test(test_model_fd LABELS unit ref TESTNAME test_model_fd_wino)
+set_property(TEST test_model_fd_wino APPEND PROPERTY ENVIRONMENT "RN_CONV_WINO_MINC=16")
 
 # PyTorch parity: the C program writes an HDF5 exchange file (weights, input, our outputs and
 # gradients), scripts/torch_parity.py replays the step in torchvision (float64) and compares.

@@ -1,8 +1,10 @@
 /* rn-bench-conv: convolution-shape benchmark (a program, not a test). For each shape it times the
  * forward, dx and dW passes of rn_conv_forward / rn_conv_backward three ways:
  *   gemm    the direct kernel switched off (im2col / 1x1 GEMMs on BLIS),
- *   rules   the production choice per shape and direction (what the trainer runs),
+ *   rules   the production choice per shape and direction (what the trainer runs; Winograd for
+ *           3x3 stride-1 convolutions of 128+ channels, src/kernels/conv_wino.c),
  *   direct  the direct kernel for every direction it supports (its all-widths test mode),
+ * gemm and direct with Winograd off,
  * and prints GFLOP/s (2 x MACs per pass; dx and dW each count one forward's FLOPs). Times are the
  * MINIMUM over repetitions (robust to other processes stealing the CPU). These figures are the
  * measurements behind the per-shape rules in src/kernels/conv_direct.c (docs/PERF.md).
@@ -14,6 +16,7 @@
 
 #include "rn/kernels.h"
 #include "rn/layers.h"
+#include "rn/wino.h"
 
 typedef struct {
   int cin, cout, k, stride, hw, batch;
@@ -38,6 +41,7 @@ static float *buf(size_t n, float v) {
 static void set_mode(int mode) {
   rn_conv_set_direct(mode > 0);
   rn_conv_set_direct_all_widths(mode == 2);
+  rn_conv_set_wino(mode == 1);
 }
 
 static void run(const shape *s, int reps) {
@@ -62,7 +66,8 @@ static void run(const shape *s, int reps) {
   printf("%4d->%-4d %dx%d s%d @%-3d b%-3d", s->cin, s->cout, s->k, s->k, s->stride, s->hw, n);
   for (int mode = 0; mode < 3; mode++) {
     set_mode(mode);
-    const char *dir = mode == 0 ? "" : (rn_conv_direct_ok(&d) ? "D" : "g");
+    const int wg = mode == 1 && rn_conv_wino_ok(&d);
+    const char *dir = mode == 0 ? "" : wg ? "W" : (rn_conv_direct_ok(&d) ? "D" : "g");
     double bf = 1e30, bx = 1e30, bw = 1e30;
     for (int r = 0; r < reps; r++) {
       double t0 = rn_now();
@@ -79,8 +84,8 @@ static void run(const shape *s, int reps) {
     char fx[16] = "   -";
     if (s->cin > 4) snprintf(fx, sizeof fx, "%6.1f", fl / bx / 1e9);
     printf(" | %6.1f%s %s%s %6.1f%s", fl / bf / 1e9, dir, fx,
-           mode == 0 ? "" : (s->cin > 4 ? (rn_conv_direct_dx_ok(&d) ? "D" : "g") : " "), fl / bw / 1e9,
-           mode == 0 ? "" : (rn_conv_direct_bwd_ok(&d) ? "D" : "g"));
+           mode == 0 ? "" : wg ? "W" : (s->cin > 4 ? (rn_conv_direct_dx_ok(&d) ? "D" : "g") : " "), fl / bw / 1e9,
+           mode == 0 ? "" : wg ? "W" : (rn_conv_direct_bwd_ok(&d) ? "D" : "g"));
   }
   printf("\n");
   fflush(stdout);
@@ -99,7 +104,8 @@ int main(int argc, char **argv) {
       printf("usage: rn-bench-conv [--threads T] [--reps R] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
              "GFLOP/s of the forward, dx and dW passes of one convolution shape: GEMM path (direct\n"
              "kernel off), the production rules, and the direct kernel wherever it applies;\n"
-             "D/g after a figure = that pass ran direct / on the GEMM path. Minimum time over R\n"
+             "D/g/W after a figure = that pass ran direct / on the GEMM path / Winograd (rules only;\n"
+             "its GFLOP/s count the direct convolution's FLOPs). Minimum time over R\n"
              "repetitions (default 5). Default shapes: the ResNet-20 and ResNet-50 convolutions.\n");
       return 0;
     } else {

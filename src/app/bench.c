@@ -11,6 +11,7 @@
 #include "rn/kernels.h"
 #include "rn/model.h"
 #include "rn/optim.h"
+#include "rn/wino.h"
 
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -38,6 +39,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   if (!strcmp(sw, "narrow")) rn_blas_set_tuning(on, ksplit);
   else if (!strcmp(sw, "ksplit")) rn_blas_set_tuning(narrow, on);
   else if (!strcmp(sw, "gemm-par")) rn_blas_set_own_threading(on);
+  else if (!strcmp(sw, "wino")) rn_conv_set_wino(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -54,7 +56,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -69,8 +71,10 @@ static void usage(void) {
          "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting).\n"
-         "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's). The\n"
-         "per-layer table and the step figures are then the on setting's.\n");
+         "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
+         "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, i.e. without the lazy\n"
+         "BN the direct kernel could read). The per-layer table and the step figures are then the on\n"
+         "setting's.\n");
 }
 
 int main(int argc, char **argv) {
@@ -112,8 +116,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--overlap")) st = rn_parse_int("option overlap", v, 0, 2, &overlap, &e);
     else if (!strcmp(a, "--ab")) {
       ab = v;
-      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par"))
-        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par)", v);
+      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino"))
+        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino)", v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }

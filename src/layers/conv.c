@@ -18,6 +18,7 @@
 
 #include "rn/kernels.h"
 #include "rn/layers.h"
+#include "rn/wino.h"
 
 /* Column chunk per thread: 1 MB (ResNet-50 b32, 2 threads: 0.5/1/2/4 MB gave 7.4/7.4/7.1/7.2 img/s). */
 #define CHUNK_BYTES ((size_t)1 << 20)
@@ -114,10 +115,15 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
     b = rn_conv_stem7_workspace(d, t);
     if (b > a) a = b;
   }
+  if (rn_conv_wino_ok(d)) {
+    b = rn_conv_wino_workspace(d, n, t);
+    if (b > a) a = b;
+  }
   return a;
 }
 
-int rn_conv_pre_ok(const rn_conv_desc *d) { return rn_conv_direct_pre_ok(d); }
+/* Winograd shapes read their input in its own transform: no lazy BN there. */
+int rn_conv_pre_ok(const rn_conv_desc *d) { return !rn_conv_wino_ok(d) && rn_conv_direct_pre_ok(d); }
 
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                         double *stats, const rn_conv_pre *pre) {
@@ -132,6 +138,11 @@ int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const fl
     RN_ASSERT(ws != NULL);
     rn_conv_stem7_forward(d, n, x, w, y, ws, conv_threads(), stats);
     return stats != NULL;
+  }
+  if (n >= 1 && rn_conv_wino_ok(d)) {
+    RN_ASSERT(ws != NULL);
+    rn_conv_wino_forward(d, n, x, w, y, ws, conv_threads());
+    return 0;
   }
   if (n >= 1 && rn_conv_direct_ok(d)) {
     RN_ASSERT(ws != NULL);
@@ -154,6 +165,10 @@ void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *
   RN_ASSERT(ws != NULL);
   if (rn_conv_stem7_shape(d)) {
     rn_conv_stem7_forward(d, n, x, w, y, ws, conv_threads(), NULL);
+    return;
+  }
+  if (rn_conv_wino_ok(d)) {
+    rn_conv_wino_forward(d, n, x, w, y, ws, conv_threads());
     return;
   }
   if (rn_conv_direct_ok(d)) {
@@ -286,6 +301,10 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   RN_ASSERT(ws != NULL);
   /* an input that was never stored: both passes must be direct (rn_conv_pre_ok) */
   RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && dw && dx));
+  if (rn_conv_wino_ok(d)) { /* no BN sums in its epilogue: the BN backward makes its own pass */
+    rn_conv_wino_backward(d, n, x, w, dy, dx, acc, dw, ws, conv_threads());
+    return 0;
+  }
   int sums = 0;
   if (d->stride != 1 && d->kh == 1 && d->kw == 1 && bn && !bn->pre) bn = NULL; /* 1x1 stride-2 dx: no epilogue sums */
   if (dw && rn_conv_stem7_shape(d)) { /* the ImageNet stem: its own dW kernel; dx (if wanted) below */

@@ -1,0 +1,39 @@
+/* Winograd F(2x2, 3x3) convolution (src/kernels/conv_wino.c) for 3x3, stride 1, pad 1 convolutions
+ * with wide channel counts (ResNet-50's 3x3 convolutions of 128..512 channels), NHWC, AVX-512.
+ *
+ * The output is cut into 2x2 tiles, each read from a 4x4 input tile. With the transforms
+ * V = B^T d B (input tile), U = G g G^T (3x3 kernel), and Y = A^T M A (output tile), the 16
+ * transformed positions xi are independent products M_xi = V_xi * U_xi over the channels: 16
+ * GEMMs per chunk of tiles (BLIS), 16 multiplies per 4 outputs where the direct convolution does
+ * 36 (2.25x fewer). The same transforms give the other two passes:
+ * - dx: the forward on dy with U's positions permuted (G applied to a flipped kernel is G with its
+ *   rows 0 and 3 swapped) and U read untransposed, so no second weight transform;
+ * - dW: dU_xi = sum over tiles of (A dY A^T)_xi^T * V_xi (a GEMM whose K is the tile count), then
+ *   dW = G^T dU G.
+ * Threads split the tiles of a chunk for the transforms and the 16 positions for the GEMMs (each
+ * thread owns its positions' dU across all chunks: no partial sums to add). Results differ from
+ * the direct kernel by rounding only (the transforms add a few roundings per value). */
+#ifndef RN_WINO_H
+#define RN_WINO_H
+#include <stddef.h>
+#include "rn/layers.h"
+
+/* The shape qualifies: 3x3, stride 1, pad 1, cin and cout multiples of 16 and >= the minimum
+ * channel count (default 128: below it the GEMMs are too narrow to beat the direct kernel), and
+ * the CPU has AVX-512. */
+int rn_conv_wino_shape(const rn_conv_desc *d);
+/* The convolutions use it: the shape qualifies and it is on (default; the environment variable
+ * RN_CONV_WINO=0|1 or rn_conv_set_wino sets it before models are planned). */
+int rn_conv_wino_ok(const rn_conv_desc *d);
+void rn_conv_set_wino(int on);
+void rn_conv_set_wino_min_channels(int c); /* tests: 16 lets small shapes take it */
+/* Tiles per chunk (the V and M buffers hold 16 x tiles x channels each); 0 = automatic (about
+ * RN_WINO_CHUNK_MB, default 8 MB, per buffer). Set before planning workspaces. */
+void rn_conv_set_wino_chunk(int tiles);
+size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads); /* floats */
+void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                          int threads);
+/* dw += ..., dx = (or += with acc) ...; either may be NULL. */
+void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                           float *dx, int acc, float *dw, float *ws, int threads);
+#endif

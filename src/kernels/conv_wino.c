@@ -1,0 +1,340 @@
+/* Winograd F(2x2, 3x3) convolution: see include/rn/wino.h.
+ *
+ * 1-D transforms (F(2,3)): input B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], kernel
+ * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], output A^T = [1 1 1 0; 0 1 -1 -1]; the 2-D ones
+ * apply them to rows, then columns. Every transform works on 16 channels at once (one zmm per tile
+ * position), NHWC making each pixel's channels contiguous.
+ *
+ * Buffers in ws (floats): U [16][cout][cin] (the transformed kernels; dU in the dW pass), then V and
+ * M, each [16][TC][max(cin, cout)]: a chunk of TC tiles' transformed inputs and products (position
+ * xi at xi*TC*c, tile i of the chunk at row i). One parallel region per call; per chunk the threads
+ * transform their share of the tiles, meet, run the GEMMs of their share of the 16 positions
+ * (rn_sgemm_serial), meet, and transform the products back. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/wino.h"
+
+static int g_wino = -1; /* -1: read RN_CONV_WINO at first use */
+static int g_min_c = -1; /* -1: read RN_CONV_WINO_MINC (default 128) at first use */
+static int g_chunk; /* tiles per chunk; 0: automatic */
+
+void rn_conv_set_wino(int on) { g_wino = on != 0; }
+void rn_conv_set_wino_min_channels(int c) { g_min_c = c < 16 ? 16 : c; }
+void rn_conv_set_wino_chunk(int tiles) { g_chunk = tiles > 0 ? tiles : 0; }
+
+static int wino_on(void) {
+  if (g_wino < 0) {
+    const char *e = getenv("RN_CONV_WINO");
+    g_wino = !(e && e[0] == '0');
+  }
+  return g_wino;
+}
+
+int rn_conv_wino_shape(const rn_conv_desc *d) {
+  if (g_min_c < 0) {
+    const char *e = getenv("RN_CONV_WINO_MINC");
+    rn_conv_set_wino_min_channels(e && atoi(e) > 0 ? atoi(e) : 128);
+  }
+#ifdef __AVX512F__
+  return d->kh == 3 && d->kw == 3 && d->stride == 1 && d->pad == 1 && d->cin % 16 == 0 && d->cout % 16 == 0 &&
+         d->cin >= g_min_c && d->cout >= g_min_c && __builtin_cpu_supports("avx512f");
+#else
+  (void)d;
+  return 0;
+#endif
+}
+
+int rn_conv_wino_ok(const rn_conv_desc *d) { return wino_on() && rn_conv_wino_shape(d); }
+
+static int cmax(const rn_conv_desc *d) { return d->cin > d->cout ? d->cin : d->cout; }
+static int64_t ntiles(const rn_conv_desc *d, int n) {
+  return (int64_t)n * ((d->oh + 1) / 2) * ((d->ow + 1) / 2);
+}
+
+/* Tiles per chunk for n images. */
+static int chunk_tiles(const rn_conv_desc *d, int n) {
+  int64_t tc = g_chunk;
+  if (tc <= 0) {
+    static size_t mb;
+    if (!mb) {
+      const char *e = getenv("RN_WINO_CHUNK_MB");
+      mb = e && atoi(e) > 0 ? (size_t)atoi(e) : 8;
+    }
+    tc = (int64_t)((mb << 20) / (16 * sizeof(float) * (size_t)cmax(d)));
+    if (tc < 64) tc = 64;
+  }
+  const int64_t nt = ntiles(d, n);
+  if (tc > nt) tc = nt;
+  return (int)(tc < 1 ? 1 : tc);
+}
+
+size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
+  (void)threads;
+  const size_t tc = (size_t)chunk_tiles(d, n);
+  return 16 * (size_t)d->cin * d->cout + 2 * 16 * tc * (size_t)cmax(d) + 16;
+}
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#include <omp.h>
+
+#define AI static inline __attribute__((always_inline))
+typedef __m512 V16;
+#define ADD _mm512_add_ps
+#define SUB _mm512_sub_ps
+#define MUL _mm512_mul_ps
+
+/* V (16 positions, position stride vs) of the 4x4 input tile at (2ty-1, 2tx-1) of image img. */
+AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs) {
+  const int y0 = 2 * ty - 1, x0 = 2 * tx - 1;
+  const float *row[4];
+  int okx[4];
+  for (int i = 0; i < 4; i++) {
+    const int iy = y0 + i;
+    row[i] = iy >= 0 && iy < H ? x + ((size_t)img * H + iy) * (size_t)W * C : NULL;
+    okx[i] = x0 + i >= 0 && x0 + i < W;
+  }
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    V16 d[4][4];
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++)
+        d[i][j] = row[i] && okx[j] ? _mm512_loadu_ps(row[i] + (size_t)(x0 + j) * C + c0) : _mm512_setzero_ps();
+    V16 t[4][4];
+    for (int j = 0; j < 4; j++) {
+      t[0][j] = SUB(d[0][j], d[2][j]);
+      t[1][j] = ADD(d[1][j], d[2][j]);
+      t[2][j] = SUB(d[2][j], d[1][j]);
+      t[3][j] = SUB(d[1][j], d[3][j]);
+    }
+    for (int i = 0; i < 4; i++) {
+      float *o = v + (size_t)(i * 4) * vs + c0;
+      _mm512_storeu_ps(o, SUB(t[i][0], t[i][2]));
+      _mm512_storeu_ps(o + vs, ADD(t[i][1], t[i][2]));
+      _mm512_storeu_ps(o + 2 * vs, SUB(t[i][2], t[i][1]));
+      _mm512_storeu_ps(o + 3 * vs, SUB(t[i][1], t[i][3]));
+    }
+  }
+}
+
+/* E = A dY A^T (16 positions, stride es) of the 2x2 output-gradient tile at (2ty, 2tx). */
+AI void dy_tile(const float *dy, int C, int OH, int OW, int64_t img, int ty, int tx, float *e, size_t es) {
+  const float *row[2];
+  int okx[2];
+  for (int a = 0; a < 2; a++) {
+    const int oy = 2 * ty + a;
+    row[a] = oy < OH ? dy + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
+    okx[a] = 2 * tx + a < OW;
+  }
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    V16 g[2][2];
+    for (int a = 0; a < 2; a++)
+      for (int b = 0; b < 2; b++)
+        g[a][b] = row[a] && okx[b] ? _mm512_loadu_ps(row[a] + (size_t)(2 * tx + b) * C + c0) : _mm512_setzero_ps();
+    V16 r[4][2];
+    for (int b = 0; b < 2; b++) {
+      r[0][b] = g[0][b];
+      r[1][b] = ADD(g[0][b], g[1][b]);
+      r[2][b] = SUB(g[0][b], g[1][b]);
+      r[3][b] = SUB(_mm512_setzero_ps(), g[1][b]);
+    }
+    for (int i = 0; i < 4; i++) {
+      float *o = e + (size_t)(i * 4) * es + c0;
+      _mm512_storeu_ps(o, r[i][0]);
+      _mm512_storeu_ps(o + es, ADD(r[i][0], r[i][1]));
+      _mm512_storeu_ps(o + 2 * es, SUB(r[i][0], r[i][1]));
+      _mm512_storeu_ps(o + 3 * es, SUB(_mm512_setzero_ps(), r[i][1]));
+    }
+  }
+}
+
+/* Y = A^T M A of one tile (M: 16 positions, stride ms) into the 2x2 outputs at (2ty, 2tx) that
+ * exist; acc: added to y. */
+AI void out_tile(const float *m, size_t ms, int C, float *y, int OH, int OW, int64_t img, int ty, int tx,
+                 int acc) {
+  float *row[2];
+  int okx[2];
+  for (int a = 0; a < 2; a++) {
+    const int oy = 2 * ty + a;
+    row[a] = oy < OH ? y + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
+    okx[a] = 2 * tx + a < OW;
+  }
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    V16 s[2][4];
+    for (int j = 0; j < 4; j++) {
+      const V16 m0 = _mm512_loadu_ps(m + (size_t)j * ms + c0), m1 = _mm512_loadu_ps(m + (size_t)(4 + j) * ms + c0);
+      const V16 m2 = _mm512_loadu_ps(m + (size_t)(8 + j) * ms + c0), m3 = _mm512_loadu_ps(m + (size_t)(12 + j) * ms + c0);
+      s[0][j] = ADD(ADD(m0, m1), m2);
+      s[1][j] = SUB(SUB(m1, m2), m3);
+    }
+    for (int a = 0; a < 2; a++) {
+      if (!row[a]) continue;
+      const V16 o[2] = {ADD(ADD(s[a][0], s[a][1]), s[a][2]), SUB(SUB(s[a][1], s[a][2]), s[a][3])};
+      for (int b = 0; b < 2; b++) {
+        if (!okx[b]) continue;
+        float *p = row[a] + (size_t)(2 * tx + b) * C + c0;
+        _mm512_storeu_ps(p, acc ? ADD(_mm512_loadu_ps(p), o[b]) : o[b]);
+      }
+    }
+  }
+}
+
+/* U[xi][co][ci] = (G g G^T)[xi] for output channels [co0, co1). */
+static void weights_fwd(const float *w, int cin, int cout, int co0, int co1, float *U) {
+  const V16 h = _mm512_set1_ps(0.5f);
+  const size_t us = (size_t)cout * cin;
+  for (int co = co0; co < co1; co++)
+    for (int c0 = 0; c0 < cin; c0 += 16) {
+      V16 g[3][3], a[4][3];
+      for (int ky = 0; ky < 3; ky++)
+        for (int kx = 0; kx < 3; kx++) g[ky][kx] = _mm512_loadu_ps(w + ((size_t)(co * 3 + ky) * 3 + kx) * cin + c0);
+      for (int kx = 0; kx < 3; kx++) {
+        a[0][kx] = g[0][kx];
+        a[1][kx] = MUL(h, ADD(ADD(g[0][kx], g[1][kx]), g[2][kx]));
+        a[2][kx] = MUL(h, ADD(SUB(g[0][kx], g[1][kx]), g[2][kx]));
+        a[3][kx] = g[2][kx];
+      }
+      float *o = U + (size_t)co * cin + c0;
+      for (int i = 0; i < 4; i++) {
+        _mm512_storeu_ps(o + (size_t)(i * 4) * us, a[i][0]);
+        _mm512_storeu_ps(o + (size_t)(i * 4 + 1) * us, MUL(h, ADD(ADD(a[i][0], a[i][1]), a[i][2])));
+        _mm512_storeu_ps(o + (size_t)(i * 4 + 2) * us, MUL(h, ADD(SUB(a[i][0], a[i][1]), a[i][2])));
+        _mm512_storeu_ps(o + (size_t)(i * 4 + 3) * us, a[i][2]);
+      }
+    }
+}
+
+/* dw[co][ky][kx][ci] += (G^T dU G)[ky][kx] for output channels [co0, co1). */
+static void weights_bwd(const float *dU, int cin, int cout, int co0, int co1, float *dw) {
+  const V16 h = _mm512_set1_ps(0.5f);
+  const size_t us = (size_t)cout * cin;
+  for (int co = co0; co < co1; co++)
+    for (int c0 = 0; c0 < cin; c0 += 16) {
+      V16 u[4][4], b[3][4];
+      const float *p = dU + (size_t)co * cin + c0;
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) u[i][j] = _mm512_loadu_ps(p + (size_t)(i * 4 + j) * us);
+      for (int j = 0; j < 4; j++) {
+        const V16 s = MUL(h, ADD(u[1][j], u[2][j]));
+        b[0][j] = ADD(u[0][j], s);
+        b[1][j] = MUL(h, SUB(u[1][j], u[2][j]));
+        b[2][j] = ADD(s, u[3][j]);
+      }
+      for (int ky = 0; ky < 3; ky++) {
+        const V16 s = MUL(h, ADD(b[ky][1], b[ky][2]));
+        const V16 r[3] = {ADD(b[ky][0], s), MUL(h, SUB(b[ky][1], b[ky][2])), ADD(s, b[ky][3])};
+        for (int kx = 0; kx < 3; kx++) {
+          float *q = dw + ((size_t)(co * 3 + ky) * 3 + kx) * cin + c0;
+          _mm512_storeu_ps(q, ADD(_mm512_loadu_ps(q), r[kx]));
+        }
+      }
+    }
+}
+
+/* Position xi of dx's kernel: G applied to the flipped kernel is G with rows 0 and 3 swapped. */
+static int flip_pos(int xi) {
+  static const int s[4] = {3, 1, 2, 0};
+  return s[xi / 4] * 4 + s[xi % 4];
+}
+
+/* The forward core, run by every thread of the region: y (cy channels) = conv(x (cx channels)),
+ * H x W both, with U: fwd = 1: U[xi][cy][cx] (transb), 0 (dx): U[flip xi][cx][cy]. */
+static void core(int cx, int cy, int H, int W, int n, const float *x, const float *U, int fwd, float *y, int acc,
+                 float *V, float *M, int TC, int t, int nt) {
+  const int th = (H + 1) / 2, tw = (W + 1) / 2;
+  const int64_t NT = (int64_t)n * th * tw;
+  const size_t vs = (size_t)TC * cx, ms = (size_t)TC * cy, us = (size_t)cx * cy;
+  const int x0 = 16 * t / nt, x1 = 16 * (t + 1) / nt;
+  for (int64_t c0 = 0; c0 < NT; c0 += TC) {
+    const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
+    const int64_t a = c0 + (int64_t)tc * t / nt, b = c0 + (int64_t)tc * (t + 1) / nt;
+    for (int64_t id = a; id < b; id++) {
+      const int64_t img = id / ((int64_t)th * tw);
+      const int r = (int)(id % ((int64_t)th * tw));
+      in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs);
+    }
+#pragma omp barrier
+    for (int xi = x0; xi < x1; xi++) {
+      if (fwd)
+        rn_sgemm_serial(0, 1, tc, cy, cx, 1.0f, V + xi * vs, cx, U + xi * us, cx, 0.0f, M + xi * ms, cy);
+      else
+        rn_sgemm_serial(0, 0, tc, cy, cx, 1.0f, V + xi * vs, cx, U + flip_pos(xi) * us, cy, 0.0f, M + xi * ms, cy);
+    }
+#pragma omp barrier
+    for (int64_t id = a; id < b; id++) {
+      const int64_t img = id / ((int64_t)th * tw);
+      const int r = (int)(id % ((int64_t)th * tw));
+      out_tile(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+    }
+  }
+}
+
+void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                          int threads) {
+  RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
+  const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n);
+  float *U = ws, *V = U + (size_t)16 * cin * cout, *M = V + (size_t)16 * TC * cmax(d);
+  const int T = threads < 1 ? 1 : threads;
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
+#pragma omp barrier
+    core(cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt);
+  }
+}
+
+void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                           float *dx, int acc, float *dw, float *ws, int threads) {
+  RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
+  if (!dx && !dw) return;
+  const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), H = d->h, W = d->w;
+  const int th = (H + 1) / 2, tw = (W + 1) / 2;
+  const int64_t NT = ntiles(d, n);
+  float *U = ws, *V = U + (size_t)16 * cin * cout, *M = V + (size_t)16 * TC * cmax(d);
+  const size_t us = (size_t)cin * cout, vs = (size_t)TC * cin, es = (size_t)TC * cout;
+  const int T = threads < 1 ? 1 : threads;
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int x0 = 16 * t / nt, x1 = 16 * (t + 1) / nt;
+    if (dw) { /* dU[xi] = sum over tiles E[xi]^T V[xi], each thread its own positions */
+      for (int64_t c0 = 0; c0 < NT; c0 += TC) {
+        const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
+        const int64_t a = c0 + (int64_t)tc * t / nt, b = c0 + (int64_t)tc * (t + 1) / nt;
+        for (int64_t id = a; id < b; id++) {
+          const int64_t img = id / ((int64_t)th * tw);
+          const int r = (int)(id % ((int64_t)th * tw));
+          in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs);
+          dy_tile(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
+        }
+#pragma omp barrier
+        for (int xi = x0; xi < x1; xi++)
+          rn_sgemm_serial(1, 0, cout, cin, tc, 1.0f, M + xi * es, cout, V + xi * vs, cin, c0 ? 1.0f : 0.0f,
+                          U + xi * us, cin);
+#pragma omp barrier
+      }
+      weights_bwd(U, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
+#pragma omp barrier
+    }
+    if (dx) {
+      weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
+#pragma omp barrier
+      core(cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt);
+    }
+  }
+}
+
+#else
+void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                          int threads) {
+  (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads;
+  RN_ASSERT(0 && "Winograd convolution needs AVX-512");
+}
+void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                           float *dx, int acc, float *dw, float *ws, int threads) {
+  (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads;
+  RN_ASSERT(0 && "Winograd convolution needs AVX-512");
+}
+#endif

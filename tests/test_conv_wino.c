@@ -1,0 +1,156 @@
+/* Winograd F(2x2,3x3) convolution (src/kernels/conv_wino.c) against the naive reference (double
+ * accumulation): forward, dx (acc 0 and 1), dw accumulation, dx or dw NULL; even and odd sizes
+ * (ragged last tiles), one pixel, 16..144 channels, chunks of a few tiles (chunk boundaries inside
+ * images, a last short chunk) and automatic ones, on 1, 2 and 3 threads; the workspace malloc'ed
+ * at exactly its reported size and filled with NaN. Then the dispatch: rn_conv_forward and
+ * rn_conv_backward take it for a ResNet-50 shape (results equal to calling it directly) and not
+ * when it is switched off or the shape does not qualify; a lazy BN is never planned on it. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rn/kernels.h"
+#include "rn/layers.h"
+#include "rn/wino.h"
+#include "testutil.h"
+
+/* F(2,3) adds a few roundings per value (transforms with 0.5 factors and sums of 4-9 terms):
+ * relative to the largest reference value the error stays ~1e-6 for these sizes. */
+static const double TOL = 2e-5;
+static double g_max;
+
+static double relerr(const float *a, const float *b, size_t n) {
+  double md = 0, mb = 1e-3;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - (double)b[i]);
+    if (!isfinite(d)) return INFINITY;
+    if (d > md) md = d;
+    if (fabs((double)b[i]) > mb) mb = fabs((double)b[i]);
+  }
+  return md / mb;
+}
+static float *randf(size_t n, uint64_t seed) {
+  float *p = malloc((n ? n : 1) * sizeof(float));
+  rn_rng r = rn_rng_make(seed);
+  for (size_t i = 0; i < n; i++) p[i] = rn_rng_uniform(&r) * 2 - 1;
+  return p;
+}
+static float *nanbuf(size_t n) {
+  float *p = malloc((n ? n : 1) * sizeof(float));
+  for (size_t i = 0; i < n; i++) p[i] = NAN;
+  return p;
+}
+
+static void one(int cin, int cout, int h, int w, int n, int threads, int chunk, uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, 3, 3, 1, 1, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  rn_conv_set_wino_chunk(chunk);
+  CHECK(rn_conv_wino_shape(&d), "cin=%d cout=%d: shape does not qualify", cin, cout);
+  size_t wsn = rn_conv_wino_workspace(&d, n, threads);
+  float *ws = nanbuf(wsn);
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * 9 * cin;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2);
+  float *y = nanbuf(ny), *yr = malloc(ny * 4), *dxr = malloc(nx * 4), *dwr = malloc(nw * 4);
+  rn_conv_wino_forward(&d, n, x, wt, y, ws, threads);
+  rn_ref_conv_forward(&d, n, x, wt, yr);
+  rn_ref_conv_backward(&d, n, x, wt, dy, dxr, dwr);
+  double ef = relerr(y, yr, ny);
+
+  float *dx = nanbuf(nx), *dw = randf(nw, seed + 3), *dwx = malloc(nw * 4), *dw0 = malloc(nw * 4);
+  memcpy(dw0, dw, nw * 4);
+  for (size_t i = 0; i < nw; i++) dwx[i] = dw0[i] + dwr[i];
+  rn_conv_wino_backward(&d, n, x, wt, dy, dx, 0, dw, ws, threads);
+  double edx = relerr(dx, dxr, nx), edw = relerr(dw, dwx, nw);
+
+  float *dx1 = randf(nx, seed + 4), *dxx = malloc(nx * 4);
+  for (size_t i = 0; i < nx; i++) dxx[i] = dx1[i] + dxr[i];
+  rn_conv_wino_backward(&d, n, x, wt, dy, dx1, 1, NULL, ws, threads);
+  double edx1 = relerr(dx1, dxx, nx);
+  memcpy(dw, dw0, nw * 4);
+  rn_conv_wino_backward(&d, n, x, wt, dy, NULL, 0, dw, ws, threads);
+  double edw2 = relerr(dw, dwx, nw);
+
+  char tag[128];
+  snprintf(tag, sizeof tag, "cin=%d cout=%d in=%dx%d n=%d T=%d chunk=%d", cin, cout, h, w, n, threads, chunk);
+  CHECK(ef < TOL, "%s forward rel err %.3g", tag, ef);
+  CHECK(edx < TOL, "%s dx(acc=0) rel err %.3g", tag, edx);
+  CHECK(edx1 < TOL, "%s dx(acc=1) rel err %.3g", tag, edx1);
+  CHECK(edw < TOL, "%s dw rel err %.3g", tag, edw);
+  CHECK(edw2 < TOL, "%s dw(dx=NULL) rel err %.3g", tag, edw2);
+  double m = fmax(fmax(ef, edx), fmax(edx1, fmax(edw, edw2)));
+  if (m > g_max) g_max = m;
+  free(ws), free(x), free(wt), free(dy), free(y), free(yr), free(dxr), free(dwr), free(dx), free(dw), free(dwx);
+  free(dw0), free(dx1), free(dxx);
+}
+
+/* Through rn_conv_forward / rn_conv_backward: the Winograd results exactly, for a qualifying
+ * shape with the default minimum of 128 channels; switched off, the direct kernel's (which
+ * differ in rounding). */
+static void dispatch(void) {
+  rn_conv_set_wino_min_channels(128);
+  rn_conv_set_wino_chunk(0);
+  rn_conv_desc d, small;
+  rn_err e;
+  if (rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 7, 7, &e) || rn_conv_desc_init(&small, 64, 64, 3, 3, 1, 1, 7, 7, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  CHECK(rn_conv_wino_ok(&d), "128x128 3x3 at 7x7: not taken");
+  CHECK(!rn_conv_wino_ok(&small), "64 channels: taken below the minimum");
+  CHECK(!rn_conv_pre_ok(&d), "a lazy BN would be planned on a Winograd convolution");
+  const int n = 2;
+  size_t nx = (size_t)n * 49 * 128, nw = (size_t)128 * 9 * 128;
+  size_t wsn = rn_conv_workspace(&d, n);
+  CHECK(wsn >= rn_conv_wino_workspace(&d, n, rn_blas_threads()), "rn_conv_workspace below the Winograd workspace");
+  float *ws = nanbuf(wsn), *ws2 = nanbuf(wsn), *x = randf(nx, 7), *wt = randf(nw, 8), *dy = randf(nx, 9);
+  float *y1 = nanbuf(nx), *y2 = nanbuf(nx), *dx1 = nanbuf(nx), *dx2 = nanbuf(nx), *dw1 = calloc(nw, 4), *dw2 = calloc(nw, 4);
+  rn_conv_forward(&d, n, x, wt, y1, ws);
+  rn_conv_wino_forward(&d, n, x, wt, y2, ws2, rn_blas_threads());
+  CHECK(memcmp(y1, y2, nx * 4) == 0, "rn_conv_forward: not the Winograd result");
+  rn_conv_backward(&d, n, x, wt, dy, dx1, 0, dw1, ws);
+  rn_conv_wino_backward(&d, n, x, wt, dy, dx2, 0, dw2, ws2, rn_blas_threads());
+  CHECK(memcmp(dx1, dx2, nx * 4) == 0 && memcmp(dw1, dw2, nw * 4) == 0, "rn_conv_backward: not the Winograd result");
+  rn_conv_set_wino(0);
+  CHECK(!rn_conv_wino_ok(&d) && rn_conv_pre_ok(&d) == rn_conv_direct_pre_ok(&d), "switched off: still taken");
+  rn_conv_forward(&d, n, x, wt, y1, ws);
+  CHECK(memcmp(y1, y2, nx * 4) != 0 && relerr(y1, y2, nx) < TOL, "switched off: same bits as Winograd (or wrong)");
+  rn_conv_set_wino(1);
+  free(ws), free(ws2), free(x), free(wt), free(dy), free(y1), free(y2), free(dx1), free(dx2), free(dw1), free(dw2);
+}
+
+int main(void) {
+  rn_err e;
+  if (rn_blas_init(NULL, 3, stderr, &e)) {
+    fprintf(stderr, "%s\n", e.msg);
+    return 1;
+  }
+  rn_conv_set_wino_min_channels(16);
+  rn_conv_desc probe;
+  if (rn_conv_desc_init(&probe, 16, 16, 3, 3, 1, 1, 4, 4, &e) == RN_OK && !rn_conv_wino_shape(&probe)) {
+    printf("test_conv_wino: no AVX-512: Winograd path unavailable, skipped\n");
+    return 0;
+  }
+  static const int chans[] = {16, 32, 48, 144};
+  int cases = 0;
+  for (int threads = 1; threads <= 3; threads++)
+    for (int v = 0; v < 6; v++) {
+      rn_rng r = rn_rng_make(rn_key(29, (uint64_t)v, (uint64_t)threads, 0));
+      int cin = chans[rn_rng_below(&r, 4)], cout = chans[rn_rng_below(&r, 4)];
+      int h = 1 + (int)rn_rng_below(&r, 15), w = 1 + (int)rn_rng_below(&r, 15), n = 1 + (int)rn_rng_below(&r, 3);
+      int chunk = (int)rn_rng_below(&r, 3) == 0 ? 0 : 1 + (int)rn_rng_below(&r, 9);
+      one(cin, cout, h, w, n, threads, chunk, (uint64_t)(100 * v + threads));
+      cases++;
+    }
+  /* ResNet-50 widths 7 (ragged tiles), 14, 28; one pixel; a chunk of one tile. */
+  one(128, 144, 7, 7, 2, 2, 0, 1), one(32, 16, 14, 14, 2, 2, 5, 2), one(16, 32, 28, 28, 1, 2, 0, 3);
+  one(16, 16, 1, 1, 3, 2, 0, 4), one(48, 32, 5, 3, 2, 3, 1, 5), one(16, 16, 2, 9, 2, 1, 7, 6);
+  cases += 6;
+  dispatch();
+  printf("test_conv_wino: %d shapes, max rel err %.3g (tolerance %.0e)\n", cases, g_max, TOL);
+  return tu_done("test_conv_wino");
+}
