@@ -27,6 +27,12 @@ int rn_conv_wino_shape(const rn_conv_desc *d);
 int rn_conv_wino_ok(const rn_conv_desc *d);
 void rn_conv_set_wino(int on);
 void rn_conv_set_wino_min_channels(int c); /* tests: 16 lets small shapes take it */
+/* Output tile size: 2 (F(2x2,3x3), 16 positions) or 4 (F(4x4,3x3), 36 positions from 6x6 input
+ * tiles: 36 multiplies per 16 outputs). Automatic (0, default): 4 where the 4-wide tiles cover
+ * the output without much waste (width a multiple of 4, or 7), else 2; the environment variable
+ * RN_WINO_M=2|4 or rn_conv_set_wino_tile forces one (set before planning workspaces). */
+void rn_conv_set_wino_tile(int m);
+int rn_conv_wino_tile(const rn_conv_desc *d);
 /* Tiles per chunk (the V and M buffers hold 16 x tiles x channels each); 0 = automatic (about
  * RN_WINO_CHUNK_MB, default 8 MB, per buffer). Set before planning workspaces. */
 void rn_conv_set_wino_chunk(int tiles);

@@ -162,17 +162,21 @@ int main(int argc, char **argv) {
   double *tab[2] = {NULL, NULL};
   long nab[2] = {0, 0};
   if (ab) tab[0] = rn_alloc(sizeof(double) * (size_t)steps), tab[1] = rn_alloc(sizeof(double) * (size_t)steps);
+  long flt_f = 0, flt_b = 0; /* minor page faults in the timed steps: forward+loss, rest of the step */
   for (long it = 0; it < warmup + nsteps; it++) {
     const long j = it - warmup; /* timed steps: off, on, on, off, off, on, ... (each arm `steps` times) */
     int timed = it >= warmup, arm = timed ? (int)((j / 2 + j % 2) % 2) : (int)(it % 2);
     if (ab) set_switch(ab, arm, (int)narrow, (int)ksplit);
     m.prof_fwd = timed && (!ab || arm == 1) ? fw : NULL;
     m.prof_bwd = timed && (!ab || arm == 1) ? bw : NULL;
+    struct rusage r0, r1, r2;
+    getrusage(RUSAGE_SELF, &r0);
     double t0 = rn_now();
     rn_model_set_step(&m, 1, it);
     rn_model_forward(&m, n, 1);
     rn_model_loss(&m, n, labels, 0, NULL, NULL);
     double t1 = rn_now();
+    getrusage(RUSAGE_SELF, &r1);
     rn_model_zero_grad(&m);
     rn_ar_begin(ar);
     rn_model_backward(&m, n, rn_ar_ready, ar);
@@ -181,6 +185,8 @@ int main(int argc, char **argv) {
     double t3 = rn_now();
     rn_sgd_step(&m, 1e-4f, 0.9f, 1e-4f, 0);
     double t4 = rn_now();
+    getrusage(RUSAGE_SELF, &r2);
+    if (timed) flt_f += r1.ru_minflt - r0.ru_minflt, flt_b += r2.ru_minflt - r1.ru_minflt;
     if (timed && ab) tab[arm][nab[arm]++] = t4 - t0;
     if (timed && (!ab || arm == 1)) {
       const long q = ab ? nab[1] - 1 : j;
@@ -259,6 +265,8 @@ int main(int argc, char **argv) {
     printf("parameters %zu, forward %.3f GMAC/image\n", rn_model_param_count(&m), macs / n * 1e-9);
     printf("step median %.2f ms: forward+loss %.2f, backward %.2f, allreduce wait %.2f, sgd %.2f\n", ms * 1e3,
            mf * 1e3, mb * 1e3, mcm * 1e3, mo * 1e3);
+    printf("page faults per timed step (minor, rank 0): forward+loss %.1f, backward+allreduce+sgd %.1f\n",
+           (double)flt_f / (double)nsteps, (double)flt_b / (double)nsteps);
     printf("ours %s batch %d threads %ld: median_step_s %.4f img_s %.1f gflops %.1f peak_rss_mb %.0f fma_peak_gflops %.0f\n",
            model, n, threads, ms, n * d.size / ms, gflop / ms, ru.ru_maxrss / 1024.0, peak);
     if (ab) {

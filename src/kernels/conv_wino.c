@@ -49,8 +49,26 @@ int rn_conv_wino_shape(const rn_conv_desc *d) {
 int rn_conv_wino_ok(const rn_conv_desc *d) { return wino_on() && rn_conv_wino_shape(d); }
 
 static int cmax(const rn_conv_desc *d) { return d->cin > d->cout ? d->cin : d->cout; }
+
+/* Output tile size: F(2x2,3x3) or F(4x4,3x3) (RN_WINO_M=2|4 forces one; automatic: 4 where the
+ * 4-wide tiles cover the image without much waste (width a multiple of 4, or 7), else 2). */
+static int g_m = -1;
+void rn_conv_set_wino_tile(int m) { g_m = m == 2 || m == 4 ? m : 0; }
+int rn_conv_wino_tile(const rn_conv_desc *d) {
+  if (g_m < 0) {
+    const char *e = getenv("RN_WINO_M");
+    g_m = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 0;
+  }
+  if (g_m) return g_m;
+  return d->ow % 4 == 0 || d->ow == 7 ? 4 : 2;
+}
+static int npos(const rn_conv_desc *d) {
+  const int a = rn_conv_wino_tile(d) + 2;
+  return a * a;
+}
 static int64_t ntiles(const rn_conv_desc *d, int n) {
-  return (int64_t)n * ((d->oh + 1) / 2) * ((d->ow + 1) / 2);
+  const int m = rn_conv_wino_tile(d);
+  return (int64_t)n * ((d->oh + m - 1) / m) * ((d->ow + m - 1) / m);
 }
 
 /* Tiles per chunk for n images. */
@@ -62,7 +80,7 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
       const char *e = getenv("RN_WINO_CHUNK_MB");
       mb = e && atoi(e) > 0 ? (size_t)atoi(e) : 8;
     }
-    tc = (int64_t)((mb << 20) / (16 * sizeof(float) * (size_t)cmax(d)));
+    tc = (int64_t)((mb << 20) / ((size_t)npos(d) * sizeof(float) * (size_t)cmax(d)));
     if (tc < 64) tc = 64;
   }
   const int64_t nt = ntiles(d, n);
@@ -72,8 +90,8 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
 
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
   (void)threads;
-  const size_t tc = (size_t)chunk_tiles(d, n);
-  return 16 * (size_t)d->cin * d->cout + 2 * 16 * tc * (size_t)cmax(d) + 16;
+  const size_t tc = (size_t)chunk_tiles(d, n), P = (size_t)npos(d);
+  return P * (size_t)d->cin * d->cout + 2 * P * tc * (size_t)cmax(d) + 16;
 }
 
 #ifdef __AVX512F__
@@ -232,40 +250,234 @@ static void weights_bwd(const float *dU, int cin, int cout, int co0, int co1, fl
     }
 }
 
-/* Position xi of dx's kernel: G applied to the flipped kernel is G with rows 0 and 3 swapped. */
+/* ---- F(4x4, 3x3): 6x6 input tiles, 36 positions (Lavin & Gray's points 0, +-1, +-2, inf) ----
+ * B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+ * G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ * A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1] */
+#define FMA _mm512_fmadd_ps
+#define FNMA _mm512_fnmadd_ps
+#define S1 _mm512_set1_ps
+AI void bt6(const V16 *d, V16 *o) {
+  const V16 four = S1(4.0f), five = S1(5.0f), two = S1(2.0f);
+  o[0] = ADD(FNMA(five, d[2], MUL(four, d[0])), d[4]);
+  o[1] = SUB(ADD(d[3], d[4]), MUL(four, ADD(d[1], d[2])));
+  o[2] = ADD(FMA(four, SUB(d[1], d[2]), d[4]), SUB(_mm512_setzero_ps(), d[3]));
+  o[3] = ADD(FMA(two, SUB(d[3], d[1]), d[4]), SUB(_mm512_setzero_ps(), d[2]));
+  o[4] = SUB(FMA(two, SUB(d[1], d[3]), d[4]), d[2]);
+  o[5] = ADD(FNMA(five, d[3], MUL(four, d[1])), d[5]);
+}
+AI void at6(const V16 *m, V16 *o) {
+  const V16 two = S1(2.0f), four = S1(4.0f), eight = S1(8.0f);
+  const V16 p12 = ADD(m[1], m[2]), m12 = SUB(m[1], m[2]), p34 = ADD(m[3], m[4]), m34 = SUB(m[3], m[4]);
+  o[0] = ADD(ADD(m[0], p12), p34);
+  o[1] = FMA(two, m34, m12);
+  o[2] = FMA(four, p34, p12);
+  o[3] = ADD(FMA(eight, m34, m12), m[5]);
+}
+AI void g6(const V16 *g, V16 *o) {
+  const V16 q = S1(0.25f), s6 = S1(1.0f / 6.0f), s12 = S1(1.0f / 12.0f), s24 = S1(1.0f / 24.0f);
+  const V16 p02 = ADD(g[0], g[2]);
+  o[0] = MUL(q, g[0]);
+  o[1] = MUL(S1(-1.0f / 6.0f), ADD(p02, g[1]));
+  o[2] = MUL(S1(-1.0f / 6.0f), SUB(p02, g[1]));
+  const V16 e = FMA(s24, g[0], MUL(s6, g[2]));
+  o[3] = FMA(s12, g[1], e);
+  o[4] = FNMA(s12, g[1], e);
+  o[5] = g[2];
+  (void)s6;
+}
+/* A y for a 4-vector y (the dY transform) */
+AI void a6(const V16 *y, V16 *o) {
+  const V16 two = S1(2.0f), four = S1(4.0f), eight = S1(8.0f);
+  const V16 p02 = ADD(y[0], y[2]), m02 = FMA(four, y[2], y[0]);
+  const V16 p13 = ADD(y[1], y[3]), m13 = FMA(four, y[3], y[1]);
+  o[0] = y[0];
+  o[1] = ADD(p02, p13);
+  o[2] = SUB(p02, p13);
+  o[3] = FMA(two, m13, m02);
+  o[4] = FNMA(two, m13, m02);
+  o[5] = y[3];
+  (void)eight;
+}
+/* G^T u for a 6-vector u (the dW transform) */
+AI void gt6(const V16 *u, V16 *o) {
+  const V16 q = S1(0.25f), s6 = S1(1.0f / 6.0f), s12 = S1(1.0f / 12.0f), s24 = S1(1.0f / 24.0f);
+  const V16 p12 = ADD(u[1], u[2]), m12 = SUB(u[2], u[1]), p34 = ADD(u[3], u[4]), m34 = SUB(u[3], u[4]);
+  o[0] = FMA(q, u[0], FNMA(s6, p12, MUL(s24, p34)));
+  o[1] = FMA(s6, m12, MUL(s12, m34));
+  o[2] = ADD(FMA(s6, SUB(p34, p12), u[5]), _mm512_setzero_ps());
+}
+
+AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs) {
+  const int y0 = 4 * ty - 1, x0 = 4 * tx - 1;
+  const float *row[6];
+  int okx[6];
+  for (int i = 0; i < 6; i++) {
+    const int iy = y0 + i;
+    row[i] = iy >= 0 && iy < H ? x + ((size_t)img * H + iy) * (size_t)W * C : NULL;
+    okx[i] = x0 + i >= 0 && x0 + i < W;
+  }
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    V16 t[6][6]; /* t[j][i]: column j of B^T d */
+    for (int j = 0; j < 6; j++) {
+      V16 col[6];
+      for (int i = 0; i < 6; i++)
+        col[i] = row[i] && okx[j] ? _mm512_loadu_ps(row[i] + (size_t)(x0 + j) * C + c0) : _mm512_setzero_ps();
+      bt6(col, t[j]);
+    }
+    for (int i = 0; i < 6; i++) {
+      V16 r[6], o[6];
+      for (int j = 0; j < 6; j++) r[j] = t[j][i];
+      bt6(r, o);
+      float *p = v + (size_t)(i * 6) * vs + c0;
+      for (int j = 0; j < 6; j++) _mm512_storeu_ps(p + (size_t)j * vs, o[j]);
+    }
+  }
+}
+
+AI void dy_tile6(const float *dy, int C, int OH, int OW, int64_t img, int ty, int tx, float *e, size_t es) {
+  const float *row[4];
+  int okx[4];
+  for (int a = 0; a < 4; a++) {
+    const int oy = 4 * ty + a;
+    row[a] = oy < OH ? dy + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
+    okx[a] = 4 * tx + a < OW;
+  }
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    V16 t[4][6]; /* t[b][i]: column b of A dY */
+    for (int b = 0; b < 4; b++) {
+      V16 col[4];
+      for (int a = 0; a < 4; a++)
+        col[a] = row[a] && okx[b] ? _mm512_loadu_ps(row[a] + (size_t)(4 * tx + b) * C + c0) : _mm512_setzero_ps();
+      a6(col, t[b]);
+    }
+    for (int i = 0; i < 6; i++) {
+      V16 r[4], o[6];
+      for (int b = 0; b < 4; b++) r[b] = t[b][i];
+      a6(r, o);
+      float *p = e + (size_t)(i * 6) * es + c0;
+      for (int j = 0; j < 6; j++) _mm512_storeu_ps(p + (size_t)j * es, o[j]);
+    }
+  }
+}
+
+AI void out_tile6(const float *m, size_t ms, int C, float *y, int OH, int OW, int64_t img, int ty, int tx,
+                  int acc) {
+  float *row[4];
+  int okx[4];
+  for (int a = 0; a < 4; a++) {
+    const int oy = 4 * ty + a;
+    row[a] = oy < OH ? y + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
+    okx[a] = 4 * tx + a < OW;
+  }
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    V16 s[6][4]; /* s[j][a]: column j of A^T M */
+    for (int j = 0; j < 6; j++) {
+      V16 col[6];
+      for (int i = 0; i < 6; i++) col[i] = _mm512_loadu_ps(m + (size_t)(i * 6 + j) * ms + c0);
+      at6(col, s[j]);
+    }
+    for (int a = 0; a < 4; a++) {
+      if (!row[a]) continue;
+      V16 r[6], o[4];
+      for (int j = 0; j < 6; j++) r[j] = s[j][a];
+      at6(r, o);
+      for (int b = 0; b < 4; b++) {
+        if (!okx[b]) continue;
+        float *p = row[a] + (size_t)(4 * tx + b) * C + c0;
+        _mm512_storeu_ps(p, acc ? ADD(_mm512_loadu_ps(p), o[b]) : o[b]);
+      }
+    }
+  }
+}
+
+/* U[xi][co][ci] = (G g G^T)[xi], g the kernel (flip: rotated by 180 degrees, dx's kernel), for
+ * output channels [co0, co1). */
+static void weights6(const float *w, int cin, int cout, int co0, int co1, float *U, int flip) {
+  const size_t us = (size_t)cout * cin;
+  for (int co = co0; co < co1; co++)
+    for (int c0 = 0; c0 < cin; c0 += 16) {
+      V16 t[3][6]; /* t[kx][i]: column kx of G g */
+      for (int kx = 0; kx < 3; kx++) {
+        V16 col[3];
+        for (int ky = 0; ky < 3; ky++) {
+          const int sy = flip ? 2 - ky : ky, sx = flip ? 2 - kx : kx;
+          col[ky] = _mm512_loadu_ps(w + ((size_t)(co * 3 + sy) * 3 + sx) * cin + c0);
+        }
+        g6(col, t[kx]);
+      }
+      float *o = U + (size_t)co * cin + c0;
+      for (int i = 0; i < 6; i++) {
+        V16 r[3] = {t[0][i], t[1][i], t[2][i]}, u[6];
+        g6(r, u);
+        for (int j = 0; j < 6; j++) _mm512_storeu_ps(o + (size_t)(i * 6 + j) * us, u[j]);
+      }
+    }
+}
+
+/* dw[co][ky][kx][ci] += (G^T dU G)[ky][kx] for output channels [co0, co1). */
+static void weights6_bwd(const float *dU, int cin, int cout, int co0, int co1, float *dw) {
+  const size_t us = (size_t)cout * cin;
+  for (int co = co0; co < co1; co++)
+    for (int c0 = 0; c0 < cin; c0 += 16) {
+      const float *p = dU + (size_t)co * cin + c0;
+      V16 t[6][3]; /* t[j][ky]: column j of G^T dU */
+      for (int j = 0; j < 6; j++) {
+        V16 col[6];
+        for (int i = 0; i < 6; i++) col[i] = _mm512_loadu_ps(p + (size_t)(i * 6 + j) * us);
+        gt6(col, t[j]);
+      }
+      for (int ky = 0; ky < 3; ky++) {
+        V16 r[6], o[3];
+        for (int j = 0; j < 6; j++) r[j] = t[j][ky];
+        gt6(r, o);
+        for (int kx = 0; kx < 3; kx++) {
+          float *q = dw + ((size_t)(co * 3 + ky) * 3 + kx) * cin + c0;
+          _mm512_storeu_ps(q, ADD(_mm512_loadu_ps(q), o[kx]));
+        }
+      }
+    }
+}
+
+/* Position xi of dx's kernel for F(2,3): G applied to the flipped kernel is G with its rows 0 and
+ * 3 swapped (F(4,3) transforms the flipped kernel instead: weights6(flip)). */
 static int flip_pos(int xi) {
   static const int s[4] = {3, 1, 2, 0};
   return s[xi / 4] * 4 + s[xi % 4];
 }
 
 /* The forward core, run by every thread of the region: y (cy channels) = conv(x (cx channels)),
- * H x W both, with U: fwd = 1: U[xi][cy][cx] (transb), 0 (dx): U[flip xi][cx][cy]. */
-static void core(int cx, int cy, int H, int W, int n, const float *x, const float *U, int fwd, float *y, int acc,
-                 float *V, float *M, int TC, int t, int nt) {
-  const int th = (H + 1) / 2, tw = (W + 1) / 2;
+ * H x W both, tile size R (2 or 4), with U: fwd = 1: U[xi][cy][cx] (transb), 0 (dx): [cx][cy]
+ * (F(2,3): the forward kernel's, read at flip_pos). */
+static void core(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int fwd, float *y,
+                 int acc, float *V, float *M, int TC, int t, int nt) {
+  const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = (int64_t)n * th * tw;
   const size_t vs = (size_t)TC * cx, ms = (size_t)TC * cy, us = (size_t)cx * cy;
-  const int x0 = 16 * t / nt, x1 = 16 * (t + 1) / nt;
+  const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
   for (int64_t c0 = 0; c0 < NT; c0 += TC) {
     const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
     const int64_t a = c0 + (int64_t)tc * t / nt, b = c0 + (int64_t)tc * (t + 1) / nt;
     for (int64_t id = a; id < b; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs);
+      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs);
     }
 #pragma omp barrier
     for (int xi = x0; xi < x1; xi++) {
       if (fwd)
         rn_sgemm_serial(0, 1, tc, cy, cx, 1.0f, V + xi * vs, cx, U + xi * us, cx, 0.0f, M + xi * ms, cy);
       else
-        rn_sgemm_serial(0, 0, tc, cy, cx, 1.0f, V + xi * vs, cx, U + flip_pos(xi) * us, cy, 0.0f, M + xi * ms, cy);
+        rn_sgemm_serial(0, 0, tc, cy, cx, 1.0f, V + xi * vs, cx, U + (R == 4 ? xi : flip_pos(xi)) * us, cy, 0.0f,
+                        M + xi * ms, cy);
     }
 #pragma omp barrier
     for (int64_t id = a; id < b; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      out_tile(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+      if (R == 4) out_tile6(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+      else out_tile(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
     }
   }
 }
@@ -273,15 +485,16 @@ static void core(int cx, int cy, int H, int W, int n, const float *x, const floa
 void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int threads) {
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
-  const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n);
-  float *U = ws, *V = U + (size_t)16 * cin * cout, *M = V + (size_t)16 * TC * cmax(d);
+  const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), R = rn_conv_wino_tile(d), P = npos(d);
+  float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
   const int T = threads < 1 ? 1 : threads;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
+    if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
+    else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
-    core(cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt);
+    core(R, cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt);
   }
 }
 
@@ -290,15 +503,16 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
   if (!dx && !dw) return;
   const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), H = d->h, W = d->w;
-  const int th = (H + 1) / 2, tw = (W + 1) / 2;
+  const int R = rn_conv_wino_tile(d), P = npos(d);
+  const int th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = ntiles(d, n);
-  float *U = ws, *V = U + (size_t)16 * cin * cout, *M = V + (size_t)16 * TC * cmax(d);
+  float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
   const size_t us = (size_t)cin * cout, vs = (size_t)TC * cin, es = (size_t)TC * cout;
   const int T = threads < 1 ? 1 : threads;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int x0 = 16 * t / nt, x1 = 16 * (t + 1) / nt;
+    const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
     if (dw) { /* dU[xi] = sum over tiles E[xi]^T V[xi], each thread its own positions */
       for (int64_t c0 = 0; c0 < NT; c0 += TC) {
         const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
@@ -306,8 +520,13 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
         for (int64_t id = a; id < b; id++) {
           const int64_t img = id / ((int64_t)th * tw);
           const int r = (int)(id % ((int64_t)th * tw));
-          in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs);
-          dy_tile(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
+          if (R == 4) {
+            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs);
+            dy_tile6(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
+          } else {
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs);
+            dy_tile(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
+          }
         }
 #pragma omp barrier
         for (int xi = x0; xi < x1; xi++)
@@ -315,13 +534,15 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
                           U + xi * us, cin);
 #pragma omp barrier
       }
-      weights_bwd(U, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
+      if (R == 4) weights6_bwd(U, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
+      else weights_bwd(U, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
 #pragma omp barrier
     }
     if (dx) {
-      weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
+      if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 1);
+      else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
-      core(cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt);
+      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt);
     }
   }
 }
