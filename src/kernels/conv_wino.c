@@ -81,11 +81,16 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
       mb = e && atoi(e) > 0 ? (size_t)atoi(e) : 8;
     }
     tc = (int64_t)((mb << 20) / ((size_t)npos(d) * sizeof(float) * (size_t)cmax(d)));
-    if (tc < 64) tc = 64;
+    if (tc < 256) tc = 256; /* GEMMs of fewer rows repack U too often */
   }
   const int64_t nt = ntiles(d, n);
   if (tc > nt) tc = nt;
-  return (int)(tc < 1 ? 1 : tc);
+  if (tc < 1) tc = 1;
+  if (g_chunk <= 0) { /* equal chunks: no short last one (e.g. 113 + 15 tiles for 512@7) */
+    const int64_t k = (nt + tc - 1) / tc;
+    tc = (nt + k - 1) / k;
+  }
+  return (int)tc;
 }
 
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
