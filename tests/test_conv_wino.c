@@ -105,16 +105,19 @@ static void one(int cin, int cout, int h, int w, int n, int threads, int chunk, 
  * shape with the default minimum of 128 channels; switched off, the direct kernel's (which
  * differ in rounding). */
 static void dispatch(void) {
-  rn_conv_set_wino_min_channels(128);
+  rn_conv_set_wino_min_channels(0); /* the production rule */
   rn_conv_set_wino_chunk(0);
-  rn_conv_desc d, small;
+  rn_conv_desc d, c64s, c64l, c32s;
   rn_err e;
-  if (rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 7, 7, &e) || rn_conv_desc_init(&small, 64, 64, 3, 3, 1, 1, 7, 7, &e)) {
+  if (rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 7, 7, &e) || rn_conv_desc_init(&c64s, 64, 64, 3, 3, 1, 1, 8, 8, &e) ||
+      rn_conv_desc_init(&c64l, 64, 64, 3, 3, 1, 1, 56, 56, &e) || rn_conv_desc_init(&c32s, 32, 32, 3, 3, 1, 1, 8, 8, &e)) {
     CHECK(0, "desc: %s", e.msg);
     return;
   }
   CHECK(rn_conv_wino_ok(&d), "128x128 3x3 at 7x7: not taken");
-  CHECK(!rn_conv_wino_ok(&small), "64 channels: taken below the minimum");
+  CHECK(rn_conv_wino_ok(&c64s), "64 channels at 8x8: not taken");
+  CHECK(!rn_conv_wino_ok(&c64l), "64 channels at 56x56: taken");
+  CHECK(!rn_conv_wino_ok(&c32s), "32 channels: taken");
   CHECK(!rn_conv_pre_ok(&d), "a lazy BN would be planned on a Winograd convolution");
   const int n = 2;
   size_t nx = (size_t)n * 49 * 128, nw = (size_t)128 * 9 * 128;

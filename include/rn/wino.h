@@ -19,14 +19,16 @@
 #include "rn/layers.h"
 
 /* The shape qualifies: 3x3, stride 1, pad 1, cin and cout multiples of 16 and >= the minimum
- * channel count (default 128: below it the GEMMs are too narrow to beat the direct kernel), and
- * the CPU has AVX-512. */
+ * channel count, and the CPU has AVX-512. The minimum is by measurement (conv_wino.c): 128, or 64
+ * on images of at most 16x16 (CIFAR's last stage); below it the GEMMs are too narrow to beat the
+ * direct kernel. RN_CONV_WINO_MINC=C or rn_conv_set_wino_min_channels(C) forces one minimum C for
+ * every shape (0: the rule; tests use 16). */
 int rn_conv_wino_shape(const rn_conv_desc *d);
 /* The convolutions use it: the shape qualifies and it is on (default; the environment variable
  * RN_CONV_WINO=0|1 or rn_conv_set_wino sets it before models are planned). */
 int rn_conv_wino_ok(const rn_conv_desc *d);
 void rn_conv_set_wino(int on);
-void rn_conv_set_wino_min_channels(int c); /* tests: 16 lets small shapes take it */
+void rn_conv_set_wino_min_channels(int c);
 /* Output tile size: 2 (F(2x2,3x3), 16 positions) or 4 (F(4x4,3x3), 36 positions from 6x6 input
  * tiles: 36 multiplies per 16 outputs). Automatic (0, default): 4 where the 4-wide tiles cover
  * the output without much waste (width a multiple of 4, or 7), else 2; the environment variable
