@@ -139,6 +139,44 @@ static void dispatch(void) {
   free(ws), free(ws2), free(x), free(wt), free(dy), free(y1), free(y2), free(dx1), free(dx2), free(dw1), free(dw2);
 }
 
+/* A workspace planned for the batch serves a smaller last batch: automatic chunks of a 128@28
+ * layer planned for 32 images, called with 1..32 (the chunk cap falls with n, and the equal
+ * split never exceeds it; 9 images once needed 441 tiles where 392 were planned). Guard floats
+ * after the reported size must stay untouched, and the results equal those of a workspace
+ * planned for exactly n. */
+static void partial_batches(void) {
+  rn_conv_set_wino_min_channels(0);
+  rn_conv_set_wino_chunk(0);
+  rn_conv_set_wino_tile(0);
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, 128, 128, 3, 3, 1, 1, 28, 28, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  const int nb = 32, G = 4096;
+  const size_t wsb = rn_conv_wino_workspace(&d, nb, 2), per = (size_t)28 * 28 * 128, nw = (size_t)128 * 9 * 128;
+  float *ws = nanbuf(wsb + G), *x = randf(per * nb, 11), *wt = randf(nw, 12), *dy = randf(per * nb, 13);
+  float *y1 = malloc(per * nb * 4), *y2 = malloc(per * nb * 4), *dw1 = calloc(nw, 4), *dw2 = calloc(nw, 4);
+  for (int g = 0; g < G; g++) ws[wsb + g] = 1234.5f;
+  int bad = 0, diff = 0;
+  for (int n = 1; n <= nb; n += (n < 12 ? 1 : 7)) {
+    const size_t wsn = rn_conv_wino_workspace(&d, n, 2);
+    float *wse = nanbuf(wsn);
+    bad |= wsn > wsb;
+    rn_conv_wino_forward(&d, n, x, wt, y1, ws, 2);
+    rn_conv_wino_forward(&d, n, x, wt, y2, wse, 2);
+    rn_conv_wino_backward(&d, n, x, wt, dy, NULL, 0, dw1, ws, 2);
+    rn_conv_wino_backward(&d, n, x, wt, dy, NULL, 0, dw2, wse, 2);
+    diff |= memcmp(y1, y2, per * (size_t)n * 4) != 0 || memcmp(dw1, dw2, nw * 4) != 0;
+    free(wse);
+  }
+  for (int g = 0; g < G; g++) bad |= ws[wsb + g] != 1234.5f;
+  CHECK(!bad, "128@28 planned for %d images: a smaller batch wrote past the workspace", nb);
+  CHECK(!diff, "128@28: results depend on the workspace the batch was planned with");
+  free(ws), free(x), free(wt), free(dy), free(y1), free(y2), free(dw1), free(dw2);
+}
+
 int main(void) {
   rn_err e;
   if (rn_blas_init(NULL, 3, stderr, &e)) {
@@ -169,6 +207,7 @@ int main(void) {
   one(512, 512, 7, 7, 2, 2, 0, 7);
   cases += 7;
   dispatch();
+  partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",
          cases, g_max[2], g_max[4], TOL2, TOL4);
   return tu_done("test_conv_wino");

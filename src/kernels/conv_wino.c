@@ -82,8 +82,10 @@ static int64_t ntiles(const rn_conv_desc *d, int n) {
   return (int64_t)n * ((d->oh + m - 1) / m) * ((d->ow + m - 1) / m);
 }
 
-/* Tiles per chunk for n images. */
-static int chunk_tiles(const rn_conv_desc *d, int n) {
+/* Most tiles per chunk for n images: about RN_WINO_CHUNK_MB (default 8 MB) per buffer, at least
+ * 256 tiles (GEMMs of fewer rows repack U too often), at most all. Non-increasing as n falls, so
+ * a workspace planned for the batch serves every smaller n. */
+static int chunk_cap(const rn_conv_desc *d, int n) {
   int64_t tc = g_chunk;
   if (tc <= 0) {
     static size_t mb;
@@ -92,13 +94,19 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
       mb = e && atoi(e) > 0 ? (size_t)atoi(e) : 8;
     }
     tc = (int64_t)((mb << 20) / ((size_t)npos(d) * sizeof(float) * (size_t)cmax(d)));
-    if (tc < 256) tc = 256; /* GEMMs of fewer rows repack U too often */
+    if (tc < 256) tc = 256;
   }
   const int64_t nt = ntiles(d, n);
   if (tc > nt) tc = nt;
-  if (tc < 1) tc = 1;
-  if (g_chunk <= 0) { /* equal chunks: no short last one (e.g. 113 + 15 tiles for 512@7) */
-    const int64_t k = (nt + tc - 1) / tc;
+  return (int)(tc < 1 ? 1 : tc);
+}
+
+/* Tiles per chunk of a call: chunk_cap split into equal chunks (no short last one, e.g. 113 + 15
+ * tiles for 512@7), so never more than chunk_cap. */
+static int chunk_tiles(const rn_conv_desc *d, int n) {
+  int64_t tc = chunk_cap(d, n);
+  if (g_chunk <= 0) {
+    const int64_t nt = ntiles(d, n), k = (nt + tc - 1) / tc;
     tc = (nt + k - 1) / k;
   }
   return (int)tc;
@@ -106,7 +114,7 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
 
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
   (void)threads;
-  const size_t tc = (size_t)chunk_tiles(d, n), P = (size_t)npos(d);
+  const size_t tc = (size_t)chunk_cap(d, n), P = (size_t)npos(d);
   return P * (size_t)d->cin * d->cout + 2 * P * tc * (size_t)cmax(d) + 16;
 }
 
