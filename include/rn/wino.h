@@ -1,18 +1,21 @@
-/* Winograd F(2x2, 3x3) convolution (src/kernels/conv_wino.c) for 3x3, stride 1, pad 1 convolutions
- * with wide channel counts (ResNet-50's 3x3 convolutions of 128..512 channels), NHWC, AVX-512.
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (src/kernels/conv_wino.c) for 3x3, stride 1,
+ * pad 1 convolutions with wide channel counts (ResNet-50's 3x3 convolutions of 128..512 channels,
+ * CIFAR's 64-channel ones on 8x8), NHWC, AVX-512.
  *
- * The output is cut into 2x2 tiles, each read from a 4x4 input tile. With the transforms
- * V = B^T d B (input tile), U = G g G^T (3x3 kernel), and Y = A^T M A (output tile), the 16
- * transformed positions xi are independent products M_xi = V_xi * U_xi over the channels: 16
- * GEMMs per chunk of tiles (BLIS), 16 multiplies per 4 outputs where the direct convolution does
- * 36 (2.25x fewer). The same transforms give the other two passes:
- * - dx: the forward on dy with U's positions permuted (G applied to a flipped kernel is G with its
- *   rows 0 and 3 swapped) and U read untransposed, so no second weight transform;
+ * The output is cut into m x m tiles (m = 2 or 4), each read from an (m+2) x (m+2) input tile.
+ * With the transforms V = B^T d B (input tile), U = G g G^T (3x3 kernel), and Y = A^T M A (output
+ * tile), the P = (m+2)^2 transformed positions xi are independent products M_xi = V_xi * U_xi over
+ * the channels: P GEMMs per chunk of tiles (BLIS). F(2,3): 16 multiplies per 4 outputs where the
+ * direct convolution does 36 (2.25x fewer); F(4,3): 36 per 16 outputs (4x fewer). The same
+ * transforms give the other two passes:
+ * - dx: the forward on dy with the kernel rotated by 180 degrees and U read untransposed (F(2,3):
+ *   the forward's U at permuted positions, since G applied to a flipped kernel is G with its rows
+ *   0 and 3 swapped; F(4,3): the rotated kernel transformed);
  * - dW: dU_xi = sum over tiles of (A dY A^T)_xi^T * V_xi (a GEMM whose K is the tile count), then
  *   dW = G^T dU G.
- * Threads split the tiles of a chunk for the transforms and the 16 positions for the GEMMs (each
+ * Threads split the tiles of a chunk for the transforms and the P positions for the GEMMs (each
  * thread owns its positions' dU across all chunks: no partial sums to add). Results differ from
- * the direct kernel by rounding only (the transforms add a few roundings per value). */
+ * the direct kernel by rounding only (~1e-6 relative for F(2,3), ~1e-5 for F(4,3)). */
 #ifndef RN_WINO_H
 #define RN_WINO_H
 #include <stddef.h>

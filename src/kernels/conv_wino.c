@@ -1,15 +1,16 @@
-/* Winograd F(2x2, 3x3) convolution: see include/rn/wino.h.
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution: see include/rn/wino.h.
  *
- * 1-D transforms (F(2,3)): input B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], kernel
+ * 1-D transforms of F(2,3) (F(4,3)'s are with its code below): input B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], kernel
  * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], output A^T = [1 1 1 0; 0 1 -1 -1]; the 2-D ones
  * apply them to rows, then columns. Every transform works on 16 channels at once (one zmm per tile
  * position), NHWC making each pixel's channels contiguous.
  *
- * Buffers in ws (floats): U [16][cout][cin] (the transformed kernels; dU in the dW pass), then V and
- * M, each [16][TC][max(cin, cout)]: a chunk of TC tiles' transformed inputs and products (position
- * xi at xi*TC*c, tile i of the chunk at row i). One parallel region per call; per chunk the threads
- * transform their share of the tiles, meet, run the GEMMs of their share of the 16 positions
- * (rn_sgemm_serial), meet, and transform the products back. */
+ * Buffers in ws (floats), with P = 16 (F(2,3)) or 36 (F(4,3)) positions: U [P][cout][cin] (the
+ * transformed kernels; dU in the dW pass), then V and M, each [P][TC][max(cin, cout)]: a chunk of
+ * TC tiles' transformed inputs and products (position xi at xi*TC*c, tile i of the chunk at row
+ * i). One parallel region per call; per chunk the threads transform their share of the tiles,
+ * meet, run the GEMMs of their share of the P positions (rn_sgemm_serial), meet, and transform
+ * the products back. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -285,8 +286,8 @@ AI void bt6(const V16 *d, V16 *o) {
   const V16 four = S1(4.0f), five = S1(5.0f), two = S1(2.0f);
   o[0] = ADD(FNMA(five, d[2], MUL(four, d[0])), d[4]);
   o[1] = SUB(ADD(d[3], d[4]), MUL(four, ADD(d[1], d[2])));
-  o[2] = ADD(FMA(four, SUB(d[1], d[2]), d[4]), SUB(_mm512_setzero_ps(), d[3]));
-  o[3] = ADD(FMA(two, SUB(d[3], d[1]), d[4]), SUB(_mm512_setzero_ps(), d[2]));
+  o[2] = SUB(FMA(four, SUB(d[1], d[2]), d[4]), d[3]);
+  o[3] = SUB(FMA(two, SUB(d[3], d[1]), d[4]), d[2]);
   o[4] = SUB(FMA(two, SUB(d[1], d[3]), d[4]), d[2]);
   o[5] = ADD(FNMA(five, d[3], MUL(four, d[1])), d[5]);
 }
@@ -308,11 +309,10 @@ AI void g6(const V16 *g, V16 *o) {
   o[3] = FMA(s12, g[1], e);
   o[4] = FNMA(s12, g[1], e);
   o[5] = g[2];
-  (void)s6;
 }
 /* A y for a 4-vector y (the dY transform) */
 AI void a6(const V16 *y, V16 *o) {
-  const V16 two = S1(2.0f), four = S1(4.0f), eight = S1(8.0f);
+  const V16 two = S1(2.0f), four = S1(4.0f);
   const V16 p02 = ADD(y[0], y[2]), m02 = FMA(four, y[2], y[0]);
   const V16 p13 = ADD(y[1], y[3]), m13 = FMA(four, y[3], y[1]);
   o[0] = y[0];
@@ -321,7 +321,6 @@ AI void a6(const V16 *y, V16 *o) {
   o[3] = FMA(two, m13, m02);
   o[4] = FNMA(two, m13, m02);
   o[5] = y[3];
-  (void)eight;
 }
 /* G^T u for a 6-vector u (the dW transform) */
 AI void gt6(const V16 *u, V16 *o) {
@@ -329,7 +328,7 @@ AI void gt6(const V16 *u, V16 *o) {
   const V16 p12 = ADD(u[1], u[2]), m12 = SUB(u[2], u[1]), p34 = ADD(u[3], u[4]), m34 = SUB(u[3], u[4]);
   o[0] = FMA(q, u[0], FNMA(s6, p12, MUL(s24, p34)));
   o[1] = FMA(s6, m12, MUL(s12, m34));
-  o[2] = ADD(FMA(s6, SUB(p34, p12), u[5]), _mm512_setzero_ps());
+  o[2] = FMA(s6, SUB(p34, p12), u[5]);
 }
 
 AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs) {
