@@ -9,9 +9,12 @@ Prints the max relative error (max|ours - torch| / max|torch|) per quantity; exi
 tolerance (default 1e-3).
 
 usage: torch_parity.py FILE.h5 [--tol 1e-3] [--envelope 3] [--threads 2]
+Environment: PARITY_VERBOSE=1 lists each gradient tensor beyond the tolerance with its error and
+PyTorch float32's.
 """
 import argparse
 import re
+import os
 import sys
 
 import h5py
@@ -156,6 +159,7 @@ def main():
         worst_t32 = max(worst_t32, e32)
         if e > a.tol:
             n_env += 1
+            if os.environ.get("PARITY_VERBOSE"): print("    beyond tol: %-40s %.3e torch32 %.3e" % (name, e, e32))
             worst_excess = max(worst_excess, e / max(a.envelope * e32, 1e-30))
         if e > worst_g or worst_name == "":
             worst_g, worst_name = e, name

@@ -1,8 +1,9 @@
 /* Winograd F(2x2,3x3) convolution (src/kernels/conv_wino.c) against the naive reference (double
  * accumulation): forward, dx (acc 0 and 1), dw accumulation, dx or dw NULL; even and odd sizes
  * (ragged last tiles), one pixel, 16..144 channels, chunks of a few tiles (chunk boundaries inside
- * images, a last short chunk) and automatic ones, on 1, 2 and 3 threads; the workspace malloc'ed
- * at exactly its reported size and filled with NaN. Then the dispatch: rn_conv_forward and
+ * images, a last short chunk) and automatic ones, on 1, 2 and 3 threads; up to 64 channels both
+ * the small-channel path (per-thread groups of tiles, own products) and the chunked BLIS one; the
+ * workspace malloc'ed at exactly its reported size, filled with NaN, with guard floats after it. Then the dispatch: rn_conv_forward and
  * rn_conv_backward take it for a ResNet-50 shape (results equal to calling it directly) and not
  * when it is switched off or the shape does not qualify; a lazy BN is never planned on it. */
 #include <math.h>
@@ -20,6 +21,8 @@
  * transforms have factors up to 8 and 1/24: ~1e-5 (the known price of the larger tile). */
 static const double TOL2 = 2e-5, TOL4 = 1e-4;
 static double g_max[5];
+static int g_small = 1; /* the path one_m runs (for messages) */
+#define GUARD 64 /* floats after the reported workspace that must stay untouched */
 
 static double relerr(const float *a, const float *b, size_t n) {
   double md = 0, mb = 1e-3;
@@ -53,7 +56,8 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   rn_conv_set_wino_chunk(chunk);
   CHECK(rn_conv_wino_shape(&d), "cin=%d cout=%d: shape does not qualify", cin, cout);
   size_t wsn = rn_conv_wino_workspace(&d, n, threads);
-  float *ws = nanbuf(wsn);
+  float *ws = nanbuf(wsn + GUARD);
+  for (int g = 0; g < GUARD; g++) ws[wsn + g] = 1234.5f;
   size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * 9 * cin;
   float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2);
   float *y = nanbuf(ny), *yr = malloc(ny * 4), *dxr = malloc(nx * 4), *dwr = malloc(nw * 4);
@@ -76,9 +80,12 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   rn_conv_wino_backward(&d, n, x, wt, dy, NULL, 0, dw, ws, threads);
   double edw2 = relerr(dw, dwx, nw);
 
-  char tag[128];
-  snprintf(tag, sizeof tag, "F(%d,3) cin=%d cout=%d in=%dx%d n=%d T=%d chunk=%d", rn_conv_wino_tile(&d), cin, cout,
-           h, w, n, threads, chunk);
+  int guard_ok = 1;
+  for (int g = 0; g < GUARD; g++) guard_ok &= ws[wsn + g] == 1234.5f;
+  char tag[160];
+  snprintf(tag, sizeof tag, "F(%d,3) cin=%d cout=%d in=%dx%d n=%d T=%d chunk=%d %s", rn_conv_wino_tile(&d), cin, cout,
+           h, w, n, threads, chunk, g_small ? "small path" : "chunked path");
+  CHECK(guard_ok, "%s: wrote past its workspace", tag);
   const int tm = rn_conv_wino_tile(&d);
   const double TOL = tm == 4 ? TOL4 : TOL2;
   CHECK(ef < TOL, "%s forward rel err %.3g", tag, ef);
@@ -92,18 +99,25 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   free(dw0), free(dx1), free(dxx);
 }
 
-/* Both tile sizes. */
+/* Both tile sizes; up to 64 channels both the small-channel path and the chunked one. */
 static void one(int cin, int cout, int h, int w, int n, int threads, int chunk, uint64_t seed) {
-  for (int m = 2; m <= 4; m += 2) {
-    rn_conv_set_wino_tile(m);
-    one_m(cin, cout, h, w, n, threads, chunk, seed);
+  for (int small = 1; small >= (cin <= 64 && cout <= 64 ? 0 : 1); small--) {
+    g_small = small;
+    rn_conv_set_wino_small(small);
+    for (int m = 2; m <= 4; m += 2) {
+      rn_conv_set_wino_tile(m);
+      one_m(cin, cout, h, w, n, threads, chunk, seed);
+    }
   }
+  rn_conv_set_wino_small(1);
+  g_small = 1;
   rn_conv_set_wino_tile(0);
 }
 
 /* Through rn_conv_forward / rn_conv_backward: the Winograd results exactly, for a qualifying
  * shape with the default minimum of 128 channels; switched off, the direct kernel's (which
- * differ in rounding). */
+ * differ in rounding). The small-channel path takes 32 and 64 channels at any size; off, the
+ * earlier rule applies. */
 static void dispatch(void) {
   rn_conv_set_wino_min_channels(0); /* the production rule */
   rn_conv_set_wino_chunk(0);
@@ -117,8 +131,31 @@ static void dispatch(void) {
   CHECK(rn_conv_wino_ok(&d), "128x128 3x3 at 7x7: not taken");
   CHECK(rn_conv_wino_ok(&c64s), "64 channels at 8x8: not taken");
   CHECK(!rn_conv_wino_ok(&c64l), "64 channels at 56x56: taken");
-  CHECK(!rn_conv_wino_ok(&c32s), "32 channels: taken");
-  CHECK(!rn_conv_pre_ok(&d), "a lazy BN would be planned on a Winograd convolution");
+  CHECK(rn_conv_wino_ok(&c32s), "32 channels: not taken by the small-channel path");
+  CHECK(!rn_conv_pre_ok(&d) && !rn_conv_pre_ok(&c32s), "a lazy BN would be planned on a Winograd convolution");
+  /* small path off: the earlier rule (128+, or 64+ on at most 16x16), and a workspace planned with
+   * it on serves the chunked path that then takes 64@8 (rn-bench --ab wino-small) */
+  const size_t w64on = rn_conv_wino_workspace(&c64s, 128, 2);
+  rn_conv_set_wino_small(0);
+  CHECK(rn_conv_wino_ok(&c64s) && !rn_conv_wino_ok(&c64l) && !rn_conv_wino_ok(&c32s),
+        "small path off: not the rule of 128+ channels, or 64+ on small images");
+  CHECK(rn_conv_wino_workspace(&c64s, 128, 2) <= w64on, "64@8: a workspace planned with the small path on "
+        "is too small for the chunked path");
+  rn_conv_set_wino_small(1);
+  {
+    /* the two paths run: same results up to rounding, not the same bits (different summation) */
+    const int nn = 2;
+    const size_t n64 = (size_t)nn * 64 * 64, w64 = (size_t)64 * 9 * 64;
+    float *xa = randf(n64, 21), *wa = randf(w64, 22), *ya = nanbuf(n64), *yb = nanbuf(n64);
+    float *wsa = nanbuf(rn_conv_wino_workspace(&c64s, nn, 2));
+    rn_conv_wino_forward(&c64s, nn, xa, wa, ya, wsa, 2);
+    rn_conv_set_wino_small(0);
+    rn_conv_wino_forward(&c64s, nn, xa, wa, yb, wsa, 2);
+    rn_conv_set_wino_small(1);
+    CHECK(memcmp(ya, yb, n64 * 4) != 0 && relerr(ya, yb, n64) < TOL4,
+          "64@8: the small-channel and chunked paths give the same bits (one not run?) or differ");
+    free(xa), free(wa), free(ya), free(yb), free(wsa);
+  }
   const int n = 2;
   size_t nx = (size_t)n * 49 * 128, nw = (size_t)128 * 9 * 128;
   size_t wsn = rn_conv_workspace(&d, n);
@@ -205,7 +242,12 @@ int main(void) {
   one(16, 16, 1, 1, 3, 2, 0, 4), one(48, 32, 5, 3, 2, 3, 1, 5), one(16, 16, 2, 9, 2, 1, 7, 6);
   /* ResNet-50's widest: 512 channels at 7x7 (K = 512 per position). */
   one(512, 512, 7, 7, 2, 2, 0, 7);
-  cases += 7;
+  /* The small path's groups of 48 tiles: several per thread and a short last one (CIFAR's 16@32,
+   * 64 channels 4 vectors wide, 48 three), 64 -> 16 and 16 -> 64. */
+  one(16, 16, 32, 32, 2, 3, 0, 8), one(64, 64, 20, 24, 2, 2, 0, 9), one(48, 64, 9, 13, 3, 3, 0, 10);
+  one(64, 16, 16, 16, 2, 2, 0, 11), one(16, 64, 12, 12, 2, 1, 0, 12);
+  one(64, 64, 56, 56, 2, 2, 0, 13);
+  cases += 12;
   dispatch();
   partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",

@@ -41,6 +41,10 @@ int rn_conv_wino_tile(const rn_conv_desc *d);
 /* Tiles per chunk (the V and M buffers hold 16 x tiles x channels each); 0 = automatic (about
  * RN_WINO_CHUNK_MB, default 8 MB, per buffer). Set before planning workspaces. */
 void rn_conv_set_wino_chunk(int tiles);
+/* The small-channel path (cin and cout <= 64: per-thread tile groups and own register-blocked
+ * products instead of chunks and BLIS); on by default, RN_WINO_SMALL=0 or rn_conv_set_wino_small(0)
+ * turns it off (A/B, tests). Set before planning workspaces. */
+void rn_conv_set_wino_small(int on);
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads); /* floats */
 void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int threads);

@@ -40,6 +40,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "ksplit")) rn_blas_set_tuning(narrow, on);
   else if (!strcmp(sw, "gemm-par")) rn_blas_set_own_threading(on);
   else if (!strcmp(sw, "wino")) rn_conv_set_wino(on);
+  else if (!strcmp(sw, "wino-small")) rn_conv_set_wino_small(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -56,7 +57,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -73,8 +74,10 @@ static void usage(void) {
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, i.e. without the lazy\n"
-         "BN the direct kernel could read). The per-layer table and the step figures are then the on\n"
-         "setting's.\n");
+         "BN the direct kernel could read), wino-small (Winograd's small-channel path for layers of at\n"
+         "most 64 channels; off = what takes them without it: the direct kernel on the same plan, or\n"
+         "the chunked BLIS path where its own rule applies). The per-layer table and the step figures\n"
+         "are then the on setting's.\n");
 }
 
 int main(int argc, char **argv) {
@@ -116,8 +119,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--overlap")) st = rn_parse_int("option overlap", v, 0, 2, &overlap, &e);
     else if (!strcmp(a, "--ab")) {
       ab = v;
-      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino"))
-        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino)", v);
+      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small"))
+        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small)", v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }

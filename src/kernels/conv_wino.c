@@ -33,18 +33,27 @@ static int wino_on(void) {
   return g_wino;
 }
 
-/* The automatic rule (rn-bench --ab wino, rn-bench-conv, 2 threads): 128+ channels everywhere
- * (ResNet-50 layers 2-4: 1.4-2.5x the direct kernel); 64 channels only on small images (CIFAR's
- * 64@8: fwd/dx 1.8x, dW 1.3x, the step 8-9% faster), not on ResNet-50's 64@56, where the step got
- * slower: the transformed tiles (2.25x the activations) no longer stay in cache and the BN before
- * it can no longer be applied lazily. */
+/* The automatic rule (rn-bench --ab wino / wino-small, rn-bench-conv, 2 threads):
+ * - with the small-channel path (below), every 16+ channel layer on images of at most 32x32:
+ *   CIFAR's 16@32, 32@16 and 64@8 run 1.4-1.5x, 2.1x and 2.4x the direct kernel, and the
+ *   ResNet-20/56 steps 26%/34% faster;
+ * - otherwise 128+ channels (ResNet-50 layers 2-4: 1.4-2.5x the direct kernel), or 64+ on images
+ *   of at most 16x16 (the chunked path's rule; wide_min_channels).
+ * Not ResNet-18/50's 64@56: per layer the small path's F(4,3) runs 2.4x the direct kernel, but
+ * the step gains ~1.5% (within the noise; the BN before it can no longer be applied lazily), and
+ * F(4,3)'s larger rounding error (~1e-5), amplified by the batch-2 BN backward of the 224-pixel
+ * parity tests, puts 24 ResNet-18 gradient tensors beyond 3x PyTorch's float32 error. With the
+ * chunked path, its transformed tiles (2.25x the activations) no longer stayed in cache. */
+static int small_path(const rn_conv_desc *d);
+static int wide_min_channels(const rn_conv_desc *d) { return d->oh * d->ow <= 256 ? 64 : 128; }
 static int min_channels(const rn_conv_desc *d) {
   if (g_min_c < 0) {
     const char *e = getenv("RN_CONV_WINO_MINC");
     rn_conv_set_wino_min_channels(e && atoi(e) > 0 ? atoi(e) : 0);
   }
   if (g_min_c > 0) return g_min_c;
-  return d->oh * d->ow <= 256 ? 64 : 128;
+  if (small_path(d) && d->oh * d->ow <= 1024) return 16;
+  return wide_min_channels(d);
 }
 
 int rn_conv_wino_shape(const rn_conv_desc *d) {
@@ -113,10 +122,40 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
   return (int)tc;
 }
 
+/* Small channel counts (cin and cout <= 64, e.g. CIFAR's 16@32, 32@16, 64@8): BLIS's packing and
+ * edge handling cost more than the products themselves there, and a chunk shared by the threads
+ * leaves the cache between the passes. Instead each thread takes its own tiles in groups of SG
+ * (V and M of a group: at most 36 x 48 x 64 floats = 442 KB each, in L2), multiplies them with
+ * register-blocked AVX-512 loops (prod, dw_prod) and transforms them back while they are hot; no
+ * barrier per chunk. dW: each thread sums into its own dU, added up at the end.
+ * RN_WINO_SMALL=0 or rn_conv_set_wino_small(0): the chunked BLIS path for them too (A/B). */
+#define SMALL_MAXC 64
+#define SG 48 /* tiles per group: a multiple of every row block (16, 12, 8, 6) */
+static int g_small = -1;
+void rn_conv_set_wino_small(int on) { g_small = on != 0; }
+static int small_path(const rn_conv_desc *d) {
+  if (g_small < 0) {
+    const char *e = getenv("RN_WINO_SMALL");
+    g_small = !(e && e[0] == '0');
+  }
+  return g_small && cmax(d) <= SMALL_MAXC;
+}
+
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
-  (void)threads;
-  const size_t tc = (size_t)chunk_cap(d, n), P = (size_t)npos(d);
-  return P * (size_t)d->cin * d->cout + 2 * P * tc * (size_t)cmax(d) + 16;
+  const size_t P = (size_t)npos(d), uf = P * (size_t)d->cin * d->cout;
+  size_t r = 0;
+  if (small_path(d)) { /* U slots (forward: U and its transpose; dW: one dU per thread), V and M per thread */
+    const size_t T = threads < 1 ? 1 : (size_t)threads;
+    r = (T > 2 ? T : 2) * uf + T * 2 * P * SG * (size_t)cmax(d) + 16;
+  }
+  /* the chunked path's too where it would take the shape with the small path off (rn-bench --ab
+   * wino-small switches at run time on the same plan) */
+  const int mc = g_min_c > 0 ? g_min_c : wide_min_channels(d);
+  if (!small_path(d) || (d->cin >= mc && d->cout >= mc)) {
+    const size_t c = uf + 2 * P * (size_t)chunk_cap(d, n) * (size_t)cmax(d) + 16;
+    if (c > r) r = c;
+  }
+  return r;
 }
 
 #ifdef __AVX512F__
@@ -505,9 +544,195 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
   }
 }
 
+/* ---- The small-channel path ---- */
+
+/* Rows per register block of prod for NV output vectors: 24 accumulators (16 for NV = 1). */
+static int prod_rows(int nv) { return nv == 1 ? 16 : 24 / nv; }
+
+/* m[r][0..16NV) = sum_k v[r][k] u[k][0..16NV) for r < rows (a multiple of RB), K = cx. Literal
+ * block sizes (a macro, not parameters) so the accumulators stay in registers. */
+#define PROD_K(NV, RB)                                                                                         \
+  static void prod_##NV(int K, int rows, const float *v, const float *u, float *m) {                          \
+    const int N = 16 * NV;                                                                                      \
+    for (int r0 = 0; r0 < rows; r0 += RB) {                                                                     \
+      V16 c[RB][NV];                                                                                            \
+      _Pragma("GCC unroll 16") for (int r = 0; r < RB; r++) _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) \
+          c[r][j] = _mm512_setzero_ps();                                                                        \
+      const float *vr = v + (size_t)r0 * K;                                                                     \
+      for (int k = 0; k < K; k++) {                                                                             \
+        V16 b[NV];                                                                                              \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) b[j] = _mm512_loadu_ps(u + (size_t)k * N + 16 * j); \
+        _Pragma("GCC unroll 16") for (int r = 0; r < RB; r++) {                                                 \
+          const V16 a = _mm512_set1_ps(vr[(size_t)r * K + k]);                                                  \
+          _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) c[r][j] = FMA(a, b[j], c[r][j]);                 \
+        }                                                                                                       \
+      }                                                                                                         \
+      _Pragma("GCC unroll 16") for (int r = 0; r < RB; r++) _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) \
+          _mm512_storeu_ps(m + (size_t)(r0 + r) * N + 16 * j, c[r][j]);                                         \
+    }                                                                                                           \
+  }
+PROD_K(1, 16)
+PROD_K(2, 12)
+PROD_K(3, 8)
+PROD_K(4, 6)
+static void prod(int K, int N, int rows, const float *v, const float *u, float *m) {
+  switch (N / 16) {
+  case 1: prod_1(K, rows, v, u, m); break;
+  case 2: prod_2(K, rows, v, u, m); break;
+  case 3: prod_3(K, rows, v, u, m); break;
+  default: prod_4(K, rows, v, u, m); break;
+  }
+}
+
+/* du[co][0..16NVI) += sum_i e[i][co] v[i][0..16NVI) for i < rows, CB output channels per block
+ * (CB divides cout, a multiple of 16). */
+#define DW_PROD_K(NVI, CB)                                                                                     \
+  static void dw_prod_##NVI(int cout, int rows, const float *e, const float *v, float *du) {                  \
+    const int cin = 16 * NVI;                                                                                   \
+    for (int co0 = 0; co0 < cout; co0 += CB) {                                                                  \
+      V16 c[CB][NVI];                                                                                           \
+      _Pragma("GCC unroll 16") for (int r = 0; r < CB; r++) _Pragma("GCC unroll 4") for (int j = 0; j < NVI; j++) \
+          c[r][j] = _mm512_loadu_ps(du + (size_t)(co0 + r) * cin + 16 * j);                                     \
+      for (int i = 0; i < rows; i++) {                                                                          \
+        V16 b[NVI];                                                                                             \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NVI; j++) b[j] = _mm512_loadu_ps(v + (size_t)i * cin + 16 * j); \
+        _Pragma("GCC unroll 16") for (int r = 0; r < CB; r++) {                                                 \
+          const V16 a = _mm512_set1_ps(e[(size_t)i * cout + co0 + r]);                                          \
+          _Pragma("GCC unroll 4") for (int j = 0; j < NVI; j++) c[r][j] = FMA(a, b[j], c[r][j]);                \
+        }                                                                                                       \
+      }                                                                                                         \
+      _Pragma("GCC unroll 16") for (int r = 0; r < CB; r++) _Pragma("GCC unroll 4") for (int j = 0; j < NVI; j++) \
+          _mm512_storeu_ps(du + (size_t)(co0 + r) * cin + 16 * j, c[r][j]);                                     \
+    }                                                                                                           \
+  }
+DW_PROD_K(1, 16)
+DW_PROD_K(2, 8)
+DW_PROD_K(3, 8)
+DW_PROD_K(4, 4)
+static void dw_prod(int cin, int cout, int rows, const float *e, const float *v, float *du) {
+  switch (cin / 16) {
+  case 1: dw_prod_1(cout, rows, e, v, du); break;
+  case 2: dw_prod_2(cout, rows, e, v, du); break;
+  case 3: dw_prod_3(cout, rows, e, v, du); break;
+  default: dw_prod_4(cout, rows, e, v, du); break;
+  }
+}
+
+/* The small path's forward core (one thread, its own tiles [a, b)): as core, with U[xi] laid out
+ * [cx][cy] (forward: the transpose of weights6's; dx: the forward kernel's, at flip_pos for
+ * F(2,3)), V and M this thread's group buffers. */
+static void core_small(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int flip,
+                       float *y, int acc, float *V, float *M, int t, int nt) {
+  const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R, RB = prod_rows(cy / 16);
+  const int64_t NT = (int64_t)n * th * tw, a = NT * t / nt, b = NT * (t + 1) / nt;
+  const size_t vs = (size_t)SG * cx, ms = (size_t)SG * cy, us = (size_t)cx * cy;
+  for (int64_t g0 = a; g0 < b; g0 += SG) {
+    const int tc = (int)(b - g0 < SG ? b - g0 : SG), rows = (tc + RB - 1) / RB * RB;
+    for (int64_t id = g0; id < g0 + tc; id++) {
+      const int64_t img = id / ((int64_t)th * tw);
+      const int r = (int)(id % ((int64_t)th * tw));
+      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs);
+    }
+    if (rows > tc) /* the block's rows past the last tile: zeros, not stale or unset floats */
+      for (int xi = 0; xi < P; xi++) memset(V + xi * vs + (size_t)tc * cx, 0, sizeof(float) * (rows - tc) * cx);
+    for (int xi = 0; xi < P; xi++)
+      prod(cx, cy, rows, V + xi * vs, U + (size_t)(flip && R == 2 ? flip_pos(xi) : xi) * us, M + xi * ms);
+    for (int64_t id = g0; id < g0 + tc; id++) {
+      const int64_t img = id / ((int64_t)th * tw);
+      const int r = (int)(id % ((int64_t)th * tw));
+      if (R == 4) out_tile6(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+      else out_tile(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+    }
+  }
+}
+
+/* Forward U[xi][co][ci] (weights6 / weights_fwd, in slot 0) transposed into Ut[xi][ci][co], positions
+ * [x0, x1). */
+static void transpose_u(const float *U, int cin, int cout, int x0, int x1, float *Ut) {
+  const size_t us = (size_t)cin * cout;
+  for (int xi = x0; xi < x1; xi++)
+    for (int co = 0; co < cout; co++)
+      for (int ci = 0; ci < cin; ci++) Ut[xi * us + (size_t)ci * cout + co] = U[xi * us + (size_t)co * cin + ci];
+}
+
+static void forward_small(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                          int T) {
+  const int cin = d->cin, cout = d->cout, R = rn_conv_wino_tile(d), P = npos(d);
+  const size_t uf = (size_t)P * cin * cout, slots = T > 2 ? (size_t)T : 2;
+  float *U = ws, *Ut = ws + uf, *buf = ws + slots * uf;
+  const size_t gb = (size_t)P * SG * cmax(d);
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
+    else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
+#pragma omp barrier
+    transpose_u(U, cin, cout, P * t / nt, P * (t + 1) / nt, Ut);
+#pragma omp barrier
+    core_small(R, cin, cout, d->h, d->w, n, x, Ut, 0, y, 0, buf + (size_t)t * 2 * gb, buf + ((size_t)t * 2 + 1) * gb,
+               t, nt);
+  }
+}
+
+static void backward_small(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                           float *dx, int acc, float *dw, float *ws, int T) {
+  const int cin = d->cin, cout = d->cout, H = d->h, W = d->w, R = rn_conv_wino_tile(d), P = npos(d);
+  const int th = (H + R - 1) / R, tw = (W + R - 1) / R;
+  const int64_t NT = ntiles(d, n);
+  const size_t uf = (size_t)P * cin * cout, slots = T > 2 ? (size_t)T : 2;
+  const size_t gb = (size_t)P * SG * cmax(d), vs = (size_t)SG * cin, es = (size_t)SG * cout, us = (size_t)cin * cout;
+  float *buf = ws + slots * uf;
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float *V = buf + (size_t)t * 2 * gb, *E = V + gb;
+    if (dw) { /* this thread's dU (slot t) over its tiles, then the slots added into slot 0 */
+      float *dU = ws + (size_t)t * uf;
+      memset(dU, 0, sizeof(float) * uf);
+      const int64_t a = NT * t / nt, b = NT * (t + 1) / nt;
+      for (int64_t g0 = a; g0 < b; g0 += SG) {
+        const int tc = (int)(b - g0 < SG ? b - g0 : SG);
+        for (int64_t id = g0; id < g0 + tc; id++) {
+          const int64_t img = id / ((int64_t)th * tw);
+          const int r = (int)(id % ((int64_t)th * tw));
+          if (R == 4) {
+            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs);
+            dy_tile6(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
+          } else {
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs);
+            dy_tile(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
+          }
+        }
+        for (int xi = 0; xi < P; xi++) dw_prod(cin, cout, tc, E + xi * es, V + xi * vs, dU + xi * us);
+      }
+#pragma omp barrier
+      const size_t f0 = uf * t / nt, f1 = uf * (t + 1) / nt;
+      for (int s = 1; s < nt; s++) {
+        const float *o = ws + (size_t)s * uf;
+        for (size_t i = f0; i < f1; i++) ws[i] += o[i];
+      }
+#pragma omp barrier
+      if (R == 4) weights6_bwd(ws, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
+      else weights_bwd(ws, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
+#pragma omp barrier
+    }
+    if (dx) { /* U[xi][co][ci] is [cx][cy] for the dx core as it stands */
+      if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, ws, 1);
+      else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, ws);
+#pragma omp barrier
+      core_small(R, cout, cin, H, W, n, dy, ws, 1, dx, acc, V, E, t, nt);
+    }
+  }
+}
+
 void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int threads) {
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
+  if (small_path(d)) {
+    forward_small(d, n, x, w, y, ws, threads < 1 ? 1 : threads);
+    return;
+  }
   const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), R = rn_conv_wino_tile(d), P = npos(d);
   float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
   const int T = threads < 1 ? 1 : threads;
@@ -525,6 +750,10 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
                            float *dx, int acc, float *dw, float *ws, int threads) {
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
   if (!dx && !dw) return;
+  if (small_path(d)) {
+    backward_small(d, n, x, w, dy, dx, acc, dw, ws, threads < 1 ? 1 : threads);
+    return;
+  }
   const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), H = d->h, W = d->w;
   const int R = rn_conv_wino_tile(d), P = npos(d);
   const int th = (H + R - 1) / R, tw = (W + R - 1) / R;
