@@ -8,9 +8,11 @@ training logits, loss, every parameter gradient, updated BN running statistics a
 Prints the max relative error (max|ours - torch| / max|torch|) per quantity; exits 1 above the
 tolerance (default 1e-3).
 
-usage: torch_parity.py FILE.h5 [--tol 1e-3] [--envelope 3] [--threads 2]
-Environment: PARITY_VERBOSE=1 lists each gradient tensor beyond the tolerance with its error and
-PyTorch float32's.
+usage: torch_parity.py FILE.h5 [--tol 1e-3] [--envelope 3] [--samples 4] [--perturb 1e-6] [--threads 2]
+A gradient tensor beyond the tolerance still passes within --envelope times PyTorch float32's
+worst error on it over 1 + --samples runs (the input as is, and perturbed by --perturb relative):
+see the comment in main. Environment: PARITY_VERBOSE=1 lists each gradient tensor beyond the
+tolerance with its error and each PyTorch float32 run's.
 """
 import argparse
 import re
@@ -106,6 +108,10 @@ def main():
     ap.add_argument("--envelope", type=float, default=3.0,
                     help="an ill-conditioned gradient tensor also passes within this multiple of PyTorch "
                          "float32's own error against float64")
+    ap.add_argument("--samples", type=int, default=4,
+                    help="PyTorch float32 runs on a perturbed input added to the envelope's sample")
+    ap.add_argument("--perturb", type=float, default=1e-6,
+                    help="relative size of those runs' input perturbation")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -130,16 +136,30 @@ def main():
 
     x = torch.from_numpy(np.array(f["input"])).double()
     y = torch.from_numpy(np.array(f["labels"]).astype(np.int64))
-    # PyTorch's own float32 step: gradients of a conv feeding a BN in the last stage are
-    # ill-conditioned (after the global average pool dy is nearly constant per channel and BN
-    # backward subtracts its mean), so float32 loses digits there whoever computes it. A gradient
-    # tensor passes if it is within the tolerance of the float64 truth, or no further from it than
-    # 3x PyTorch's float32 result is.
-    m32 = make_model(arch, classes, int(f.attrs["in_channels"]))
-    m32.load_state_dict({k: v.float() for k, v in ours.items()}, strict=False)
-    m32.train()
-    F.cross_entropy(m32(x.float()), y).backward()
-    g32 = {n: p.grad.double().numpy() for n, p in m32.named_parameters()}
+    # PyTorch's own float32 step, as the measure of what float32 can do on each gradient tensor.
+    # Two effects make some tensors lose digits whoever computes them: gradients of a conv feeding
+    # a BN in the last stage are ill-conditioned (after the global average pool dy is nearly
+    # constant per channel and BN backward subtracts its mean), and at 224 pixels a few of the
+    # millions of ReLU inputs and max-pool candidates lie within float32 rounding of their kink or
+    # tie, so float32 and float64 take different branches there and every gradient upstream moves
+    # (at batch 2, by up to a few 1e-2). Which kinks flip depends on the summation order of every
+    # layer before them, so one float32 run is a single draw: the envelope is the worst of
+    # PyTorch's float32 run on the input and --samples runs on the input perturbed by --perturb
+    # (relative, uniform; about the rounding a float32 forward accumulates), each against the
+    # float64 truth at the unperturbed input. A gradient tensor passes if it is within the
+    # tolerance of the float64 truth, or no further from it than --envelope times that worst.
+    def grads32(xin):
+        m32 = make_model(arch, classes, int(f.attrs["in_channels"]))
+        m32.load_state_dict({k: v.float() for k, v in ours.items()}, strict=False)
+        m32.train()
+        F.cross_entropy(m32(xin), y).backward()
+        return {n: p.grad.double().numpy() for n, p in m32.named_parameters()}
+
+    g32s = [grads32(x.float())]
+    gen = torch.Generator().manual_seed(20261129)
+    for _ in range(a.samples):
+        u = torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1
+        g32s.append(grads32((x * (1 + a.perturb * u)).float()))
     model.train()
     model.zero_grad()
     logits = model(x)
@@ -154,20 +174,22 @@ def main():
     worst_g, worst_name, ng, worst_t32, worst_excess, n_env = 0.0, "", 0, 0.0, 0.0, 0
     for name, p in model.named_parameters():
         e = rel(f["grad"][name], p.grad.numpy())
-        e32 = rel(g32[name], p.grad.numpy())
+        e32s = [rel(g[name], p.grad.numpy()) for g in g32s]
+        e32 = max(e32s)
         ng += 1
         worst_t32 = max(worst_t32, e32)
         if e > a.tol:
             n_env += 1
-            if os.environ.get("PARITY_VERBOSE"): print("    beyond tol: %-40s %.3e torch32 %.3e" % (name, e, e32))
+            if os.environ.get("PARITY_VERBOSE"):
+                print("    beyond tol: %-36s %.3e torch32 %s" % (name, e, " ".join("%.3e" % v for v in e32s)))
             worst_excess = max(worst_excess, e / max(a.envelope * e32, 1e-30))
         if e > worst_g or worst_name == "":
             worst_g, worst_name = e, name
     if ng != len(f["grad"]):
         print("torch_parity: %d gradients in file, torch has %d parameters" % (len(f["grad"]), ng))
         return 1
-    print("  %-52s max rel err %.3e  (PyTorch float32: %.3e)" % ("gradients (%d tensors, worst %s)" % (ng, worst_name),
-                                                                   worst_g, worst_t32))
+    print("  %-52s max rel err %.3e  (PyTorch float32, worst of %d runs: %.3e)" %
+          ("gradients (%d tensors, worst %s)" % (ng, worst_name), worst_g, len(g32s), worst_t32))
     results.append(("gradients: %d tensors beyond tol, worst ours/(%g x torch32)" % (n_env, a.envelope),
                     worst_excess * a.tol))
     # relative to the whole gradient vector: the figure that matters for an SGD step

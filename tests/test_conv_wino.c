@@ -130,7 +130,7 @@ static void dispatch(void) {
   }
   CHECK(rn_conv_wino_ok(&d), "128x128 3x3 at 7x7: not taken");
   CHECK(rn_conv_wino_ok(&c64s), "64 channels at 8x8: not taken");
-  CHECK(!rn_conv_wino_ok(&c64l), "64 channels at 56x56: taken");
+  CHECK(rn_conv_wino_ok(&c64l) && rn_conv_wino_tile(&c64l) == 2, "64 channels at 56x56: not taken with F(2,3)");
   CHECK(rn_conv_wino_tile(&c64s) == 4, "64 channels at 8x8: not F(4,3)");
   CHECK(rn_conv_wino_ok(&c32s), "32 channels: not taken by the small-channel path");
   CHECK(!rn_conv_pre_ok(&d) && !rn_conv_pre_ok(&c32s), "a lazy BN would be planned on a Winograd convolution");
