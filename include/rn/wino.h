@@ -1,12 +1,14 @@
 /* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (src/kernels/conv_wino.c) for 3x3, stride 1,
- * pad 1 convolutions with wide channel counts (ResNet-50's 3x3 convolutions of 128..512 channels,
- * CIFAR's 64-channel ones on 8x8), NHWC, AVX-512.
+ * pad 1 convolutions (ResNet-50's 3x3 stride-1 convolutions of 64..512 channels, all of CIFAR's),
+ * NHWC, AVX-512.
  *
  * The output is cut into m x m tiles (m = 2 or 4), each read from an (m+2) x (m+2) input tile.
  * With the transforms V = B^T d B (input tile), U = G g G^T (3x3 kernel), and Y = A^T M A (output
  * tile), the P = (m+2)^2 transformed positions xi are independent products M_xi = V_xi * U_xi over
- * the channels: P GEMMs per chunk of tiles (BLIS). F(2,3): 16 multiplies per 4 outputs where the
- * direct convolution does 36 (2.25x fewer); F(4,3): 36 per 16 outputs (4x fewer). The same
+ * the channels: P GEMMs per chunk of tiles (BLIS; up to 64 channels, the small-channel path:
+ * per-thread groups of tiles and register-blocked products of our own). F(2,3): 16 multiplies
+ * per 4 outputs where the direct convolution does 36 (2.25x fewer); F(4,3): 36 per 16 outputs
+ * (4x fewer). The same
  * transforms give the other two passes:
  * - dx: the forward on dy with the kernel rotated by 180 degrees and U read untransposed (F(2,3):
  *   the forward's U at permuted positions, since G applied to a flipped kernel is G with its rows
@@ -14,7 +16,8 @@
  * - dW: dU_xi = sum over tiles of (A dY A^T)_xi^T * V_xi (a GEMM whose K is the tile count), then
  *   dW = G^T dU G.
  * Threads split the tiles of a chunk for the transforms and the P positions for the GEMMs (each
- * thread owns its positions' dU across all chunks: no partial sums to add). Results differ from
+ * thread owns its positions' dU across all chunks: no partial sums to add); on the small path
+ * each thread takes its own tiles and sums its own dU, added at the end. Results differ from
  * the direct kernel by rounding only (~1e-6 relative for F(2,3), ~1e-5 for F(4,3)). */
 #ifndef RN_WINO_H
 #define RN_WINO_H
@@ -22,10 +25,10 @@
 #include "rn/layers.h"
 
 /* The shape qualifies: 3x3, stride 1, pad 1, cin and cout multiples of 16 and >= the minimum
- * channel count, and the CPU has AVX-512. The minimum is by measurement (conv_wino.c): 128, or 64
- * on images of at most 16x16 (CIFAR's last stage); below it the GEMMs are too narrow to beat the
- * direct kernel. RN_CONV_WINO_MINC=C or rn_conv_set_wino_min_channels(C) forces one minimum C for
- * every shape (0: the rule; tests use 16). */
+ * channel count, and the CPU has AVX-512. The minimum is by measurement (conv_wino.c): with the
+ * small-channel path 16 on images of at most 32x32 and 64 on larger ones; without it 128, or 64
+ * on images of at most 16x16. RN_CONV_WINO_MINC=C or rn_conv_set_wino_min_channels(C) forces one
+ * minimum C for every shape (0: the rule; tests use 16). */
 int rn_conv_wino_shape(const rn_conv_desc *d);
 /* The convolutions use it: the shape qualifies and it is on (default; the environment variable
  * RN_CONV_WINO=0|1 or rn_conv_set_wino sets it before models are planned). */
@@ -33,8 +36,9 @@ int rn_conv_wino_ok(const rn_conv_desc *d);
 void rn_conv_set_wino(int on);
 void rn_conv_set_wino_min_channels(int c);
 /* Output tile size: 2 (F(2x2,3x3), 16 positions) or 4 (F(4x4,3x3), 36 positions from 6x6 input
- * tiles: 36 multiplies per 16 outputs). Automatic (0, default): 4 where the 4-wide tiles cover
- * the output without much waste (width a multiple of 4, or 7), else 2; the environment variable
+ * tiles: 36 multiplies per 16 outputs). Automatic (0, default): 4 where the 4-wide tiles span
+ * at most 8/7 of the output width (multiples of 4, and 7, 11, 14, ...) except 64 channels on
+ * images larger than 32x32 (F(2,3): rounding, conv_wino.c), else 2; the environment variable
  * RN_WINO_M=2|4 or rn_conv_set_wino_tile forces one (set before planning workspaces). */
 void rn_conv_set_wino_tile(int m);
 int rn_conv_wino_tile(const rn_conv_desc *d);
