@@ -2,7 +2,7 @@
  * forward, dx and dW passes of rn_conv_forward / rn_conv_backward three ways:
  *   gemm    the direct kernel switched off (im2col / 1x1 GEMMs on BLIS),
  *   rules   the production choice per shape and direction (what the trainer runs; Winograd for
- *           3x3 stride-1 convolutions of 128+ channels, src/kernels/conv_wino.c),
+ *           3x3 stride-1 convolutions that qualify, src/kernels/conv_wino.c / include/rn/wino.h),
  *   direct  the direct kernel for every direction it supports (its all-widths test mode),
  * gemm and direct with Winograd off,
  * and prints GFLOP/s (2 x MACs per pass; dx and dW each count one forward's FLOPs). Times are the
