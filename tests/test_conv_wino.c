@@ -5,7 +5,10 @@
  * the small-channel path (per-thread groups of tiles, own products) and the chunked BLIS one; the
  * workspace malloc'ed at exactly its reported size, filled with NaN, with guard floats after it. Then the dispatch: rn_conv_forward and
  * rn_conv_backward take it for a ResNet-50 shape (results equal to calling it directly) and not
- * when it is switched off or the shape does not qualify; a lazy BN is never planned on it. */
+ * when it is switched off or the shape does not qualify. The prologue and epilogues: the next BN's
+ * statistics in the forward, a lazy BN's input applied in the input transforms (forward, dW), the
+ * BN backward sums in dx's output transform, against the plain passes and sums of their outputs;
+ * through the layer API too (rn_conv_forward_stats / _pre, rn_conv_backward_bn). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,6 +49,89 @@ static float *nanbuf(size_t n) {
   return p;
 }
 
+/* Largest |a - b| over the per-image channel sums, relative to the largest |b| (at least 1). */
+static double sums_err(const double *a, const double *b, size_t n) {
+  double md = 0, mb = 1;
+  for (size_t i = 0; i < n; i++) {
+    const double dd = fabs(a[i] - b[i]);
+    if (!(dd <= md)) md = dd; /* NaN too */
+    if (fabs(b[i]) > mb) mb = fabs(b[i]);
+  }
+  return md / mb;
+}
+/* The BN's output as the convolution sees it: [relu](x * sc + sh), its instructions (FMA, max). */
+static void bn_apply(const float *x, size_t rows, int c, const float *sc, const float *sh, int relu, float *y) {
+  for (size_t r = 0; r < rows; r++)
+    for (int j = 0; j < c; j++) {
+      const float v = fmaf(x[r * c + j], sc[j], sh[j]);
+      y[r * c + j] = relu && 0.0f > v ? 0.0f : v;
+    }
+}
+
+/* The prologue and epilogues (rn_conv_wino_forward_ep, rn_conv_wino_backward_bn) against the plain
+ * passes: the forward's statistics against sums of its stored output; a lazy BN's input against
+ * the plain forward and dW on the BN's output (bitwise); dx's BN sums (mask from a stored output or
+ * from the lazy BN, branch scale 1 / 0.5 / 0, stored masked or not, acc 0 and 1) against sums of
+ * the plain dx, which must be stored unchanged (or masked). */
+static void epilogues(const rn_conv_desc *d, int n, int threads, float *ws, const float *x, const float *wt,
+                      const float *dy, const float *y, uint64_t seed, const char *tag) {
+  const int cin = d->cin, cout = d->cout, hw = d->h * d->w;
+  const size_t nx = (size_t)n * hw * cin, ny = (size_t)n * hw * cout, nw = (size_t)cout * 9 * cin;
+  /* forward statistics */
+  double *st = malloc(sizeof(double) * n * 2 * cout), *str = calloc((size_t)n * 2 * cout, sizeof(double));
+  float *ys = nanbuf(ny);
+  rn_conv_wino_forward_ep(d, n, x, wt, ys, ws, threads, st, NULL);
+  for (int i = 0; i < n; i++)
+    for (int p = 0; p < hw; p++)
+      for (int c = 0; c < cout; c++) {
+        const double v = ys[((size_t)i * hw + p) * cout + c];
+        str[(size_t)i * 2 * cout + c] += v, str[(size_t)i * 2 * cout + cout + c] += v * v;
+      }
+  CHECK(memcmp(ys, y, ny * 4) == 0, "%s: forward with statistics: other output bits", tag);
+  const double es = sums_err(st, str, (size_t)n * 2 * cout);
+  CHECK(es < 1e-12, "%s: forward statistics rel err %.3g", tag, es);
+  /* a lazy BN (+ReLU) before: forward and dW on its input = the plain passes on its output */
+  float *sc = randf(cin, seed + 40), *sh = randf(cin, seed + 41), *xb = malloc(nx * 4);
+  const int relu = (int)(seed % 2) == 0;
+  bn_apply(x, (size_t)n * hw, cin, sc, sh, relu, xb);
+  rn_conv_pre pre = {sc, sh, relu};
+  float *yp = nanbuf(ny), *yb = nanbuf(ny);
+  rn_conv_wino_forward_ep(d, n, x, wt, yp, ws, threads, NULL, &pre);
+  rn_conv_wino_forward(d, n, xb, wt, yb, ws, threads);
+  CHECK(memcmp(yp, yb, ny * 4) == 0, "%s: forward over a lazy BN (relu %d): not the bits of the BN's output", tag, relu);
+  /* dx with BN sums: cases (mask from a stored output / from the lazy BN) x scale x store x acc */
+  float *mask = randf(nx, seed + 42), *bx = randf(nx, seed + 43), *dx0 = randf(nx, seed + 44);
+  float *dxp = malloc(nx * 4), *dxe = malloc(nx * 4), *dwp = calloc(nw, 4), *dwe = calloc(nw, 4);
+  double *sums = malloc(sizeof(double) * n * 2 * cin), *sr = malloc(sizeof(double) * n * 2 * cin);
+  static const float scales[3] = {1.0f, 0.5f, 0.0f};
+  for (int k = 0; k < 6; k++) {
+    const int lazy = k % 2, store = k / 2 % 2, acc = k / 3 % 2 ? 1 : k == 2;
+    const float scale = scales[k % 3];
+    memcpy(dxp, dx0, nx * 4), memcpy(dxe, dx0, nx * 4), memset(dwp, 0, nw * 4), memset(dwe, 0, nw * 4);
+    rn_bn_sums bs = {lazy ? NULL : mask, lazy ? x : bx, sums, scale, store, lazy ? &pre : NULL};
+    rn_conv_wino_backward(d, n, lazy ? xb : x, wt, dy, dxp, acc, dwp, ws, threads);
+    rn_conv_wino_backward_bn(d, n, x, wt, dy, dxe, acc, dwe, ws, threads, &bs);
+    memset(sr, 0, sizeof(double) * n * 2 * cin);
+    int stored_ok = 1;
+    for (size_t q = 0; q < nx; q++) {
+      const size_t i = q / ((size_t)hw * cin);
+      const int c = (int)(q % (size_t)cin);
+      const float xv = lazy ? x[q] : bx[q];
+      const int on = lazy ? (!pre.relu || fmaf(x[q], sc[c], sh[c]) > 0.0f) : mask[q] > 0.0f;
+      const float g = on ? dxp[q] : 0.0f, gb = scale == 1.0f ? g : scale == 0.0f ? 0.0f : scale * g;
+      sr[i * 2 * cin + c] += gb, sr[i * 2 * cin + cin + c] += (double)gb * xv;
+      const float want = store ? g : dxp[q];
+      stored_ok &= memcmp(&dxe[q], &want, 4) == 0;
+    }
+    const double eb = sums_err(sums, sr, (size_t)n * 2 * cin);
+    CHECK(stored_ok, "%s: dx with BN sums (lazy %d store %d acc %d): other dx bits stored", tag, lazy, store, acc);
+    CHECK(eb < 1e-12, "%s: dx BN sums (lazy %d scale %g acc %d) rel err %.3g", tag, lazy, scale, acc, eb);
+    CHECK(memcmp(dwp, dwe, nw * 4) == 0, "%s: dW %s: other bits", tag, lazy ? "over a lazy BN" : "with dx's BN sums");
+  }
+  free(st), free(str), free(ys), free(sc), free(sh), free(xb), free(yp), free(yb), free(mask), free(bx), free(dx0);
+  free(dxp), free(dxe), free(dwp), free(dwe), free(sums), free(sr);
+}
+
 static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk, uint64_t seed) {
   rn_conv_desc d;
   rn_err e;
@@ -80,11 +166,12 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   rn_conv_wino_backward(&d, n, x, wt, dy, NULL, 0, dw, ws, threads);
   double edw2 = relerr(dw, dwx, nw);
 
-  int guard_ok = 1;
-  for (int g = 0; g < GUARD; g++) guard_ok &= ws[wsn + g] == 1234.5f;
   char tag[160];
   snprintf(tag, sizeof tag, "F(%d,3) cin=%d cout=%d in=%dx%d n=%d T=%d chunk=%d %s", rn_conv_wino_tile(&d), cin, cout,
            h, w, n, threads, chunk, g_small ? "small path" : "chunked path");
+  epilogues(&d, n, threads, ws, x, wt, dy, y, seed, tag);
+  int guard_ok = 1;
+  for (int g = 0; g < GUARD; g++) guard_ok &= ws[wsn + g] == 1234.5f;
   CHECK(guard_ok, "%s: wrote past its workspace", tag);
   const int tm = rn_conv_wino_tile(&d);
   const double TOL = tm == 4 ? TOL4 : TOL2;
@@ -133,7 +220,9 @@ static void dispatch(void) {
   CHECK(rn_conv_wino_ok(&c64l) && rn_conv_wino_tile(&c64l) == 2, "64 channels at 56x56: not taken with F(2,3)");
   CHECK(rn_conv_wino_tile(&c64s) == 4, "64 channels at 8x8: not F(4,3)");
   CHECK(rn_conv_wino_ok(&c32s), "32 channels: not taken by the small-channel path");
-  CHECK(!rn_conv_pre_ok(&d) && !rn_conv_pre_ok(&c32s), "a lazy BN would be planned on a Winograd convolution");
+  CHECK(rn_conv_pre_ok(&d) == rn_conv_direct_pre_ok(&d) && rn_conv_pre_ok(&c32s) == rn_conv_direct_pre_ok(&c32s) &&
+            rn_conv_pre_ok(&c32s),
+        "a lazy BN before a Winograd convolution: not planned where the direct kernel could take it");
   /* small path off: the earlier rule (128+, or 64+ on at most 16x16), and a workspace planned with
    * it on serves the chunked path that then takes 64@8 (rn-bench --ab wino-small) */
   const size_t w64on = rn_conv_wino_workspace(&c64s, 128, 2);
@@ -169,6 +258,33 @@ static void dispatch(void) {
   rn_conv_backward(&d, n, x, wt, dy, dx1, 0, dw1, ws);
   rn_conv_wino_backward(&d, n, x, wt, dy, dx2, 0, dw2, ws2, rn_blas_threads());
   CHECK(memcmp(dx1, dx2, nx * 4) == 0 && memcmp(dw1, dw2, nw * 4) == 0, "rn_conv_backward: not the Winograd result");
+  {
+    /* the statistics, a lazy BN and the BN sums through the layer API: Winograd's, and reported */
+    double *s1 = malloc(sizeof(double) * n * 2 * 128), *s2 = malloc(sizeof(double) * n * 2 * 128);
+    CHECK(rn_conv_forward_stats(&d, n, x, wt, y1, ws, s1) == 1, "rn_conv_forward_stats: statistics not reported");
+    rn_conv_wino_forward_ep(&d, n, x, wt, y2, ws2, rn_blas_threads(), s2, NULL);
+    CHECK(memcmp(y1, y2, nx * 4) == 0 && memcmp(s1, s2, sizeof(double) * n * 2 * 128) == 0,
+          "rn_conv_forward_stats: not Winograd's output and statistics");
+    rn_bn_sums b1 = {dy, x, s1, 1.0f, 1, NULL}, b2 = b1;
+    b2.sums = s2;
+    CHECK(rn_conv_backward_bn(&d, n, x, wt, dy, dx1, 0, dw1, ws, &b1) == 1, "rn_conv_backward_bn: sums not reported");
+    rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx2, 0, dw2, ws2, rn_blas_threads(), &b2);
+    CHECK(memcmp(dx1, dx2, nx * 4) == 0 && memcmp(s1, s2, sizeof(double) * n * 2 * 128) == 0,
+          "rn_conv_backward_bn: not Winograd's dx and sums");
+    free(s1), free(s2);
+  }
+  {
+    /* 32 channels at 8x8: a lazy BN's input through rn_conv_forward_pre = Winograd over its output */
+    const size_t n32 = (size_t)n * 64 * 32, w32 = (size_t)32 * 9 * 32, ws32 = rn_conv_workspace(&c32s, n);
+    float *xa = randf(n32, 31), *wa = randf(w32, 32), *sc = randf(32, 33), *sh = randf(32, 34), *xb = malloc(n32 * 4);
+    float *ya = nanbuf(n32), *yb = nanbuf(n32), *wsa = nanbuf(ws32);
+    bn_apply(xa, (size_t)n * 64, 32, sc, sh, 1, xb);
+    rn_conv_pre pre = {sc, sh, 1};
+    rn_conv_forward_pre(&c32s, n, xa, wa, ya, wsa, NULL, &pre);
+    rn_conv_wino_forward(&c32s, n, xb, wa, yb, wsa, rn_blas_threads());
+    CHECK(memcmp(ya, yb, n32 * 4) == 0, "rn_conv_forward_pre on a Winograd shape: not Winograd over the BN's output");
+    free(xa), free(wa), free(sc), free(sh), free(xb), free(ya), free(yb), free(wsa);
+  }
   rn_conv_set_wino(0);
   CHECK(!rn_conv_wino_ok(&d) && rn_conv_pre_ok(&d) == rn_conv_direct_pre_ok(&d), "switched off: still taken");
   rn_conv_forward(&d, n, x, wt, y1, ws);

@@ -30,20 +30,22 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n); /* floats */
 typedef struct rn_conv_pre rn_conv_pre; /* below */
 /* y[n][oh][ow][cout] = conv(x[n][h][w][cin], w[cout][kh][kw][cin]) */
 void rn_conv_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws);
-/* The forward, and when it runs on the direct kernel also the per-image channel sums of y for a
- * batch norm that follows (see rn_conv_direct_forward): returns 1 if stats were filled, 0 if not
- * (GEMM path, or stats NULL). stats holds n*2*cout doubles. */
+/* The forward, and when it runs on the direct kernel or Winograd (rn_conv_wino_bn) also the
+ * per-image channel sums of y for a batch norm that follows (see rn_conv_direct_forward): returns 1
+ * if stats were filled, 0 if not (GEMM path, or stats NULL). stats holds n*2*cout doubles. */
 int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           double *stats);
 /* A convolution that reads a BN(+ReLU) output which is never stored: given the BN's input x and
  * its float affine coefficients, the direct kernel copies [relu](x * sc + sh) (the BN's own
- * instructions, so the same bits) into its padded input buffer. Only where rn_conv_pre_ok. */
+ * instructions, so the same bits) into its padded input buffer; Winograd applies it in its input
+ * transforms. Only where rn_conv_pre_ok. */
 struct rn_conv_pre {
   const float *sc, *sh; /* [cin] */
   int relu;
 };
 /* The shape takes the direct kernel in all three passes (forward, dx, dW), with a padded copy
- * (k x k), or (1x1, stride 1) a copy of bands of lines forward and the dW kernel's packing. */
+ * (k x k), or (1x1, stride 1) a copy of bands of lines forward and the dW kernel's packing; or it
+ * runs on Winograd (with rn_conv_wino_bn on) and the direct kernel could take it. */
 int rn_conv_pre_ok(const rn_conv_desc *d);
 /* rn_conv_forward_stats with pre (rn_conv_pre_ok(d) required). */
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
@@ -67,8 +69,9 @@ typedef struct {
    * and the mask (mask NULL) is [x * sc + sh > 0] when pre->relu. dW and dx must both be direct. */
   const rn_conv_pre *pre;
 } rn_bn_sums;
-/* rn_conv_backward, and when dx runs on the direct kernel also the sums of bn (see rn_bn_sums):
- * returns 1 if they were filled, 0 if not (dx on the GEMM path, or no dx). */
+/* rn_conv_backward, and when dx runs on the direct kernel or Winograd (rn_conv_wino_bn) also the
+ * sums of bn (see rn_bn_sums): returns 1 if they were filled, 0 if not (dx on the GEMM path, or no
+ * dx). */
 int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
                         int acc, float *dw, float *ws, const rn_bn_sums *bn);
 /* Blocking of the k x k path: the M = n*oh*ow output rows are processed in chunks of R rows

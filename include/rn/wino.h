@@ -55,4 +55,24 @@ void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const fl
 /* dw += ..., dx = (or += with acc) ...; either may be NULL. */
 void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                            float *dx, int acc, float *dw, float *ws, int threads);
+/* The forward with the direct kernel's options (rn_conv_direct_forward_pre): stats (NULL: none)
+ * the next BN's per-image channel sums and sums of squares of the stored outputs, pre (NULL:
+ * none) x is a lazy BN's input, applied in the input transform (with the BN's instructions, so the
+ * bits of its output; zeros in the padding). */
+void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                             int threads, double *stats, const rn_conv_pre *pre);
+/* The backward with the BN backward sums in dx's output transform (rn_bn_sums; bn NULL: none; needs
+ * dx): per image, in the layout of rn_conv_backward_bn. With bn->pre, x is that lazy BN's input
+ * (applied in dW's input transform, and the mask is taken from it). The partial sums of each
+ * thread's tiles are added in thread order: deterministic for a given thread count. */
+/* The layer API (src/layers/conv.c) uses the prologue and epilogues above: a lazy BN is planned
+ * before a Winograd convolution (rn_conv_pre_ok, where the direct kernel could take it too),
+ * rn_conv_forward_stats fills the statistics and rn_conv_backward_bn the BN sums. Off (0; the
+ * environment variable RN_WINO_BN=0, or rn_conv_set_wino_bn): as before them, the BN before a
+ * Winograd convolution is stored and makes its own passes (rn-bench --ab wino-bn; a lazy BN
+ * planned while it was on is still applied). */
+void rn_conv_set_wino_bn(int on);
+int rn_conv_wino_bn(void);
+void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                              float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
 #endif

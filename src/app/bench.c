@@ -41,6 +41,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "gemm-par")) rn_blas_set_own_threading(on);
   else if (!strcmp(sw, "wino")) rn_conv_set_wino(on);
   else if (!strcmp(sw, "wino-small")) rn_conv_set_wino_small(on);
+  else if (!strcmp(sw, "wino-bn")) rn_conv_set_wino_bn(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -57,7 +58,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -73,11 +74,12 @@ static void usage(void) {
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
-         "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, i.e. without the lazy\n"
-         "BN the direct kernel could read), wino-small (Winograd's small-channel path for layers of at\n"
-         "most 64 channels; off = what takes them without it: the direct kernel on the same plan, or\n"
-         "the chunked BLIS path where its own rule applies). The per-layer table and the step figures\n"
-         "are then the on setting's.\n");
+         "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
+         "lazy BNs), wino-small (Winograd's small-channel path for layers of at most 64 channels; off =\n"
+         "what takes them without it: the direct kernel on the same plan, or the chunked BLIS path\n"
+         "where its own rule applies), wino-bn (Winograd's lazy BN, statistics and BN sums; off = a\n"
+         "second model planned without them, run in the same process: twice the memory, 1 rank). The\n"
+         "per-layer table and the step figures are then the on setting's.\n");
 }
 
 int main(int argc, char **argv) {
@@ -119,8 +121,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--overlap")) st = rn_parse_int("option overlap", v, 0, 2, &overlap, &e);
     else if (!strcmp(a, "--ab")) {
       ab = v;
-      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small"))
-        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small)", v);
+      if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn"))
+        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn)", v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }
@@ -133,13 +135,19 @@ int main(int argc, char **argv) {
   rn_model_config mc;
   rn_model_config_default(&mc);
   if (!st) st = rn_model_config_arch(&mc, model, &e);
-  rn_model m;
-  memset(&m, 0, sizeof m);
+  rn_model m, m0; /* m0: --ab wino-bn's off setting, a second model planned with it off */
+  memset(&m, 0, sizeof m), memset(&m0, 0, sizeof m0);
+  const int two = ab && !strcmp(ab, "wino-bn");
   if (!st) {
     mc.in_channels = (int)channels;
     mc.in_h = mc.in_w = (int)(size ? size : mc.cifar ? 32 : 224);
     mc.num_classes = (int)(classes ? classes : mc.cifar ? 10 : 1000);
-    st = rn_model_build(&m, &mc, (int)batch, &e);
+    if (two) {
+      rn_conv_set_wino_bn(0);
+      st = rn_model_build(&m0, &mc, (int)batch, &e);
+      rn_conv_set_wino_bn(1);
+    }
+    if (!st) st = rn_model_build(&m, &mc, (int)batch, &e);
   }
   if (st) {
     if (d.rank == 0) fprintf(stderr, "rn-bench: error: %s\n", e.msg);
@@ -151,6 +159,10 @@ int main(int argc, char **argv) {
   rn_rng r = rn_rng_make(7);
   float *x = rn_model_input(&m);
   for (size_t i = 0; i < (size_t)n * mc.in_h * mc.in_w * mc.in_channels; i++) x[i] = rn_rng_normal(&r);
+  if (two) {
+    rn_model_init(&m0, 1);
+    memcpy(rn_model_input(&m0), x, sizeof(float) * (size_t)n * mc.in_h * mc.in_w * mc.in_channels);
+  }
   int32_t *labels = rn_alloc(sizeof(int32_t) * (size_t)n);
   for (int i = 0; i < n; i++) labels[i] = (int32_t)rn_rng_below(&r, (uint64_t)mc.num_classes);
   double *fw = rn_alloc(sizeof(double) * (size_t)m.nnodes), *bw = rn_alloc(sizeof(double) * (size_t)m.nnodes);
@@ -170,23 +182,24 @@ int main(int argc, char **argv) {
     const long j = it - warmup; /* timed steps: off, on, on, off, off, on, ... (each arm `steps` times) */
     int timed = it >= warmup, arm = timed ? (int)((j / 2 + j % 2) % 2) : (int)(it % 2);
     if (ab) set_switch(ab, arm, (int)narrow, (int)ksplit);
+    rn_model *mm = two && arm == 0 ? &m0 : &m; /* m0: no allreduce (1 rank) */
     m.prof_fwd = timed && (!ab || arm == 1) ? fw : NULL;
     m.prof_bwd = timed && (!ab || arm == 1) ? bw : NULL;
     struct rusage r0, r1, r2;
     getrusage(RUSAGE_SELF, &r0);
     double t0 = rn_now();
-    rn_model_set_step(&m, 1, it);
-    rn_model_forward(&m, n, 1);
-    rn_model_loss(&m, n, labels, 0, NULL, NULL);
+    rn_model_set_step(mm, 1, it);
+    rn_model_forward(mm, n, 1);
+    rn_model_loss(mm, n, labels, 0, NULL, NULL);
     double t1 = rn_now();
     getrusage(RUSAGE_SELF, &r1);
-    rn_model_zero_grad(&m);
-    rn_ar_begin(ar);
-    rn_model_backward(&m, n, rn_ar_ready, ar);
+    rn_model_zero_grad(mm);
+    if (mm == &m) rn_ar_begin(ar);
+    rn_model_backward(mm, n, mm == &m ? rn_ar_ready : NULL, mm == &m ? ar : NULL);
     double t2 = rn_now();
-    rn_ar_finish(ar);
+    if (mm == &m) rn_ar_finish(ar);
     double t3 = rn_now();
-    rn_sgd_step(&m, 1e-4f, 0.9f, 1e-4f, 0);
+    rn_sgd_step(mm, 1e-4f, 0.9f, 1e-4f, 0);
     double t4 = rn_now();
     getrusage(RUSAGE_SELF, &r2);
     if (timed) flt_f += r1.ru_minflt - r0.ru_minflt, flt_b += r2.ru_minflt - r1.ru_minflt;
@@ -312,6 +325,7 @@ int main(int argc, char **argv) {
   }
   rn_ar_free(ar);
   rn_model_free(&m);
+  if (two) rn_model_free(&m0);
   rn_free(tab[0]), rn_free(tab[1]);
   rn_free(labels), rn_free(fw), rn_free(bw), rn_free(tstep), rn_free(tf), rn_free(tb), rn_free(to), rn_free(tc);
   rn_dist_finalize();

@@ -25,6 +25,15 @@ static int g_chunk; /* tiles per chunk; 0: automatic */
 void rn_conv_set_wino(int on) { g_wino = on != 0; }
 void rn_conv_set_wino_min_channels(int c) { g_min_c = c <= 0 ? 0 : c < 16 ? 16 : c; }
 void rn_conv_set_wino_chunk(int tiles) { g_chunk = tiles > 0 ? tiles : 0; }
+static int g_wino_bn = -1; /* -1: read RN_WINO_BN at first use */
+void rn_conv_set_wino_bn(int on) { g_wino_bn = on != 0; }
+int rn_conv_wino_bn(void) {
+  if (g_wino_bn < 0) {
+    const char *e = getenv("RN_WINO_BN");
+    g_wino_bn = !(e && e[0] == '0');
+  }
+  return g_wino_bn;
+}
 
 static int wino_on(void) {
   if (g_wino < 0) {
@@ -145,7 +154,8 @@ static int small_path(const rn_conv_desc *d) {
   return g_small && cmax(d) <= SMALL_MAXC;
 }
 
-size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
+/* The workspace without the epilogue's partial sums (below). */
+static size_t base_workspace(const rn_conv_desc *d, int n, int threads) {
   const size_t P = (size_t)npos(d), uf = P * (size_t)d->cin * d->cout;
   size_t r = 0;
   if (small_path(d)) { /* U slots (forward: U and its transpose; dW: one dU per thread), V and M per thread */
@@ -162,6 +172,17 @@ size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
   return r;
 }
 
+/* After the base workspace (rounded up to 16 floats): per thread and image the epilogue's partial
+ * channel sums (forward statistics or dx's BN sums: 2 x cmax doubles), added up at the end in
+ * thread order. Both parts are non-increasing as n falls, so a plan for the batch serves any n. */
+static size_t part_offset(const rn_conv_desc *d, int n, int threads) {
+  return (base_workspace(d, n, threads) + 15) / 16 * 16;
+}
+size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
+  const size_t T = threads < 1 ? 1 : (size_t)threads;
+  return part_offset(d, n, threads) + T * (size_t)n * 2 * (size_t)cmax(d) * (sizeof(double) / sizeof(float));
+}
+
 #ifdef __AVX512F__
 #include <immintrin.h>
 #include <omp.h>
@@ -172,8 +193,80 @@ typedef __m512 V16;
 #define SUB _mm512_sub_ps
 #define MUL _mm512_mul_ps
 
+/* The input transforms' prologue: with pre (not NULL) the input x is a lazy BN's input and they
+ * read [relu](x * sc + sh) (the BN's own instructions: FMA, then max(0, v), so the bits of its
+ * output), zeros in the padding (in_value below).
+ * The output transforms' epilogue (wep; NULL: none), per thread:
+ * - stats (forward): the sum and the sum of squares of every output value, per image and channel,
+ *   into part (the direct kernel's stat_add: double, from the values stored);
+ * - bn (dx): the BN backward sums of rn_bn_sums (bsum below) into part; with bn->store_masked the
+ *   masked gradient is stored.
+ * part: this thread's [n][2][C] doubles (C = the output's channels), zeroed per call. */
+typedef struct {
+  int stats;
+  const rn_bn_sums *bn;
+  double *part;
+} wep;
+
+/* One output vector v (final value) of channels [c0, c0+16) at p in the output tensor y: the
+ * statistics or BN sums into s[4] (flushed per tile and channel block); returns the value to store
+ * (bn's mask and x are at the same offset from their tensors' start as p from y's). */
+AI V16 ep_value(const wep *ep, V16 v, const float *p, const float *y, int c0, __m512d *s) {
+  if (ep->stats) {
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    s[0] = _mm512_add_pd(s[0], lo);
+    s[1] = _mm512_add_pd(s[1], hi);
+    s[2] = _mm512_fmadd_pd(lo, lo, s[2]);
+    s[3] = _mm512_fmadd_pd(hi, hi, s[3]);
+    return v;
+  }
+  const rn_bn_sums *bn = ep->bn;
+  const size_t off = (size_t)(p - y);
+  const V16 xv = _mm512_loadu_ps(bn->x + off), vin = v;
+  if (bn->mask)
+    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(bn->mask + off), _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  else if (bn->pre && bn->pre->relu) /* y = max(0, x * sc + sh) > 0 iff x * sc + sh > 0 */
+    v = _mm512_maskz_mov_ps(
+        _mm512_cmp_ps_mask(_mm512_fmadd_ps(xv, _mm512_loadu_ps(bn->pre->sc + c0), _mm512_loadu_ps(bn->pre->sh + c0)),
+                           _mm512_setzero_ps(), _CMP_GT_OQ),
+        v);
+  V16 g = v;
+  if (bn->scale == 0.0f) g = _mm512_setzero_ps();
+  else if (bn->scale != 1.0f) g = _mm512_mul_ps(_mm512_set1_ps(bn->scale), g);
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(g));
+  const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(g), 1)));
+  const __m512d xlo = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
+  const __m512d xhi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xv), 1)));
+  s[0] = _mm512_add_pd(s[0], lo);
+  s[1] = _mm512_add_pd(s[1], hi);
+  s[2] = _mm512_fmadd_pd(lo, xlo, s[2]);
+  s[3] = _mm512_fmadd_pd(hi, xhi, s[3]);
+  return bn->store_masked ? v : vin;
+}
+
+/* s[4] into this thread's sums of image img, channels [c0, c0+16) of C. */
+AI void ep_flush(const wep *ep, int C, int64_t img, int c0, const __m512d *s) {
+  double *p1 = ep->part + (size_t)img * 2 * C + c0, *p2 = p1 + C;
+  _mm512_storeu_pd(p1, _mm512_add_pd(_mm512_loadu_pd(p1), s[0]));
+  _mm512_storeu_pd(p1 + 8, _mm512_add_pd(_mm512_loadu_pd(p1 + 8), s[1]));
+  _mm512_storeu_pd(p2, _mm512_add_pd(_mm512_loadu_pd(p2), s[2]));
+  _mm512_storeu_pd(p2 + 8, _mm512_add_pd(_mm512_loadu_pd(p2 + 8), s[3]));
+}
+
+/* An input vector of the transforms: x, or with a lazy BN [relu](x * sc + sh). */
+AI V16 in_value(const float *p, int c0, const rn_conv_pre *pre) {
+  V16 v = _mm512_loadu_ps(p);
+  if (pre) {
+    v = _mm512_fmadd_ps(v, _mm512_loadu_ps(pre->sc + c0), _mm512_loadu_ps(pre->sh + c0));
+    if (pre->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+  }
+  return v;
+}
+
 /* V (16 positions, position stride vs) of the 4x4 input tile at (2ty-1, 2tx-1) of image img. */
-AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs) {
+AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+             const rn_conv_pre *pre) {
   const int y0 = 2 * ty - 1, x0 = 2 * tx - 1;
   const float *row[4];
   int okx[4];
@@ -186,7 +279,7 @@ AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx
     V16 d[4][4];
     for (int i = 0; i < 4; i++)
       for (int j = 0; j < 4; j++)
-        d[i][j] = row[i] && okx[j] ? _mm512_loadu_ps(row[i] + (size_t)(x0 + j) * C + c0) : _mm512_setzero_ps();
+        d[i][j] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
     V16 t[4][4];
     for (int j = 0; j < 4; j++) {
       t[0][j] = SUB(d[0][j], d[2][j]);
@@ -238,7 +331,7 @@ AI void dy_tile(const float *dy, int C, int OH, int OW, int64_t img, int ty, int
 /* Y = A^T M A of one tile (M: 16 positions, stride ms) into the 2x2 outputs at (2ty, 2tx) that
  * exist; acc: added to y. */
 AI void out_tile(const float *m, size_t ms, int C, float *y, int OH, int OW, int64_t img, int ty, int tx,
-                 int acc) {
+                 int acc, const wep *ep) {
   float *row[2];
   int okx[2];
   for (int a = 0; a < 2; a++) {
@@ -254,15 +347,19 @@ AI void out_tile(const float *m, size_t ms, int C, float *y, int OH, int OW, int
       s[0][j] = ADD(ADD(m0, m1), m2);
       s[1][j] = SUB(SUB(m1, m2), m3);
     }
+    __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
     for (int a = 0; a < 2; a++) {
       if (!row[a]) continue;
       const V16 o[2] = {ADD(ADD(s[a][0], s[a][1]), s[a][2]), SUB(SUB(s[a][1], s[a][2]), s[a][3])};
       for (int b = 0; b < 2; b++) {
         if (!okx[b]) continue;
         float *p = row[a] + (size_t)(2 * tx + b) * C + c0;
-        _mm512_storeu_ps(p, acc ? ADD(_mm512_loadu_ps(p), o[b]) : o[b]);
+        V16 v = acc ? ADD(_mm512_loadu_ps(p), o[b]) : o[b];
+        if (ep) v = ep_value(ep, v, p, y, c0, sv);
+        _mm512_storeu_ps(p, v);
       }
     }
+    if (ep) ep_flush(ep, C, img, c0, sv);
   }
 }
 
@@ -374,7 +471,8 @@ AI void gt6(const V16 *u, V16 *o) {
   o[2] = FMA(s6, SUB(p34, p12), u[5]);
 }
 
-AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs) {
+AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+              const rn_conv_pre *pre) {
   const int y0 = 4 * ty - 1, x0 = 4 * tx - 1;
   const float *row[6];
   int okx[6];
@@ -388,7 +486,7 @@ AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int t
     for (int j = 0; j < 6; j++) {
       V16 col[6];
       for (int i = 0; i < 6; i++)
-        col[i] = row[i] && okx[j] ? _mm512_loadu_ps(row[i] + (size_t)(x0 + j) * C + c0) : _mm512_setzero_ps();
+        col[i] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
       bt6(col, t[j]);
     }
     for (int i = 0; i < 6; i++) {
@@ -428,7 +526,7 @@ AI void dy_tile6(const float *dy, int C, int OH, int OW, int64_t img, int ty, in
 }
 
 AI void out_tile6(const float *m, size_t ms, int C, float *y, int OH, int OW, int64_t img, int ty, int tx,
-                  int acc) {
+                  int acc, const wep *ep) {
   float *row[4];
   int okx[4];
   for (int a = 0; a < 4; a++) {
@@ -443,6 +541,7 @@ AI void out_tile6(const float *m, size_t ms, int C, float *y, int OH, int OW, in
       for (int i = 0; i < 6; i++) col[i] = _mm512_loadu_ps(m + (size_t)(i * 6 + j) * ms + c0);
       at6(col, s[j]);
     }
+    __m512d sv[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
     for (int a = 0; a < 4; a++) {
       if (!row[a]) continue;
       V16 r[6], o[4];
@@ -451,9 +550,12 @@ AI void out_tile6(const float *m, size_t ms, int C, float *y, int OH, int OW, in
       for (int b = 0; b < 4; b++) {
         if (!okx[b]) continue;
         float *p = row[a] + (size_t)(4 * tx + b) * C + c0;
-        _mm512_storeu_ps(p, acc ? ADD(_mm512_loadu_ps(p), o[b]) : o[b]);
+        V16 v = acc ? ADD(_mm512_loadu_ps(p), o[b]) : o[b];
+        if (ep) v = ep_value(ep, v, p, y, c0, sv);
+        _mm512_storeu_ps(p, v);
       }
     }
+    if (ep) ep_flush(ep, C, img, c0, sv);
   }
 }
 
@@ -516,7 +618,7 @@ static int flip_pos(int xi) {
  * H x W both, tile size R (2 or 4), with U: fwd = 1: U[xi][cy][cx] (transb), 0 (dx): [cx][cy]
  * (F(2,3): the forward kernel's, read at flip_pos). */
 static void core(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int fwd, float *y,
-                 int acc, float *V, float *M, int TC, int t, int nt) {
+                 int acc, float *V, float *M, int TC, int t, int nt, const rn_conv_pre *pre, const wep *ep) {
   const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = (int64_t)n * th * tw;
   const size_t vs = (size_t)TC * cx, ms = (size_t)TC * cy, us = (size_t)cx * cy;
@@ -527,8 +629,8 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
     for (int64_t id = a; id < b; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs);
-      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs);
+      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre);
     }
 #pragma omp barrier
     for (int xi = x0; xi < x1; xi++) {
@@ -542,8 +644,8 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
     for (int64_t id = a; id < b; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) out_tile6(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
-      else out_tile(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+      if (R == 4) out_tile6(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, ep);
+      else out_tile(M + (size_t)(id - c0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, ep);
     }
   }
 }
@@ -626,7 +728,7 @@ static void dw_prod(int cin, int cout, int rows, const float *e, const float *v,
  * [cx][cy] (forward: the transpose of weights6's; dx: the forward kernel's, at flip_pos for
  * F(2,3)), V and M this thread's group buffers. */
 static void core_small(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int flip,
-                       float *y, int acc, float *V, float *M, int t, int nt) {
+                       float *y, int acc, float *V, float *M, int t, int nt, const rn_conv_pre *pre, const wep *ep) {
   const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R, RB = prod_rows(cy / 16);
   const int64_t NT = (int64_t)n * th * tw, a = NT * t / nt, b = NT * (t + 1) / nt;
   const size_t vs = (size_t)SG * cx, ms = (size_t)SG * cy, us = (size_t)cx * cy;
@@ -635,8 +737,8 @@ static void core_small(int R, int cx, int cy, int H, int W, int n, const float *
     for (int64_t id = g0; id < g0 + tc; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs);
-      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs);
+      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre);
     }
     if (rows > tc) /* the block's rows past the last tile: zeros, not stale or unset floats */
       for (int xi = 0; xi < P; xi++) memset(V + xi * vs + (size_t)tc * cx, 0, sizeof(float) * (rows - tc) * cx);
@@ -645,8 +747,8 @@ static void core_small(int R, int cx, int cy, int H, int W, int n, const float *
     for (int64_t id = g0; id < g0 + tc; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) out_tile6(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
-      else out_tile(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc);
+      if (R == 4) out_tile6(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, ep);
+      else out_tile(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, ep);
     }
   }
 }
@@ -660,8 +762,27 @@ static void transpose_u(const float *U, int cin, int cout, int x0, int x1, float
       for (int ci = 0; ci < cin; ci++) Ut[xi * us + (size_t)ci * cout + co] = U[xi * us + (size_t)co * cin + ci];
 }
 
+/* This thread's partial sums (part_offset), zeroed for n images of C channels. */
+static double *part_zero(const rn_conv_desc *d, int n, int T, float *ws, int t, int C) {
+  double *p = (double *)(ws + part_offset(d, n, T)) + (size_t)t * n * 2 * cmax(d);
+  memset(p, 0, sizeof(double) * (size_t)n * 2 * C);
+  return p;
+}
+/* After a barrier: out[i] (2C doubles per image) = the threads' partial sums of image i added in
+ * thread order (deterministic for a given thread count); the threads split the images. */
+static void part_reduce(const rn_conv_desc *d, int n, int T, const float *ws, int C, double *out, int t, int nt) {
+  const double *base = (const double *)(ws + part_offset(d, n, T));
+  const size_t pt = (size_t)n * 2 * cmax(d), c2 = 2 * (size_t)C;
+  for (int i = n * t / nt; i < n * (t + 1) / nt; i++)
+    for (size_t j = 0; j < c2; j++) {
+      double v = base[(size_t)i * c2 + j];
+      for (int u = 1; u < nt; u++) v += base[(size_t)u * pt + (size_t)i * c2 + j];
+      out[(size_t)i * c2 + j] = v;
+    }
+}
+
 static void forward_small(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
-                          int T) {
+                          int T, double *stats, const rn_conv_pre *pre) {
   const int cin = d->cin, cout = d->cout, R = rn_conv_wino_tile(d), P = npos(d);
   const size_t uf = (size_t)P * cin * cout, slots = T > 2 ? (size_t)T : 2;
   float *U = ws, *Ut = ws + uf, *buf = ws + slots * uf;
@@ -669,24 +790,30 @@ static void forward_small(const rn_conv_desc *d, int n, const float *x, const fl
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    wep ep = {1, NULL, stats ? part_zero(d, n, T, ws, t, cout) : NULL};
     if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
     else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
     transpose_u(U, cin, cout, P * t / nt, P * (t + 1) / nt, Ut);
 #pragma omp barrier
     core_small(R, cin, cout, d->h, d->w, n, x, Ut, 0, y, 0, buf + (size_t)t * 2 * gb, buf + ((size_t)t * 2 + 1) * gb,
-               t, nt);
+               t, nt, pre, stats ? &ep : NULL);
+    if (stats) {
+#pragma omp barrier
+      part_reduce(d, n, T, ws, cout, stats, t, nt);
+    }
   }
 }
 
 static void backward_small(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
-                           float *dx, int acc, float *dw, float *ws, int T) {
+                           float *dx, int acc, float *dw, float *ws, int T, const rn_bn_sums *bn) {
   const int cin = d->cin, cout = d->cout, H = d->h, W = d->w, R = rn_conv_wino_tile(d), P = npos(d);
   const int th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = ntiles(d, n);
   const size_t uf = (size_t)P * cin * cout, slots = T > 2 ? (size_t)T : 2;
   const size_t gb = (size_t)P * SG * cmax(d), vs = (size_t)SG * cin, es = (size_t)SG * cout, us = (size_t)cin * cout;
   float *buf = ws + slots * uf;
+  const rn_conv_pre *pre = bn ? bn->pre : NULL;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -701,10 +828,10 @@ static void backward_small(const rn_conv_desc *d, int n, const float *x, const f
           const int64_t img = id / ((int64_t)th * tw);
           const int r = (int)(id % ((int64_t)th * tw));
           if (R == 4) {
-            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs);
+            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre);
             dy_tile6(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
           } else {
-            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs);
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre);
             dy_tile(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
           }
         }
@@ -722,40 +849,58 @@ static void backward_small(const rn_conv_desc *d, int n, const float *x, const f
 #pragma omp barrier
     }
     if (dx) { /* U[xi][co][ci] is [cx][cy] for the dx core as it stands */
+      wep ep = {0, bn, bn ? part_zero(d, n, T, ws, t, cin) : NULL};
       if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, ws, 1);
       else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, ws);
 #pragma omp barrier
-      core_small(R, cout, cin, H, W, n, dy, ws, 1, dx, acc, V, E, t, nt);
+      core_small(R, cout, cin, H, W, n, dy, ws, 1, dx, acc, V, E, t, nt, NULL, bn ? &ep : NULL);
+      if (bn) {
+#pragma omp barrier
+        part_reduce(d, n, T, ws, cin, bn->sums, t, nt);
+      }
+    }
+  }
+}
+
+void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                             int threads, double *stats, const rn_conv_pre *pre) {
+  RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
+  RN_ASSERT(!pre || pre->sc); /* a lazy BN: its coefficients */
+  const int T = threads < 1 ? 1 : threads;
+  if (small_path(d)) {
+    forward_small(d, n, x, w, y, ws, T, stats, pre);
+    return;
+  }
+  const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), R = rn_conv_wino_tile(d), P = npos(d);
+  float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    wep ep = {1, NULL, stats ? part_zero(d, n, T, ws, t, cout) : NULL};
+    if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
+    else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
+#pragma omp barrier
+    core(R, cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt, pre, stats ? &ep : NULL);
+    if (stats) {
+#pragma omp barrier
+      part_reduce(d, n, T, ws, cout, stats, t, nt);
     }
   }
 }
 
 void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int threads) {
-  RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
-  if (small_path(d)) {
-    forward_small(d, n, x, w, y, ws, threads < 1 ? 1 : threads);
-    return;
-  }
-  const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), R = rn_conv_wino_tile(d), P = npos(d);
-  float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
-  const int T = threads < 1 ? 1 : threads;
-#pragma omp parallel num_threads(T)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
-    else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
-#pragma omp barrier
-    core(R, cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt);
-  }
+  rn_conv_wino_forward_ep(d, n, x, w, y, ws, threads, NULL, NULL);
 }
 
-void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
-                           float *dx, int acc, float *dw, float *ws, int threads) {
+void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                              float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
+  RN_ASSERT(!bn || (bn->sums && bn->x)); /* dx's epilogue sums (with dx); dW applies bn->pre */
   if (!dx && !dw) return;
+  const int T = threads < 1 ? 1 : threads;
   if (small_path(d)) {
-    backward_small(d, n, x, w, dy, dx, acc, dw, ws, threads < 1 ? 1 : threads);
+    backward_small(d, n, x, w, dy, dx, acc, dw, ws, T, bn);
     return;
   }
   const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), H = d->h, W = d->w;
@@ -764,7 +909,7 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
   const int64_t NT = ntiles(d, n);
   float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
   const size_t us = (size_t)cin * cout, vs = (size_t)TC * cin, es = (size_t)TC * cout;
-  const int T = threads < 1 ? 1 : threads;
+  const rn_conv_pre *pre = bn ? bn->pre : NULL;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -777,10 +922,10 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
           const int64_t img = id / ((int64_t)th * tw);
           const int r = (int)(id % ((int64_t)th * tw));
           if (R == 4) {
-            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs);
+            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre);
             dy_tile6(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
           } else {
-            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs);
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre);
             dy_tile(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
           }
         }
@@ -795,23 +940,41 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
 #pragma omp barrier
     }
     if (dx) {
+      wep ep = {0, bn, bn ? part_zero(d, n, T, ws, t, cin) : NULL};
       if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 1);
       else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
-      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt);
+      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt, NULL, bn ? &ep : NULL);
+      if (bn) {
+#pragma omp barrier
+        part_reduce(d, n, T, ws, cin, bn->sums, t, nt);
+      }
     }
   }
 }
 
+void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                           float *dx, int acc, float *dw, float *ws, int threads) {
+  rn_conv_wino_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, threads, NULL);
+}
+
 #else
+void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
+                             int threads, double *stats, const rn_conv_pre *pre) {
+  (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads, (void)stats, (void)pre;
+  RN_ASSERT(0 && "Winograd convolution needs AVX-512");
+}
 void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int threads) {
-  (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads;
+  rn_conv_wino_forward_ep(d, n, x, w, y, ws, threads, NULL, NULL);
+}
+void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
+                              float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
+  (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads, (void)bn;
   RN_ASSERT(0 && "Winograd convolution needs AVX-512");
 }
 void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                            float *dx, int acc, float *dw, float *ws, int threads) {
-  (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads;
-  RN_ASSERT(0 && "Winograd convolution needs AVX-512");
+  rn_conv_wino_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, threads, NULL);
 }
 #endif

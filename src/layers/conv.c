@@ -122,13 +122,17 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   return a;
 }
 
-/* Winograd shapes read their input in its own transform: no lazy BN there. */
-int rn_conv_pre_ok(const rn_conv_desc *d) { return !rn_conv_wino_ok(d) && rn_conv_direct_pre_ok(d); }
+/* Winograd applies a lazy BN in its input transforms; a shape qualifies where the direct kernel
+ * could take all three passes too (so rn-bench --ab wino can switch Winograd off on the same plan). */
+int rn_conv_pre_ok(const rn_conv_desc *d) {
+  return (!rn_conv_wino_ok(d) || rn_conv_wino_bn()) && rn_conv_direct_pre_ok(d);
+}
 
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                         double *stats, const rn_conv_pre *pre) {
   RN_ASSERT(n >= 1 && ws != NULL && rn_conv_pre_ok(d));
-  rn_conv_direct_forward_pre(d, n, x, w, y, ws, conv_threads(), stats, pre);
+  if (rn_conv_wino_ok(d)) rn_conv_wino_forward_ep(d, n, x, w, y, ws, conv_threads(), stats, pre);
+  else rn_conv_direct_forward_pre(d, n, x, w, y, ws, conv_threads(), stats, pre);
   return stats != NULL;
 }
 
@@ -141,8 +145,9 @@ int rn_conv_forward_stats(const rn_conv_desc *d, int n, const float *x, const fl
   }
   if (n >= 1 && rn_conv_wino_ok(d)) {
     RN_ASSERT(ws != NULL);
-    rn_conv_wino_forward(d, n, x, w, y, ws, conv_threads());
-    return 0;
+    if (!rn_conv_wino_bn()) stats = NULL;
+    rn_conv_wino_forward_ep(d, n, x, w, y, ws, conv_threads(), stats, NULL);
+    return stats != NULL;
   }
   if (n >= 1 && rn_conv_direct_ok(d)) {
     RN_ASSERT(ws != NULL);
@@ -301,9 +306,10 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   RN_ASSERT(ws != NULL);
   /* an input that was never stored: both passes must be direct (rn_conv_pre_ok) */
   RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && dw && dx));
-  if (rn_conv_wino_ok(d)) { /* no BN sums in its epilogue: the BN backward makes its own pass */
-    rn_conv_wino_backward(d, n, x, w, dy, dx, acc, dw, ws, conv_threads());
-    return 0;
+  if (rn_conv_wino_ok(d)) { /* the BN sums in dx's output transform */
+    if (bn && !bn->pre && !rn_conv_wino_bn()) bn = NULL;
+    rn_conv_wino_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, conv_threads(), bn);
+    return dx && bn;
   }
   int sums = 0;
   if (d->stride != 1 && d->kh == 1 && d->kw == 1 && bn && !bn->pre) bn = NULL; /* 1x1 stride-2 dx: no epilogue sums */

@@ -1002,11 +1002,12 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
 }
 /* Level 3: a BN(+ReLU) whose only reader is a convolution that is the first reader of its output
  * (lazy = 1)
- * (so it will compute the BN's backward sums in its dx epilogue: bn_prev, below) and runs on the
- * direct kernel in all passes is lazy: a training or eval forward never stores its output. The
- * convolution applies the BN's affine (+ReLU) as it copies the BN's input into its padded buffer
- * (forward and dW; 1x1: in bands forward, in the dW kernel's packing), and its dx epilogue takes
- * the ReLU mask from the BN's input. Only a training
+ * (so it will compute the BN's backward sums in its dx epilogue: bn_prev, below) and could run on
+ * the direct kernel in all passes (rn_conv_pre_ok) is lazy: a training or eval forward never
+ * stores its output. The convolution applies the BN's affine (+ReLU) as it copies the BN's input
+ * into its padded buffer (forward and dW; 1x1: in bands forward, in the dW kernel's packing;
+ * Winograd: in its input transforms), and its dx epilogue takes the ReLU mask from the BN's
+ * input. Only a training
  * step with BN in eval mode (bn_eval_in_train) writes the output. */
 static void mark_lazy(rn_model *m) {
   for (int k = 0; k < m->nnodes; k++) m->nodes[k].pre_bn = -1, m->nodes[k].lazy = 0;
