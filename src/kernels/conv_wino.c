@@ -8,9 +8,10 @@
  * Buffers in ws (floats), with P = 16 (F(2,3)) or 36 (F(4,3)) positions: U [P][cout][cin] (the
  * transformed kernels; dU in the dW pass), then V and M, each [P][TC][max(cin, cout)]: a chunk of
  * TC tiles' transformed inputs and products (position xi at xi*TC*c, tile i of the chunk at row
- * i). One parallel region per call; per chunk the threads transform their share of the tiles,
- * meet, run the GEMMs of their share of the P positions (rn_sgemm_serial), meet, and transform
- * the products back. */
+ * i); after them (part_offset) each thread's per-image partial sums of the epilogues (the next BN's
+ * statistics, dx's BN sums). One parallel region per call; per chunk the threads transform their
+ * share of the tiles, meet, run the GEMMs of their share of the P positions (rn_sgemm_serial),
+ * meet, and transform the products back. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -199,8 +200,8 @@ typedef __m512 V16;
  * The output transforms' epilogue (wep; NULL: none), per thread:
  * - stats (forward): the sum and the sum of squares of every output value, per image and channel,
  *   into part (the direct kernel's stat_add: double, from the values stored);
- * - bn (dx): the BN backward sums of rn_bn_sums (bsum below) into part; with bn->store_masked the
- *   masked gradient is stored.
+ * - bn (dx): the BN backward sums of rn_bn_sums into part (as the direct kernel's dx epilogue);
+ *   with bn->store_masked the masked gradient is stored (ep_value below).
  * part: this thread's [n][2][C] doubles (C = the output's channels), zeroed per call. */
 typedef struct {
   int stats;
