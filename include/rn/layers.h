@@ -74,6 +74,20 @@ typedef struct {
  * dx). */
 int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
                         int acc, float *dw, float *ws, const rn_bn_sums *bn);
+/* A dy that was never stored: the dx pass of the training backward of the BN(+add) that reads this
+ * convolution's output, left to the convolution (rn_bn_add_backward_train_coef). Per channel j of
+ * the convolution's output, dy = fmaf(a, gb, fmaf(b, x - mu, k)) with gb = g (scale 1), 0 (scale
+ * 0) or scale * g: the instructions of that BN's own dx pass, so the bits are the same. g: the
+ * BN(+add)'s masked output gradient, x: its input (this convolution's output); both cout per pixel. */
+typedef struct {
+  const float *g, *x, *a, *b, *k, *mu;
+  float scale;
+} rn_conv_dy;
+/* 1 if rn_conv_backward_dy takes this shape (1x1 stride 1, dW and dx direct). */
+int rn_conv_dy_ok(const rn_conv_desc *d);
+/* rn_conv_backward_bn with dy computed band by band as dW and dx read it (dx and dw both required). */
+int rn_conv_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy, float *dx,
+                        int acc, float *dw, float *ws, const rn_bn_sums *bn);
 /* Blocking of the k x k path: the M = n*oh*ow output rows are processed in chunks of R rows
  * (im2col of R rows into ws, one GEMM per chunk), so the workspace is (R+1)*kh*kw*cin + 16 floats
  * whatever the batch (one row of slack: BLIS's narrow kernels read past the end of A). R is chosen so a chunk of columns is about 1 MB (at least 256 rows, at most M).
@@ -141,12 +155,27 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
 /* The same with the BN backward sums in the dx epilogue (bn NULL: none; see rn_bn_sums). */
 void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                                 float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
+int rn_conv_direct_dy_ok(const rn_conv_desc *d); /* rn_conv_dy_ok */
+void rn_conv_direct_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy,
+                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
 /* 1x1 weight gradient of images [i0, i1) added into dwt[cout][cin] (src/kernels/conv_dw1x1.c; AVX-512
  * builds only, called per thread by rn_conv_direct_backward_bn, which sizes the per-thread `pack`
  * scratch with rn_conv_dw1x1_pack_floats; RN_CONV_DW1X1=0 turns it off). */
 size_t rn_conv_dw1x1_pack_floats(const rn_conv_desc *d);
 void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack,
                    const rn_conv_pre *pre); /* pre: x is a lazy BN's input (stride 1), applied in the packing */
+/* The same for output pixels [p0, p1) of the batch (stride 1 only; image i's pixels start at
+ * i*oh*ow), dyp = the dy row of pixel p0 (x is the whole batch's): one band of the interleaved 1x1
+ * backward (rn_conv_set_dw_interleave). */
+void rn_conv_dw1x1_pixels(const rn_conv_desc *d, size_t p0, size_t p1, const float *x, const float *dyp, float *dwt,
+                          float *pack, const rn_conv_pre *pre);
+/* 1x1 stride-1 backward with dW and dx both direct: per thread, bands of its images' output
+ * pixels (dy bands of about `kb` KB) take dW and then dx in turn, so that dx (and its BN-sum
+ * epilogue's x, which a lazy BN's dW reads too) finds the band in cache instead of reading dy from
+ * memory a second time. kb = 0: dW over all of the thread's images first, then dx (as before).
+ * Default 512; the environment variable RN_CONV_IL=KB sets it. dx is bitwise the same either way;
+ * dW differs only in summation order (float partial sums per 64-pixel chunk). */
+void rn_conv_set_dw_interleave(int kb);
 /* The ImageNet stem (cin 3, 7x7, stride 2, pad 3, cout a multiple of 16) on its own AVX-512 kernels
  * (src/kernels/conv_stem7.c): forward (with the output's BN statistics, as rn_conv_direct_forward)
  * and dW added into dw (it has no dx). rn_conv_forward/_backward take them for that shape unless
@@ -256,6 +285,15 @@ void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, co
 void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                                    const float *save, float *dy, float scale, float *dx, int acc, float *dgamma,
                                    float *dbeta, int nimg, const double *sums);
+/* The training backward without its dx pass, which the convolution that produced x runs as it reads
+ * it (rn_conv_dy, rn_conv_backward_dy): the channel sums (with sums from a dx epilogue when nimg >=
+ * 1, as rn_bn_add_backward_train_sums, dy holding g and being ds; else its own pass over dy, y, x,
+ * writing ds = g, as rn_bn_add_backward_train with !acc_s and no ssums), dgamma and dbeta; then
+ * coef[0..c) = a, [c..2c) = b, [2c..3c) = k of dx = fmaf(a, gb, fmaf(b, x - save[0..c), k)). ds
+ * holds g afterwards: the rn_conv_dy's g. */
+void rn_bn_add_backward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
+                                   const float *save, const float *dy, float scale, float *ds, float *dgamma,
+                                   float *dbeta, int nimg, const double *sums, float *coef);
 void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                              const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
                              int acc_s, float *dx, int acc, float *dgamma, float *dbeta);

@@ -104,12 +104,13 @@ static void pchunk(const seglist *s, size_t xps, size_t gps, int C, int Co, floa
 }
 
 /* The chunk that starts at `pos` (stride 1: a pixel index; stride 2: an output line index). */
-static size_t make_chunk(const rn_conv_desc *d, const float *x, const float *dy, size_t pos, size_t end, seglist *s) {
+static size_t make_chunk(const rn_conv_desc *d, const float *x, const float *dy, size_t g0, size_t pos, size_t end,
+                         seglist *s) {
   const int C = d->cin, Co = d->cout, oh = d->oh, ow = d->ow;
   s->n = 0;
-  if (d->stride == 1) { /* the images' pixels are one contiguous run in x and in dy */
+  if (d->stride == 1) { /* the images' pixels are one contiguous run in x and in dy (dy from pixel g0) */
     s->x[0] = x + pos * C;
-    s->g[0] = dy + pos * Co;
+    s->g[0] = dy + (pos - g0) * Co;
     s->cnt[0] = (int)(end - pos < (size_t)DW1_CHUNK ? end - pos : (size_t)DW1_CHUNK);
     s->n = 1;
     return pos + (size_t)s->cnt[0];
@@ -130,17 +131,30 @@ static size_t max_pixels(const rn_conv_desc *d) { return (size_t)DW1_CHUNK + (d-
 
 size_t rn_conv_dw1x1_pack_floats(const rn_conv_desc *d) { return max_pixels(d) * (size_t)(d->cin + d->cout) + 32; }
 
-void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack,
-                   const rn_conv_pre *pre) {
+/* Chunks from position p0 to p1 (stride 1: pixels; stride 2: output lines); dy holds the rows from
+ * position g0 on (stride 1; 0 for stride 2). */
+static void dw1x1_range(const rn_conv_desc *d, size_t p0, size_t p1, const float *x, const float *dy, size_t g0,
+                        float *dwt, float *pack, const rn_conv_pre *pre) {
   const int C = d->cin, Co = d->cout;
-  const size_t per = d->stride == 1 ? (size_t)d->oh * d->ow : (size_t)d->oh;
-  const size_t end = (size_t)i1 * per, xps = (size_t)d->stride * C;
+  const size_t xps = (size_t)d->stride * C;
   float *ap = pack, *bp = pack + max_pixels(d) * (size_t)Co + 16;
   seglist s;
-  for (size_t pos = (size_t)i0 * per; pos < end;) {
-    pos = make_chunk(d, x, dy, pos, end, &s);
+  for (size_t pos = p0; pos < p1;) {
+    pos = make_chunk(d, x, dy, g0, pos, p1, &s);
     pchunk(&s, xps, (size_t)Co, C, Co, dwt, ap, bp, pre);
   }
+}
+
+void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const float *dy, float *dwt, float *pack,
+                   const rn_conv_pre *pre) {
+  const size_t per = d->stride == 1 ? (size_t)d->oh * d->ow : (size_t)d->oh;
+  dw1x1_range(d, (size_t)i0 * per, (size_t)i1 * per, x, dy, 0, dwt, pack, pre);
+}
+
+void rn_conv_dw1x1_pixels(const rn_conv_desc *d, size_t p0, size_t p1, const float *x, const float *dyp, float *dwt,
+                          float *pack, const rn_conv_pre *pre) {
+  RN_ASSERT(d->stride == 1 && p0 <= p1);
+  dw1x1_range(d, p0, p1, x, dyp, p0, dwt, pack, pre);
 }
 
 #endif
