@@ -224,59 +224,44 @@ static void pre_case(int cin, int cout, int k, int p, int h, int w, int n, int r
   free(dw0), free(dw1), free(st0), free(st1);
 }
 
-/* A dy that was never stored (rn_conv_dy: a BN+add's dx pass left to the 1x1 convolution that
- * produced its input): dy = fmaf(a, gb, fmaf(b, x - mu, k)), gb = g, 0 or scale*g, computed band by
- * band as dW and dx read it. dx, dW and the BN sums of the BN before (a lazy one, pre, or a stored
- * output as mask) must be bitwise those of rn_conv_backward_bn on that dy stored (with the same
- * bands: rn_conv_set_dw_interleave(512)), and dx bitwise, dW within TOL, with the interleave off. */
-static void dy_case(int cin, int cout, int h, int w, int n, float scale, int use_pre, int acc, uint64_t seed) {
+/* The 1x1 backward in bands of dW then dx (rn_conv_set_dw_interleave, item 39): against the
+ * interleave off (dW over all of a thread's images first), dx and the BN sums of the BN before (a
+ * lazy one, pre, or a stored output as mask) must be bitwise the same and dW within TOL, for
+ * 512 KB bands and for 1 KB ones (one line each). */
+static void il_case(int cin, int cout, int h, int w, int n, int use_pre, int acc, uint64_t seed) {
   rn_conv_desc d;
   rn_err e;
   if (rn_conv_desc_init(&d, cin, cout, 1, 1, 1, 0, h, w, &e)) {
     CHECK(0, "desc: %s", e.msg);
     return;
   }
-  CHECK(rn_conv_dy_ok(&d), "dy %d->%d @%dx%d: rn_conv_dy_ok refused", cin, cout, h, w);
-  if (!rn_conv_dy_ok(&d)) return;
+  CHECK(rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d), "il %d->%d @%dx%d: not direct", cin, cout, h, w);
   size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * cin;
-  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *g = randf(ny, seed + 2), *xo = randf(ny, seed + 3);
-  float *co = randf(4 * (size_t)cout, seed + 4), *sc = randf(cin, seed + 5), *sh = randf(cin, seed + 6);
-  float *base = randf(nx, seed + 7), *dwb = randf(nw, seed + 8), *mask = randf(nx, seed + 9);
-  float *dy = malloc(ny * 4), *ws = nanbuf(rn_conv_workspace(&d, n));
-  float *dx0 = malloc(nx * 4), *dx1 = malloc(nx * 4), *dx2 = malloc(nx * 4);
-  float *dw0 = malloc(nw * 4), *dw1 = malloc(nw * 4), *dw2 = malloc(nw * 4);
-  double *st0 = malloc((size_t)n * 2 * cin * sizeof(double)), *st1 = malloc((size_t)n * 2 * cin * sizeof(double));
-  const float *a = co, *b = co + cout, *k = co + 2 * cout, *mu = co + 3 * cout;
-  for (size_t i = 0; i < ny; i++) {
-    const int j = (int)(i % (size_t)cout);
-    const float gb = scale == 1.0f ? g[i] : scale == 0.0f ? 0.0f : scale * g[i];
-    dy[i] = fmaf(a[j], gb, fmaf(b[j], xo[i] - mu[j], k[j]));
-  }
+  size_t ns = (size_t)n * 2 * cin;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2), *sc = randf(cin, seed + 5);
+  float *sh = randf(cin, seed + 6), *base = randf(nx, seed + 7), *dwb = randf(nw, seed + 8), *mask = randf(nx, seed + 9);
+  float *ws = nanbuf(rn_conv_workspace(&d, n));
   rn_conv_pre pre = {sc, sh, 1};
-  rn_bn_sums bs0 = {use_pre ? NULL : mask, x, st0, 1.0f, 0, use_pre ? &pre : NULL};
-  rn_bn_sums bs1 = bs0;
-  bs1.sums = st1;
-  rn_conv_dy q = {g, xo, a, b, k, mu, scale};
-  memcpy(dx0, base, nx * 4), memcpy(dx1, base, nx * 4), memcpy(dx2, base, nx * 4);
-  memcpy(dw0, dwb, nw * 4), memcpy(dw1, dwb, nw * 4), memcpy(dw2, dwb, nw * 4);
+  float *dx[3], *dw[3];
+  double *st[3];
+  static const int kb[3] = {0, 512, 1};
+  for (int v = 0; v < 3; v++) {
+    dx[v] = malloc(nx * 4), dw[v] = malloc(nw * 4), st[v] = malloc(ns * sizeof(double));
+    memcpy(dx[v], base, nx * 4), memcpy(dw[v], dwb, nw * 4);
+    rn_bn_sums bs = {use_pre ? NULL : mask, x, st[v], 1.0f, 0, use_pre ? &pre : NULL};
+    rn_conv_set_dw_interleave(kb[v]);
+    CHECK(rn_conv_backward_bn(&d, n, x, wt, dy, dx[v], acc, dw[v], ws, &bs), "il %d->%d: no BN sums", cin, cout);
+  }
   rn_conv_set_dw_interleave(512);
-  int r0 = rn_conv_backward_bn(&d, n, x, wt, dy, dx0, acc, dw0, ws, &bs0);
-  int r1 = rn_conv_backward_dy(&d, n, x, wt, &q, dx1, acc, dw1, ws, &bs1);
-  double *st2 = malloc((size_t)n * 2 * cin * sizeof(double));
-  rn_bn_sums bs2 = bs0;
-  bs2.sums = st2;
-  rn_conv_set_dw_interleave(0);
-  rn_conv_backward_bn(&d, n, x, wt, dy, dx2, acc, dw2, ws, &bs2);
-  rn_conv_set_dw_interleave(512);
-  double edw = relerr(dw2, dw0, nw);
-  CHECK(r0 && r1 && !memcmp(dx0, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4) &&
-            !memcmp(st0, st1, (size_t)n * 2 * cin * sizeof(double)),
-        "dy %d->%d @%dx%d n=%d scale=%g pre=%d acc=%d: dx/dW/BN sums differ from the stored dy's", cin, cout, h, w, n,
-        scale, use_pre, acc);
-  CHECK(!memcmp(dx0, dx2, nx * 4) && edw < TOL, "dy %d->%d @%dx%d n=%d: interleave off: dx %s, dW rel err %.3g", cin,
-        cout, h, w, n, memcmp(dx0, dx2, nx * 4) ? "differs" : "same", edw);
-  free(x), free(wt), free(g), free(xo), free(co), free(sc), free(sh), free(base), free(dwb), free(mask), free(dy);
-  free(ws), free(dx0), free(dx1), free(dx2), free(dw0), free(dw1), free(dw2), free(st0), free(st1), free(st2);
+  for (int v = 1; v < 3; v++) {
+    double edw = relerr(dw[v], dw[0], nw);
+    CHECK(!memcmp(dx[0], dx[v], nx * 4) && !memcmp(st[0], st[v], ns * sizeof(double)) && edw < TOL,
+          "il %d->%d @%dx%d n=%d pre=%d acc=%d bands of %d KB: dx %s, BN sums %s, dW rel err %.3g", cin, cout, h, w, n,
+          use_pre, acc, kb[v], memcmp(dx[0], dx[v], nx * 4) ? "differ" : "same",
+          memcmp(st[0], st[v], ns * sizeof(double)) ? "differ" : "same", edw);
+  }
+  for (int v = 0; v < 3; v++) free(dx[v]), free(dw[v]), free(st[v]);
+  free(x), free(wt), free(dy), free(sc), free(sh), free(base), free(dwb), free(mask), free(ws);
 }
 
 static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
@@ -474,24 +459,16 @@ int main(void) {
       bsums_case(16, 16, 3, 1, 1, 32, 32, 3, m, 1, 1.0f / 0.7f, 58), bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 0.0f, 59);
     }
   }
-  /* A dy computed by the convolution (rn_conv_dy): ResNet-50's bottleneck shapes at reduced size,
-   * bands of lines (64->256 @56: 9-line bands of 512 KB, a 2-line last one; 256->64: 36 + 20),
-   * groups of small images (14x14: two per dW group, a partial group), scales 1, 0 and 1/p, a lazy
-   * BN before or a stored mask, dx overwritten or accumulated; on 2 and 1 threads. Not for 7-wide
-   * 1x1 (dx on the GEMM) or stride 2. */
+  /* The 1x1 backward in bands (item 39): ResNet-50's bottleneck shapes at reduced size, bands of
+   * lines (64->256 @56: 9-line bands of 512 KB and a 2-line last one; 256->64: 36 + 20), groups of
+   * small images (14x14: two per dW group, a partial group), a lazy BN before or a stored mask, dx
+   * overwritten or accumulated; on 2 and 1 threads. */
   for (int threads = 2; threads >= 1; threads--) {
     rn_blas_set_threads(threads);
-    dy_case(64, 256, 56, 56, 2, 1.0f, 1, 0, 80), dy_case(256, 64, 56, 56, 2, 1.0f, 0, 1, 81);
-    dy_case(128, 512, 28, 28, 2, 0.0f, 1, 0, 82), dy_case(64, 256, 14, 14, 5, 1.0f / 0.7f, 1, 1, 83);
-    dy_case(32, 48, 17, 30, 3, 1.0f / 0.7f, 0, 0, 84);
+    il_case(64, 256, 56, 56, 2, 1, 0, 80), il_case(256, 64, 56, 56, 2, 0, 1, 81);
+    il_case(128, 512, 28, 28, 2, 1, 0, 82), il_case(64, 256, 14, 14, 5, 1, 1, 83);
+    il_case(32, 48, 17, 30, 3, 0, 0, 84);
     cases += 5;
-  }
-  {
-    rn_conv_desc dd;
-    CHECK(rn_conv_desc_init(&dd, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_dy_ok(&dd) &&
-              rn_conv_desc_init(&dd, 256, 512, 1, 1, 2, 0, 56, 56, &e) == RN_OK && !rn_conv_dy_ok(&dd) &&
-              rn_conv_desc_init(&dd, 64, 64, 3, 3, 1, 1, 56, 56, &e) == RN_OK && !rn_conv_dy_ok(&dd),
-          "rn_conv_dy_ok: 1x1 @7, stride 2 or 3x3 accepted");
   }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):
    * same accuracy checks on both thread counts. */

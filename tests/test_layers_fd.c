@@ -743,45 +743,6 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL, NULL, NULL);
   }
   ok &= same_bits(w, ds0, n) && same_bits(dx0, dx1, n);
-  /* Training without the dx pass (rn_bn_add_backward_train_coef, item 40): the shortcut gradient,
-   * dgamma and dbeta as the full backward's, and dx = fmaf(a, gb, fmaf(b, x - mean, k)) from its
-   * coefficients bitwise the full backward's dx; with per-image sums from a dx epilogue (dy holding
-   * g), bitwise rn_bn_add_backward_train_sums's. */
-  if (!eval) {
-    float *coef = nanbuf(3 * (size_t)c), *dgc = calloc(c, 4), *dbc = calloc(c, 4), *dxc = malloc(n * 4);
-    memset(dg0, 0, c * 4), memset(db0, 0, c * 4);
-    rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds0, 0, dx0, 0, dg0, db0, NULL, NULL);
-    rn_bn_add_backward_train_coef(&d1, m, x, y1, g, s1, dy, scale, ds1, dgc, dbc, 0, NULL, coef);
-    const float *A = coef, *B = coef + c, *Kc = coef + 2 * c;
-    for (size_t i = 0; i < n; i++) {
-      const int j = (int)(i % (size_t)c);
-      const float gg = scale == 1.0f ? ds1[i] : scale == 0.0f ? 0.0f : scale * ds1[i];
-      dxc[i] = fmaf(A[j], gg, fmaf(B[j], x[i] - s1[j], Kc[j]));
-    }
-    int cok = same_bits(ds0, ds1, n) && same_bits(dx0, dxc, n) && same_bits(dg0, dgc, c) && same_bits(db0, dbc, c);
-    /* per-image sums of gb and gb*x (4 "images"), g = ds0 */
-    double *bsm = calloc((size_t)nimg * 2 * c, sizeof(double));
-    for (size_t i = 0; i < (size_t)m; i++) {
-      double *p = bsm + (size_t)(i * nimg / m) * 2 * c;
-      for (int j = 0; j < c; j++) {
-        const float gv = ds0[i * c + j], gbv = scale == 1.0f ? gv : scale == 0.0f ? 0.0f : scale * gv;
-        p[j] += gbv, p[c + j] += (double)gbv * x[i * c + j];
-      }
-    }
-    memcpy(w, ds0, n * 4), memcpy(ds1, ds0, n * 4);
-    rn_bn_add_backward_train_sums(&d1, m, x, g, s1, w, scale, dx0, 0, NULL, NULL, nimg, bsm);
-    rn_bn_add_backward_train_coef(&d1, m, x, NULL, g, s1, ds1, scale, ds1, NULL, NULL, nimg, bsm, coef);
-    for (size_t i = 0; i < n; i++) {
-      const int j = (int)(i % (size_t)c);
-      const float gg = scale == 1.0f ? ds1[i] : scale == 0.0f ? 0.0f : scale * ds1[i];
-      dxc[i] = fmaf(A[j], gg, fmaf(B[j], x[i] - s1[j], Kc[j]));
-    }
-    cok &= same_bits(dx0, dxc, n) && same_bits(w, ds1, n);
-    CHECK(cok, "bn+add%s m=%d c=%d threads=%d scale=%g: the backward without its dx pass (coefficients) differs",
-          relu ? "+relu" : "", m, c, threads, scale);
-    ok &= cok;
-    free(coef), free(dgc), free(dbc), free(dxc), free(bsm);
-  }
   /* A lazy shortcut BN (rn_node.lazy = 3): the shortcut given as that BN's input with its affine
    * (spre), not as its stored output; and in training, that BN's backward with the channel sums
    * the fused backward computed (ssums) vs its own pass. */

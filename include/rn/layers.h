@@ -74,20 +74,6 @@ typedef struct {
  * dx). */
 int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
                         int acc, float *dw, float *ws, const rn_bn_sums *bn);
-/* A dy that was never stored: the dx pass of the training backward of the BN(+add) that reads this
- * convolution's output, left to the convolution (rn_bn_add_backward_train_coef). Per channel j of
- * the convolution's output, dy = fmaf(a, gb, fmaf(b, x - mu, k)) with gb = g (scale 1), 0 (scale
- * 0) or scale * g: the instructions of that BN's own dx pass, so the bits are the same. g: the
- * BN(+add)'s masked output gradient, x: its input (this convolution's output); both cout per pixel. */
-typedef struct {
-  const float *g, *x, *a, *b, *k, *mu;
-  float scale;
-} rn_conv_dy;
-/* 1 if rn_conv_backward_dy takes this shape (1x1 stride 1, dW and dx direct). */
-int rn_conv_dy_ok(const rn_conv_desc *d);
-/* rn_conv_backward_bn with dy computed band by band as dW and dx read it (dx and dw both required). */
-int rn_conv_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy, float *dx,
-                        int acc, float *dw, float *ws, const rn_bn_sums *bn);
 /* Blocking of the k x k path: the M = n*oh*ow output rows are processed in chunks of R rows
  * (im2col of R rows into ws, one GEMM per chunk), so the workspace is (R+1)*kh*kw*cin + 16 floats
  * whatever the batch (one row of slack: BLIS's narrow kernels read past the end of A). R is chosen so a chunk of columns is about 1 MB (at least 256 rows, at most M).
@@ -154,9 +140,6 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
                              float *dx, int acc, float *dw, float *ws, int threads);
 /* The same with the BN backward sums in the dx epilogue (bn NULL: none; see rn_bn_sums). */
 void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
-                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
-int rn_conv_direct_dy_ok(const rn_conv_desc *d); /* rn_conv_dy_ok */
-void rn_conv_direct_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy,
                                 float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn);
 /* 1x1 weight gradient of images [i0, i1) added into dwt[cout][cin] (src/kernels/conv_dw1x1.c; AVX-512
  * builds only, called per thread by rn_conv_direct_backward_bn, which sizes the per-thread `pack`
@@ -285,15 +268,6 @@ void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, co
 void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
                                    const float *save, float *dy, float scale, float *dx, int acc, float *dgamma,
                                    float *dbeta, int nimg, const double *sums);
-/* The training backward without its dx pass, which the convolution that produced x runs as it reads
- * it (rn_conv_dy, rn_conv_backward_dy): the channel sums (with sums from a dx epilogue when nimg >=
- * 1, as rn_bn_add_backward_train_sums, dy holding g and being ds; else its own pass over dy, y, x,
- * writing ds = g, as rn_bn_add_backward_train with !acc_s and no ssums), dgamma and dbeta; then
- * coef[0..c) = a, [c..2c) = b, [2c..3c) = k of dx = fmaf(a, gb, fmaf(b, x - save[0..c), k)). ds
- * holds g afterwards: the rn_conv_dy's g. */
-void rn_bn_add_backward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
-                                   const float *save, const float *dy, float scale, float *ds, float *dgamma,
-                                   float *dbeta, int nimg, const double *sums, float *coef);
 void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                              const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
                              int acc_s, float *dx, int acc, float *dgamma, float *dbeta);

@@ -92,11 +92,6 @@ typedef struct {
   size_t rc_off;
   int pre_bn;       /* CONV, MAXPOOL: index of the lazy BN node whose output is its input; ADD (bn_add):
                        whose output is its shortcut input, in (-1: none) */
-  int dy_lazy;      /* ADD (bn_add, identity shortcut: pre_bn < 0): its branch input in2 is the output of
-                       the node just before it, a convolution read by nothing else that can compute its
-                       own dy (rn_conv_dy_ok): the training backward leaves the BN's dx pass to that
-                       convolution (rn_bn_add_backward_train_coef, rn_conv_backward_dy), so that
-                       gradient is never stored (rn_model_set_dy_lazy) */
   int bn_prev;      /* CONV: index of the training BN node whose output is this conv's only input and
                        read by nothing else (-1: none): the dx epilogue computes that BN's backward
                        channel sums (rn_conv_backward_bn) */
@@ -154,10 +149,6 @@ typedef struct {
   double *bsums;             /* [batch][2][max cin] BN backward sums from a conv's dx epilogue */
   int bsum_tensor;           /* tensor (a BN output) the sums in bsums are for (-1: none) */
   int bsum_n;                /*   and how many [2][c] blocks bsums holds (images; 1: the whole batch's) */
-  float *dycoef;             /* [3][max c] a dy_lazy node's dx coefficients for its convolution */
-  rn_conv_dy dyl;            /* backward: that convolution's dy (rn_conv_dy) */
-  int dyl_tensor;            /*   for this tensor (its output; -1: none) */
-  int dyl_used;              /* the last backward: convolutions that computed their dy (a statistic) */
   float *pre_coef;           /* lazy BN nodes' float affine coefficients (sc[c], sh[c] at pre_off) */
   float *rc_coef;            /* replayed BN nodes' float affine coefficients (sc[c], sh[c] at rc_off) */
   int *replay, nreplay;      /* the replayed nodes, by rp_at descending, then node index ascending */
@@ -189,11 +180,6 @@ int rn_model_set_fusion(int on);
  * environment variable RN_RECOMPUTE (read once; "0" = off, anything else or unset = on). Returns
  * the previous setting. */
 int rn_model_set_recompute(int on);
-/* 1 (default): a dy_lazy node's convolution computes the BN's dx as it reads it (rn_node.dy_lazy);
- * 0: the BN's own dx pass stores it. Read at every backward (the environment variable RN_DY_LAZY=0
- * sets the default). Returns the previous setting. */
-int rn_model_set_dy_lazy(int on);
-int rn_model_dy_lazy_on(void);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
 void rn_model_free(rn_model *m);

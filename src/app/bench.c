@@ -43,7 +43,6 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "wino-small")) rn_conv_set_wino_small(on);
   else if (!strcmp(sw, "wino-bn")) rn_conv_set_wino_bn(on);
   else if (!strcmp(sw, "dw-il")) rn_conv_set_dw_interleave(on ? 512 : 0);
-  else if (!strcmp(sw, "dy-lazy")) rn_model_set_dy_lazy(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -60,7 +59,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dy-lazy]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -82,8 +81,7 @@ static void usage(void) {
          "where its own rule applies), wino-bn (Winograd's lazy BN, statistics and BN sums; off = a\n"
          "second model planned without them, run in the same process: twice the memory, 1 rank). The\n"
          "per-layer table and the step figures are then the on setting's. dw-il: the 1x1 backward's\n"
-         "bands of dW then dx (512 KB of dy per band; off = dW over all images first, then dx). dy-lazy:\n"
-         "a BN+add's dx pass done by the 1x1 conv before it as it reads its dy (off = stored by the BN).\n");
+         "bands of dW then dx (512 KB of dy per band; off = dW over all images first, then dx).\n");
 }
 
 int main(int argc, char **argv) {
@@ -126,8 +124,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--ab")) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
-          strcmp(v, "dw-il") && strcmp(v, "dy-lazy"))
-        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, dy-lazy)", v);
+          strcmp(v, "dw-il"))
+        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il)", v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }

@@ -222,38 +222,12 @@ static int band_lines(const rn_conv_desc *d, int kb) {
   int bl = (int)((size_t)kb * 256 / ((size_t)d->w * d->cout));
   return bl < 1 ? 1 : bl > d->h ? d->h : bl;
 }
-/* A dy computed by the convolution (rn_conv_dy): bands of DYL_KB, in a per-thread buffer of
- * dyl_floats: one band of lines, or a dW group of small images. */
-#define DYL_KB 512
-static size_t dyl_floats(const rn_conv_desc *d) {
-  if (!is_1x1(d) || d->stride != 1) return 0;
-  const size_t g = (size_t)dw_group(d);
-  const size_t px = g > 1 ? g * d->h * d->w : (size_t)band_lines(d, DYL_KB) * d->w;
-  return al16(px * d->cout);
-}
 
 size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads) {
   (void)n;
   size_t nw = (size_t)d->cout * d->kh * d->kw * d->cin;
   return al16(nw) + (size_t)threads * dw_group(d) * pad_floats(d) + (size_t)(threads > 1 ? threads - 1 : 0) * al16(nw) +
-         (is_1x1(d) ? (size_t)threads * (al16(rn_conv_dw1x1_pack_floats(d)) + dyl_floats(d)) : 0);
-}
-
-/* dy of pixels [p0, p0 + np) into out (rn_conv_dy): dx_add_row's instructions (src/layers/bn.c). */
-static void dy_fill(const rn_conv_dy *q, size_t p0, size_t np, int Co, float *out) {
-  const float *g = q->g + p0 * Co, *x = q->x + p0 * Co;
-  const int mode = q->scale == 1.0f ? 0 : q->scale == 0.0f ? 1 : 2;
-  const __m512 vs = _mm512_set1_ps(q->scale);
-  for (size_t p = 0; p < np; p++, g += Co, x += Co, out += Co)
-    for (int j = 0; j < Co; j += 16) {
-      __m512 gv = _mm512_loadu_ps(g + j);
-      if (mode == 1) gv = _mm512_setzero_ps();
-      else if (mode == 2) gv = _mm512_mul_ps(vs, gv);
-      const __m512 t = _mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(q->mu + j));
-      __m512 r = _mm512_fmadd_ps(_mm512_loadu_ps(q->b + j), t, _mm512_loadu_ps(q->k + j));
-      r = _mm512_fmadd_ps(_mm512_loadu_ps(q->a + j), gv, r);
-      _mm512_storeu_ps(out + j, r);
-    }
+         (is_1x1(d) ? (size_t)threads * al16(rn_conv_dw1x1_pack_floats(d)) : 0);
 }
 
 /* Copies img[hi][wi][c] into pad[(hi+2py)][(wi+2px)][c] with zero borders. With pre (a BN(+ReLU)
@@ -979,28 +953,8 @@ void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const
   rn_conv_direct_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, threads, NULL);
 }
 
-int rn_conv_direct_dy_ok(const rn_conv_desc *d) {
-  return is_1x1(d) && d->stride == 1 && use_dw1x1() && rn_conv_direct_bwd_ok(d) && rn_conv_direct_dx_ok(d);
-}
-
-static void backward_impl(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
-                          const rn_conv_dy *dyl, float *dx, int acc, float *dw, float *ws, int threads,
-                          const rn_bn_sums *bn);
-
 void rn_conv_direct_backward_bn(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
                                 float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
-  backward_impl(d, n, x, w, dy, NULL, dx, acc, dw, ws, threads, bn);
-}
-
-void rn_conv_direct_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy,
-                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
-  RN_ASSERT(rn_conv_direct_dy_ok(d) && dx && dw && dy);
-  backward_impl(d, n, x, w, NULL, dy, dx, acc, dw, ws, threads, bn);
-}
-
-static void backward_impl(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,
-                          const rn_conv_dy *dyl, float *dx, int acc, float *dw, float *ws, int threads,
-                          const rn_bn_sums *bn) {
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
   const size_t nw = (size_t)Co * K, pf = pad_floats(d);
   const int T = threads_for(n, threads);
@@ -1025,24 +979,20 @@ static void backward_impl(const rn_conv_desc *d, int n, const float *x, const fl
     const int i1 = n * (t + 1) / nt;
     const size_t xin = (size_t)d->h * d->w * C, yin = (size_t)d->oh * d->ow * Co;
     const int dw1 = dw && one && use_dw1x1(); /* 1x1: all of the thread's images in one sweep */
-    const size_t pkf = al16(rn_conv_dw1x1_pack_floats(d)) + dyl_floats(d);
-    float *pack = part + (size_t)(T > 1 ? T - 1 : 0) * al16(nw) + (size_t)t * pkf;
-    float *dyb = pack + al16(rn_conv_dw1x1_pack_floats(d)); /* dyl: the band's dy */
-    /* 1x1 stride 1 with dW and dx: bands of dW then dx (rn_conv_set_dw_interleave; always with dyl) */
-    const int il = dw1 && dx && d->stride == 1 && (dyl || il_kb() > 0);
-    RN_ASSERT(!dyl || il);
+    float *pack = part + (size_t)(T > 1 ? T - 1 : 0) * al16(nw) + (size_t)t * al16(rn_conv_dw1x1_pack_floats(d));
+    /* 1x1 stride 1 with dW and dx: bands of dW then dx (rn_conv_set_dw_interleave) */
+    const int il = dw1 && dx && d->stride == 1 && il_kb() > 0;
     if (dw1 && !il) rn_conv_dw1x1(d, n * t / nt, i1, x, dy, dwt, pack, bn ? bn->pre : NULL);
     for (int i = n * t / nt; i < i1; i += G) {
       const int g = i + G <= i1 ? G : i1 - i;
       if (il) {
         /* one band: a dW group of g small images, or whole images; else bands of bl lines */
         const size_t hw = (size_t)d->h * d->w;
-        const int bl = band_lines(d, dyl ? DYL_KB : il_kb());
+        const int bl = band_lines(d, il_kb());
         const rn_conv_pre *pre = bn ? bn->pre : NULL;
         if (g > 1 || bl >= d->h) {
           const size_t p0 = (size_t)i * hw, np = (size_t)g * hw;
-          const float *dyp = dy ? dy + p0 * Co : dyb;
-          if (dyl) dy_fill(dyl, p0, np, Co, dyb);
+          const float *dyp = dy + p0 * Co;
           rn_conv_dw1x1_pixels(d, p0, p0 + np, x, dyp, dwt, pack, pre);
           for (int j = i; j < i + g; j++) {
             if (bn) bsum_image(bn, j, C, xin, dx);
@@ -1056,8 +1006,7 @@ static void backward_impl(const rn_conv_desc *d, int n, const float *x, const fl
         for (int l0 = 0; l0 < d->h; l0 += bl) {
           const int l1 = l0 + bl < d->h ? l0 + bl : d->h;
           const size_t p0 = (size_t)i * hw + (size_t)l0 * d->w, np = (size_t)(l1 - l0) * d->w;
-          const float *dyp = dy ? dy + p0 * Co : dyb;
-          if (dyl) dy_fill(dyl, p0, np, Co, dyb);
+          const float *dyp = dy + p0 * Co;
           rn_conv_dw1x1_pixels(d, p0, p0 + np, x, dyp, dwt, pack, pre);
           conv_plane(dyp, d->w, Co, 1, 1, 1, wt, C, l1 - l0, d->w, dx + p0 * C, acc);
         }
@@ -1128,15 +1077,6 @@ void rn_conv_set_direct_max_channels(int c) { (void)c; }
 void rn_conv_set_direct_all_widths(int on) { (void)on; }
 void rn_conv_set_direct_1x1(int on) { (void)on; }
 void rn_conv_set_dw_interleave(int kb) { (void)kb; }
-int rn_conv_direct_dy_ok(const rn_conv_desc *d) {
-  (void)d;
-  return 0;
-}
-void rn_conv_direct_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy,
-                                float *dx, int acc, float *dw, float *ws, int threads, const rn_bn_sums *bn) {
-  (void)d, (void)n, (void)x, (void)w, (void)dy, (void)dx, (void)acc, (void)dw, (void)ws, (void)threads, (void)bn;
-  RN_ASSERT(0 && "direct convolution needs AVX-512 at compile time");
-}
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
   (void)d;
   return 0;

@@ -743,7 +743,7 @@ static void bn_add_dx(int c, int64_t m, const float *x, const float *g, const fl
 static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
                                    const float *gamma, const float *save, const float *dy, float scale, float *ds,
                                    int acc_s, float *dx, int acc, float *dgamma, float *dbeta, double *sdy,
-                                   double *sdyx, float *coef);
+                                   double *sdyx);
 
 void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                               const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
@@ -756,7 +756,7 @@ void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, co
   double sdy[c], sdyx[c];
   /* sum gb, sum gb*x; writes ds; and sum g, sum g*sx */
   channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx, ssums ? sx : NULL, ssums, ssums ? ssums + c : NULL);
-  bn_add_backward_finish(d, m, x, mask, gamma, save, dy, scale, ds, acc_s, dx, acc, dgamma, dbeta, sdy, sdyx, NULL);
+  bn_add_backward_finish(d, m, x, mask, gamma, save, dy, scale, ds, acc_s, dx, acc, dgamma, dbeta, sdy, sdyx);
 }
 
 void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
@@ -771,33 +771,13 @@ void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *
     for (int j = 0; j < c; j++) sdy[j] += p[j], sdyx[j] += p[c + j];
   }
   /* dy holds g (masked by the convolution's epilogue) and is the shortcut gradient ds itself */
-  bn_add_backward_finish(d, m, x, NULL, gamma, save, dy, scale, dy, 0, dx, acc, dgamma, dbeta, sdy, sdyx, NULL);
-}
-
-void rn_bn_add_backward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
-                                   const float *save, const float *dy, float scale, float *ds, float *dgamma,
-                                   float *dbeta, int nimg, const double *sums, float *coef) {
-  const int c = d->c;
-  RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && ds && coef);
-  double sdy[c], sdyx[c];
-  if (nimg >= 1) { /* dy holds g and is ds (rn_bn_add_backward_train_sums) */
-    RN_ASSERT(ds == dy && sums);
-    for (int j = 0; j < c; j++) sdy[j] = 0, sdyx[j] = 0;
-    for (int i = 0; i < nimg; i++) {
-      const double *p = sums + (size_t)i * 2 * c;
-      for (int j = 0; j < c; j++) sdy[j] += p[j], sdyx[j] += p[c + j];
-    }
-  } else {
-    RN_ASSERT(!d->relu || y);
-    channel_sums_add(c, m, dy, d->relu ? y : NULL, x, scale, ds, 0, sdy, sdyx, NULL, NULL, NULL);
-  }
-  bn_add_backward_finish(d, m, x, NULL, gamma, save, dy, scale, ds, 0, NULL, 0, dgamma, dbeta, sdy, sdyx, coef);
+  bn_add_backward_finish(d, m, x, NULL, gamma, save, dy, scale, dy, 0, dx, acc, dgamma, dbeta, sdy, sdyx);
 }
 
 static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
                                    const float *gamma, const float *save, const float *dy, float scale, float *ds,
                                    int acc_s, float *dx, int acc, float *dgamma, float *dbeta, double *sdy,
-                                   double *sdyx, float *coef) {
+                                   double *sdyx) {
   const int c = d->c;
   for (int j = 0; j < c; j++) sdyx[j] -= (double)save[j] * sdy[j];
   for (int j = 0; j < c; j++) {
@@ -814,10 +794,6 @@ static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *
     a[j] = (float)ga;
     b[j] = (float)bb;
     k[j] = (float)(-ga * sdy[j] / M);
-  }
-  if (coef) { /* the dx pass is the reading convolution's (rn_conv_dy) */
-    memcpy(coef, a, sizeof a), memcpy(coef + c, b, sizeof b), memcpy(coef + 2 * c, k, sizeof k);
-    return;
   }
   if (!dx) return;
   if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, scale, a, b, save, k, dx, acc); /* ds holds g */

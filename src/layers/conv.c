@@ -281,15 +281,6 @@ static void backward_par(const rn_conv_desc *d, int n, const float *x, const flo
   }
 }
 
-int rn_conv_dy_ok(const rn_conv_desc *d) { return rn_conv_direct_dy_ok(d); }
-
-int rn_conv_backward_dy(const rn_conv_desc *d, int n, const float *x, const float *w, const rn_conv_dy *dy, float *dx,
-                        int acc, float *dw, float *ws, const rn_bn_sums *bn) {
-  RN_ASSERT(n >= 1 && dx && dw && ws && rn_conv_dy_ok(d));
-  rn_conv_direct_backward_dy(d, n, x, w, dy, dx, acc, dw, ws, conv_threads(), bn);
-  return bn != NULL;
-}
-
 void rn_conv_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy, float *dx,
                       int acc, float *dw, float *ws) {
   rn_conv_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, NULL);

@@ -50,21 +50,6 @@ int rn_model_set_fusion(int on) {
   g_fusion = on < 0 ? -1 : on > 3 ? 3 : on;
   return prev;
 }
-/* dy_lazy setting: -1 = not decided yet (environment RN_DY_LAZY, read once). */
-static int g_dy_lazy = -1;
-int rn_model_set_dy_lazy(int on) {
-  int prev = rn_model_dy_lazy_on();
-  g_dy_lazy = on != 0;
-  return prev;
-}
-int rn_model_dy_lazy_on(void) {
-  if (g_dy_lazy < 0) {
-    const char *v = getenv("RN_DY_LAZY");
-    g_dy_lazy = !(v && v[0] == '0');
-  }
-  return g_dy_lazy;
-}
-
 /* Recompute setting: -1 = not decided yet (environment RN_RECOMPUTE, read once). */
 static int g_recompute = -1;
 int rn_model_set_recompute(int on) {
@@ -693,22 +678,6 @@ static size_t place_items(act_item *it, int n, int ties) {
   return n ? best : 0;
 }
 
-/* BN+add nodes over an identity shortcut whose branch conv (the node before) can compute its dy
- * from the BN's coefficients (rn_node.dy_lazy; before plan(): that conv's backward reads its own
- * output then, BWD_READS). */
-static void mark_dy_lazy(rn_model *m) {
-  for (int k = 0; k < m->nnodes; k++) {
-    rn_node *a = &m->nodes[k];
-    a->dy_lazy = 0;
-    if (k == 0 || !m->fused || a->op != RN_OP_ADD || !a->bn_add || a->pre_bn >= 0) continue;
-    const rn_node *cv = &m->nodes[k - 1];
-    if (cv->op != RN_OP_CONV || cv->out != a->in2 || cv->in == m->input || !rn_conv_dy_ok(&cv->u.conv)) continue;
-    int readers = 0;
-    for (int q = 0; q < m->nnodes; q++) readers += (m->nodes[q].in == a->in2) + (m->nodes[q].in2 == a->in2);
-    a->dy_lazy = readers == 1;
-  }
-}
-
 /* 1 if node n can be replayed in the backward from its inputs (elementwise, no state but the BN's
  * coefficients, which rc_coef keeps). */
 static int replayable(const rn_node *n) {
@@ -726,7 +695,6 @@ static int replayable(const rn_node *n) {
     if (n_->op == RN_OP_ADD && n_->pre_bn >= 0) f((m)->nodes[n_->pre_bn].in); /* lazy shortcut BN */    \
     if (n_->op == RN_OP_CONV) {                                                                        \
       if (n_->pre_bn >= 0) f((m)->nodes[n_->pre_bn].in);                                               \
-      if ((k) + 1 < (m)->nnodes && (m)->nodes[(k) + 1].dy_lazy) f(n_->out); /* its dy's x */          \
       for (int q_ = 0; q_ < (m)->nnodes; q_++) /* bn_prev (set after plan): the BN's input */          \
         if ((m)->nodes[q_].out == n_->in && ((m)->nodes[q_].op == RN_OP_BN || (m)->nodes[q_].bn_add)) \
           f((m)->nodes[q_].bn_add ? (m)->nodes[q_].in2 : (m)->nodes[q_].in);                           \
@@ -1258,7 +1226,6 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
     m->bn_epilogue = v && v[0] == '0' ? 0 : v && v[0] == '1' ? 1 : 2;
   }
   mark_lazy(m);
-  mark_dy_lazy(m);
   m->recompute = recompute_on();
   plan(m);
   m->param = rn_alloc(m->ntotal * sizeof(float));
@@ -1370,11 +1337,6 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
       nrc += rn_align16(2 * (size_t)d->u.bn.c);
     }
     m->rc_coef = nrc ? rn_alloc(nrc * sizeof(float)) : NULL;
-    int maxd = 0;
-    m->dyl_tensor = -1;
-    for (int k = 0; k < m->nnodes; k++)
-      if (m->nodes[k].dy_lazy && m->nodes[k].u.bn.c > maxd) maxd = m->nodes[k].u.bn.c;
-    m->dycoef = maxd ? rn_alloc((size_t)3 * maxd * sizeof(float)) : NULL;
   }
   m->dlogits = rn_alloc(rn_align16((size_t)batch * c.num_classes) * sizeof(float));
   m->last_train = 1;
@@ -1394,7 +1356,6 @@ void rn_model_free(rn_model *m) {
   rn_free(m->param_done);
   rn_free(m->pre_coef);
   rn_free(m->rc_coef);
-  rn_free(m->dycoef);
   free(m->replay);
   rn_free(m->dlogits);
   rn_free(m->stats);

@@ -234,8 +234,6 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
   RN_ASSERT(n >= 1 && n <= m->batch);
   int bn_train = m->last_train && !m->bn_eval_in_train;
   m->bsum_tensor = -1;
-  m->dyl_tensor = -1, m->dyl_used = 0;
-  const int dy_lazy = rn_model_dy_lazy_on();
   memset(m->param_done, 0, (size_t)m->nparams);
   m->report_next = m->nparams - 1, m->report_end = m->ntrain;
   /* After an eval forward the lazy BN outputs were never written (their convolutions applied the
@@ -264,24 +262,16 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
     const float *dy = d->out == m->logits ? m->dlogits : m->dact + m->tensors[d->out].goff;
     float *dx = (d->in == m->input && !m->input_grad) ? NULL : m->dact + ti->goff;
     switch (d->op) {
-      case RN_OP_CONV: {
+      case RN_OP_CONV:
         /* the backward channel sums of the BN before, in the dx epilogue (when dx is direct) */
         m->bsum_tensor = -1;
-        /* dy never stored: the BN+add after this conv left its dx pass to it (rn_node.dy_lazy) */
-        const rn_conv_dy *ldy = m->dyl_tensor == d->out ? &m->dyl : NULL;
-        m->dyl_tensor = -1;
-        m->dyl_used += ldy != NULL;
-        RN_ASSERT(!ldy || dx);
         if (bn_train && d->pre_bn >= 0) { /* the input was never stored: dW applies the BN to its input */
           const rn_node *b = &m->nodes[d->pre_bn];
           rn_conv_pre pre;
           pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
           rn_bn_sums bs = {NULL, AB(m, b->in), m->bsums, 1.0f, b->relu, &pre};
-          const int got =
-              ldy ? rn_conv_backward_dy(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), ldy, dx, d->acc_in,
-                                        G(m, d->param[0]), m->ws, &bs)
-                  : rn_conv_backward_bn(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
-                                        G(m, d->param[0]), m->ws, &bs);
+          const int got = rn_conv_backward_bn(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
+                                              G(m, d->param[0]), m->ws, &bs);
           RN_ASSERT(got && dx); /* the BN's backward needs the sums (it has no output to mask with) */
           m->bsum_tensor = d->in, m->bsum_n = n;
         } else if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
@@ -289,18 +279,13 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
           rn_bn_sums bs = {mask, AB(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL,
                            NULL};
-          if (ldy ? rn_conv_backward_dy(&d->u.conv, n, x, P(m, d->param[0]), ldy, dx, d->acc_in, G(m, d->param[0]),
-                                        m->ws, &bs)
-                  : rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]),
-                                        m->ws, &bs))
+          if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
+                                  &bs))
             m->bsum_tensor = d->in, m->bsum_n = n;
-        } else if (ldy) {
-          rn_conv_backward_dy(&d->u.conv, n, x, P(m, d->param[0]), ldy, dx, d->acc_in, G(m, d->param[0]), m->ws, NULL);
         } else {
           rn_conv_backward(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws);
         }
         break;
-      }
       case RN_OP_BN: {
         int64_t rows = (int64_t)n * ti->h * ti->w;
         if (bn_train && m->bsum_tensor == d->out)
@@ -344,17 +329,7 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           int64_t rows = (int64_t)n * t2->h * t2->w;
           const float *x2 = AB(m, d->in2);
           float *dx2 = m->dact + t2->goff;
-          const int sums = bn_train && m->bsum_tensor == d->out;
-          if (bn_train && d->dy_lazy && dy_lazy && !d->acc_in2 && (sums || (dx && !d->acc_in))) {
-            /* the BN's dx pass is left to the conv before (rn_conv_dy); g stays in ds */
-            const int c = d->u.bn.c;
-            float *g = sums ? (float *)dy : dx;
-            rn_bn_add_backward_train_coef(&d->u.bn, rows, x2, y, P(m, d->param[0]), m->save + d->save_off, dy,
-                                          d->scale, g, G(m, d->param[0]), G(m, d->param[1]), sums ? m->bsum_n : 0,
-                                          sums ? m->bsums : NULL, m->dycoef);
-            m->dyl = (rn_conv_dy){g, x2, m->dycoef, m->dycoef + c, m->dycoef + 2 * c, m->save + d->save_off, d->scale};
-            m->dyl_tensor = d->in2;
-          } else if (sums) /* sums from the dx epilogue; dy holds g and is ds */
+          if (bn_train && m->bsum_tensor == d->out) /* sums from the dx epilogue; dy holds g and is ds */
             rn_bn_add_backward_train_sums(&d->u.bn, rows, x2, P(m, d->param[0]), m->save + d->save_off,
                                           (float *)dy, d->scale, dx2, d->acc_in2, G(m, d->param[0]),
                                           G(m, d->param[1]), m->bsum_n, m->bsums);
