@@ -743,6 +743,15 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL, NULL, NULL);
   }
   ok &= same_bits(w, ds0, n) && same_bits(dx0, dx1, n);
+  /* and dx written over x as well (the model's gradient over its dead input, RN_DX_OVER_X) */
+  {
+    float *xx = malloc(n * 4);
+    memcpy(w, dy, n * 4), memcpy(xx, x, n * 4);
+    if (eval) rn_bn_add_backward_eval(&d1, m, xx, y1, g, rm, rv, w, scale, w, 0, xx, 0, NULL, NULL);
+    else rn_bn_add_backward_train(&d1, m, xx, y1, g, s1, w, scale, w, 0, xx, 0, NULL, NULL, NULL, NULL);
+    ok &= same_bits(w, ds0, n) && same_bits(xx, dx0, n);
+    free(xx);
+  }
   /* A lazy shortcut BN (rn_node.lazy = 3): the shortcut given as that BN's input with its affine
    * (spre), not as its stored output; and in training, that BN's backward with the channel sums
    * the fused backward computed (ssums) vs its own pass. */

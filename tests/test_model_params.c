@@ -255,6 +255,47 @@ int main(void) {
           "resnet50: recompute left the arena at %zu of %zu floats (%d replayed nodes)", arena[1], arena[0], nrep[1]);
   }
 
+  /* ---- gradient over its input: a fused BN+add's dx pass writes the branch BN input's gradient over
+   * that input (the branch's last convolution output, dead after this node's backward), so that
+   * gradient has no buffer of its own (rn_model_set_dx_over_input) ---- */
+  {
+    static const struct { const char *arch; int batch, hw; } gx[] = {
+        {"resnet50", 4, 224}, {"resnet18", 2, 64}, {"cifar-resnet20", 8, 32}};
+    for (int i = 0; i < 3; i++) {
+      rn_model_config c;
+      rn_model_config_default(&c);
+      rn_model_config_arch(&c, gx[i].arch, &e);
+      c.in_h = c.in_w = gx[i].hw;
+      size_t arena[2] = {0, 0};
+      int over[2] = {0, 0}, nbn_add[2] = {0, 0}, nblocks = -1;
+      for (int on = 0; on < 2; on++) {
+        int prev = rn_model_set_dx_over_input(on);
+        int st = rn_model_build(&m, &c, gx[i].batch, &e);
+        rn_model_set_dx_over_input(prev);
+        if (st) {
+          CHECK(0, "%s dx over x %d: %s", gx[i].arch, on, e.msg);
+          continue;
+        }
+        for (int k = 0; k < m.nnodes; k++) {
+          const rn_node *d = &m.nodes[k];
+          if (d->op != RN_OP_ADD || !d->bn_add) continue;
+          const rn_tensor *x = &m.tensors[d->in2];
+          nbn_add[on]++;
+          over[on] += x->off != (size_t)-1 && x->goff == x->off && x->boff == x->off;
+        }
+        arena[on] = m.act_touch_floats, nblocks = m.nblocks;
+        rn_model_free(&m);
+      }
+      printf("%s b%d: %d of %d fused BN+add gradients over their input, arena %.1f -> %.1f MB\n", gx[i].arch,
+             gx[i].batch, over[1], nbn_add[1], (double)arena[0] * 4 / 1e6, (double)arena[1] * 4 / 1e6);
+      CHECK(nbn_add[1] == nblocks && nbn_add[0] == nbn_add[1], "%s: %d fused BN+add nodes", gx[i].arch, nbn_add[1]);
+      CHECK(over[0] == 0 && over[1] == nbn_add[1], "%s: %d / %d gradients over their input (off / on), want 0 / %d",
+            gx[i].arch, over[0], over[1], nbn_add[1]);
+      CHECK(arena[1] <= arena[0], "%s: the arena grew with the gradients over their inputs (%zu > %zu floats)",
+            gx[i].arch, arena[1], arena[0]);
+    }
+  }
+
   /* ---- activation plan: in-place adds (ResNet-50 b32 at 224: 3404.3 MB before adds wrote over
    * their branch input, 2890.5 MB after) ---- */
   {

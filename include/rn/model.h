@@ -180,6 +180,13 @@ int rn_model_set_fusion(int on);
  * environment variable RN_RECOMPUTE (read once; "0" = off, anything else or unset = on). Returns
  * the previous setting. */
 int rn_model_set_recompute(int on);
+/* The gradient of a fused BN+add's branch-BN input written over that input (applies to models built
+ * afterwards): 1 = where the fused node is the input's last reader in the backward, its dx pass
+ * writes the gradient in place over the (dead) convolution output, so the gradient needs no cold
+ * buffer of its own (no read for ownership) and the arena no extra space. The same bits either way.
+ * 0 = a separate buffer. -1 = the environment variable RN_DX_OVER_X (read once; "0" = off, anything
+ * else or unset = on). Returns the previous setting. */
+int rn_model_set_dx_over_input(int on);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
 void rn_model_free(rn_model *m);

@@ -59,7 +59,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -81,7 +81,9 @@ static void usage(void) {
          "where its own rule applies), wino-bn (Winograd's lazy BN, statistics and BN sums; off = a\n"
          "second model planned without them, run in the same process: twice the memory, 1 rank). The\n"
          "per-layer table and the step figures are then the on setting's. dw-il: the 1x1 backward's\n"
-         "bands of dW then dx (512 KB of dy per band; off = dW over all images first, then dx).\n");
+         "bands of dW then dx (512 KB of dy per band; off = dW over all images first, then dx).\n"
+         "dx-over-x: a fused BN+add's dx pass writes the branch BN's input gradient over that input (off =\n"
+         "a second model planned with a separate gradient buffer, as wino-bn).\n");
 }
 
 int main(int argc, char **argv) {
@@ -124,8 +126,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--ab")) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
-          strcmp(v, "dw-il"))
-        st = rn_err_set(&e, RN_EINVAL, "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il)", v);
+          strcmp(v, "dw-il") && strcmp(v, "dx-over-x"))
+        st = rn_err_set(&e, RN_EINVAL,
+                        "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
+                        "dx-over-x)",
+                        v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }
@@ -138,17 +143,21 @@ int main(int argc, char **argv) {
   rn_model_config mc;
   rn_model_config_default(&mc);
   if (!st) st = rn_model_config_arch(&mc, model, &e);
-  rn_model m, m0; /* m0: --ab wino-bn's off setting, a second model planned with it off */
+  rn_model m, m0; /* m0: --ab wino-bn's or dx-over-x's off setting, a second model planned with it off */
   memset(&m, 0, sizeof m), memset(&m0, 0, sizeof m0);
-  const int two = ab && !strcmp(ab, "wino-bn");
+  const int two = ab && (!strcmp(ab, "wino-bn") || !strcmp(ab, "dx-over-x"));
   if (!st) {
     mc.in_channels = (int)channels;
     mc.in_h = mc.in_w = (int)(size ? size : mc.cifar ? 32 : 224);
     mc.num_classes = (int)(classes ? classes : mc.cifar ? 10 : 1000);
-    if (two) {
+    if (two && !strcmp(ab, "wino-bn")) {
       rn_conv_set_wino_bn(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
       rn_conv_set_wino_bn(1);
+    } else if (two) {
+      const int prev = rn_model_set_dx_over_input(0);
+      st = rn_model_build(&m0, &mc, (int)batch, &e);
+      rn_model_set_dx_over_input(prev);
     }
     if (!st) st = rn_model_build(&m, &mc, (int)batch, &e);
   }

@@ -67,6 +67,23 @@ static int recompute_on(void) {
   return env;
 }
 
+/* Branch-BN gradient over its input (RN_DX_OVER_X): -1 = not decided yet (environment, read once). */
+static int g_dx_over_x = -1;
+int rn_model_set_dx_over_input(int on) {
+  int prev = g_dx_over_x;
+  g_dx_over_x = on < 0 ? -1 : on > 0;
+  return prev;
+}
+static int dx_over_x_on(void) {
+  static int env = -1;
+  if (g_dx_over_x >= 0) return g_dx_over_x;
+  if (env < 0) {
+    const char *s = getenv("RN_DX_OVER_X");
+    env = s && !strcmp(s, "0") ? 0 : 1;
+  }
+  return env;
+}
+
 static int fusion_on(void) {
   static int env = -1;
   if (g_fusion >= 0) return g_fusion;
@@ -713,6 +730,10 @@ typedef struct {
   int *fpar;           /* forward: group whose buffer this recomputed add output overwrites (-1) */
   int ng, T;           /* gradient groups (placed after the activation items) */
   const int *glo, *ghi, *groot, *gborn;
+  /* Gradient over its input (see plan_act): mgk[q] = the fused BN+add node whose dx pass may write
+   * the gradient of group q's single tensor over it (-1: none), tq[t] = that group for gradient
+   * root t (-1); mged[q] = 1 where it does for the current rc (act_intervals), merge = 0: never. */
+  int *mgk, *tq, *mged, merge;
 } act_groups;
 
 /* rp and low for the current rc; returns the number of items (kept: 1, recomputed: 2) written. */
@@ -735,9 +756,17 @@ static int act_intervals(const rn_model *m, act_groups *g, act_item *it, int *it
     int h = g->order[i], q = g->fpar[h];
     if (q >= 0 && g->fhi[h] > g->fhi[q]) g->fhi[q] = g->fhi[h];
   }
+  /* a kept tensor whose last reader in the backward is the node that first writes its gradient, a
+   * fused BN+add, shares one buffer with that gradient (its dx pass writes it over the input) */
+  for (int q = 0; q < g->G; q++) g->mged[q] = g->merge && g->mgk[q] >= 0 && !g->rc[q] && g->low[q] == g->mgk[q];
   int n = 0;
   for (int q = 0; q < g->G; q++) {
     int bend = g->low[q] >= 0 ? 2 * N - 1 - g->low[q] : -1;
+    if (g->mged[q]) {
+      const int t = g->members[g->mstart[q]], gend = 2 * N - 1 - g->glo[t];
+      RN_ASSERT(g->tq[t] == q && gend >= bend);
+      bend = gend;
+    }
     item_of[q] = n;
     if (g->rc[q]) {
       if (g->fpar[q] >= 0) it[n++] = (act_item){0, 0, g->lo[q], g->lo[q]}; /* in its parent's buffer */
@@ -748,8 +777,11 @@ static int act_intervals(const rn_model *m, act_groups *g, act_item *it, int *it
     }
   }
   for (int t = 0; t < g->T; t++)
-    if (g->gborn[t] >= 0 && g->groot[t] == t)
-      it[n++] = (act_item){tsize(m, t), 0, 2 * N - 1 - g->ghi[t], 2 * N - 1 - g->glo[t]};
+    if (g->gborn[t] >= 0 && g->groot[t] == t) {
+      const int lo = 2 * N - 1 - g->ghi[t];
+      if (g->tq[t] >= 0 && g->mged[g->tq[t]]) it[n++] = (act_item){0, 0, lo, lo}; /* in the input's buffer */
+      else it[n++] = (act_item){tsize(m, t), 0, lo, 2 * N - 1 - g->glo[t]};
+    }
   return n;
 }
 
@@ -884,6 +916,29 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   }
   for (int t = 0; t < T; t++) ng += gborn[t] >= 0 && groot[t] == t;
   g.ng = ng, g.glo = glo, g.ghi = ghi, g.groot = groot, g.gborn = gborn, g.T = T;
+  /* Gradient over its input: the branch BN input x of a fused BN+add (a convolution's output, read
+   * by nothing else) is dead after that node's backward, whose dx pass reads each element of x
+   * just before it writes the same element of dx (after the channel-sum pass has read all of x).
+   * So dx can go in place over x: no read for ownership of a cold gradient buffer, and one buffer
+   * less. Taken for the current rc where the node is x's last reader in the backward, replays
+   * included (act_intervals). */
+  g.mgk = malloc((size_t)G * sizeof(int)), g.mged = calloc((size_t)G, sizeof(int));
+  g.tq = malloc((size_t)T * sizeof(int));
+  RN_ASSERT(g.mgk && g.mged && g.tq);
+  g.merge = dx_over_x_on();
+  for (int t = 0; t < T; t++) g.tq[t] = -1;
+  for (int q = 0; q < G; q++) {
+    g.mgk[q] = -1;
+    if (g.mstart[q + 1] - g.mstart[q] != 1) continue;
+    const int t = g.members[g.mstart[q]], k = gborn[t];
+    if (k < 0 || producer[t] < 0 || nuse[t] != 1 || t == m->input || groot[t] != t || g.cand[q]) continue;
+    const rn_node *n = &m->nodes[k];
+    if (n->op != RN_OP_ADD || !n->bn_add || n->in2 != t || n->acc_in2) continue;
+    int alone = 1;
+    for (int u = 0; u < T; u++) alone &= u == t || groot[u] != t;
+    if (!alone) continue;
+    g.mgk[q] = k, g.tq[t] = q;
+  }
   act_item *it = malloc((size_t)(2 * G + ng + 1) * sizeof(act_item));
   int *item_of = malloc((size_t)(G + 1) * sizeof(int)), *tord = malloc((size_t)(G + 1) * sizeof(int));
   RN_ASSERT(it && item_of && tord);
@@ -943,6 +998,12 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   }
   if (nfp && place_items(it, act_intervals(m, &g, it, item_of), 4) > peak0)
     for (int q = 0; q < G; q++) g.fpar[q] = -1;
+  if (g.merge) { /* gradients over their inputs: kept unless the placed peak grows (it shrinks by design) */
+    const size_t with = place_items(it, act_intervals(m, &g, it, item_of), 4);
+    g.merge = 0;
+    const size_t without = place_items(it, act_intervals(m, &g, it, item_of), 4);
+    g.merge = with <= without;
+  }
   int n = act_intervals(m, &g, it, item_of);
   size_t off = place_items(it, n, 4);
   /* Verify: items live at the same time never share memory. */
@@ -970,7 +1031,10 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
     size_t *gpos = malloc((size_t)T * sizeof(size_t));
     RN_ASSERT(gpos);
     for (int t = 0; t < T; t++)
-      if (gborn[t] >= 0 && groot[t] == t) gpos[t] = it[i++].off;
+      if (gborn[t] >= 0 && groot[t] == t) {
+        gpos[t] = it[i++].off;
+        if (g.tq[t] >= 0 && g.mged[g.tq[t]]) gpos[t] = it[item_of[g.tq[t]]].off; /* over its input */
+      }
     RN_ASSERT(i == n);
     for (int t = 0; t < T; t++) m->tensors[t].goff = gborn[t] >= 0 ? gpos[groot[t]] : (size_t)-1;
     free(gpos);
@@ -997,7 +1061,7 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
   free(it), free(item_of), free(tord);
   free(g.mstart), free(g.members), free(g.lo), free(g.fend), free(g.bmin), free(g.bmax), free(g.cand), free(g.rc);
   free(g.rp), free(g.low), free(g.istart), free(g.ilist), free(g.maxprod), free(g.order), free(g.size);
-  free(g.fpar), free(g.fhi);
+  free(g.fpar), free(g.fhi), free(g.mgk), free(g.mged), free(g.tq);
   free(root), free(gid), free(lastF), free(minB), free(maxB), free(glo), free(ghi);
 }
 /* Level 3: a BN(+ReLU) whose only reader is a convolution that is the first reader of its output
