@@ -426,6 +426,11 @@ int main(void) {
     rn_conv_forward(&sd, sn, x, wt, yg, ws);
     rn_conv_set_direct(1);
     CHECK(memcmp(ya, yu, ny * 4) == 0, "streaming-store output differs from the ordinary stores");
+    rn_conv_set_stream_mb(0); /* off (--ab stream): ordinary stores into the aligned buffer too */
+    memset(ya, 0xff, ny * 4);
+    rn_conv_forward(&sd, sn, x, wt, ya, ws);
+    CHECK(memcmp(ya, yu, ny * 4) == 0, "output with streaming stores off differs");
+    rn_conv_set_stream_mb(16);
     double es = relerr(ya, yg, ny);
     CHECK(es < TOL, "streaming 1x1 vs GEMM rel err %.3g", es);
     free(x), free(wt), free(ws), free(ya), free(yu0), free(yg);

@@ -159,6 +159,11 @@ void rn_conv_dw1x1_pixels(const rn_conv_desc *d, size_t p0, size_t p1, const flo
  * Default 512; the environment variable RN_CONV_IL=KB sets it. dx is bitwise the same either way;
  * dW differs only in summation order (float partial sums per 64-pixel chunk). */
 void rn_conv_set_dw_interleave(int kb);
+/* 1x1 forwards on the direct kernel whose output exceeds `mb` MB write it with streaming
+ * (non-temporal) stores: no read for ownership, but the output is not left in the cache for its
+ * reader. 0 = never. Default 16; the environment variables RN_CONV_STREAM=0 (off) and
+ * RN_CONV_STREAM_MB=N set it. The results are the same bits either way. */
+void rn_conv_set_stream_mb(int mb);
 /* The ImageNet stem (cin 3, 7x7, stride 2, pad 3, cout a multiple of 16) on its own AVX-512 kernels
  * (src/kernels/conv_stem7.c): forward (with the output's BN statistics, as rn_conv_direct_forward)
  * and dW added into dw (it has no dx). rn_conv_forward/_backward take them for that shape unless

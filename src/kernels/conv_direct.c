@@ -61,16 +61,21 @@ static int fwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24 || w 
 static int bwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
 
 static int g_direct_1x1 = -1; /* -1: read RN_CONV_DIRECT_1X1 (and RN_CONV_STREAM) at first use */
-static int g_stream = 1;      /* streaming stores for large 1x1 outputs (RN_CONV_STREAM=0: off) */
+static int g_stream = 16;     /* streaming stores for 1x1 outputs above this many MB (0: off; RN_CONV_STREAM=0
+                                 turns them off, RN_CONV_STREAM_MB=N sets N) */
+static int g_stream_set;      /* rn_conv_set_stream_mb was called: the environment is not read */
 static int g_pf1 = 1;         /* 1x1: prefetch of the next line (RN_CONV_PF1=0: off) */
 static int g_pf_acc = 1;      /* prefetch of y when accumulating (RN_CONV_PFACC=0: off) */
 void rn_conv_set_direct_1x1(int on) { g_direct_1x1 = on != 0; }
+void rn_conv_set_stream_mb(int mb) { g_stream = mb < 0 ? 0 : mb, g_stream_set = 1; }
 static int direct_1x1(void) {
   if (g_direct_1x1 < 0) {
     const char *v = getenv("RN_CONV_DIRECT_1X1");
     g_direct_1x1 = !(v && v[0] == '0');
     v = getenv("RN_CONV_STREAM");
-    g_stream = !(v && v[0] == '0');
+    const char *mb = getenv("RN_CONV_STREAM_MB");
+    if (!g_stream_set) g_stream = v && v[0] == '0' ? 0 : mb && *mb ? atoi(mb) : 16;
+    if (g_stream < 0) g_stream = 0;
     v = getenv("RN_CONV_PF1");
     g_pf1 = !(v && v[0] == '0');
     v = getenv("RN_CONV_PFACC");
@@ -696,8 +701,8 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
   /* 1x1 (one flush per output vector) with a large output (> 16 MB, far beyond L2): streaming
    * stores write y without reading it first (the store bandwidth is ~9 GB/s per core with
    * read-for-ownership, ~23 GB/s streaming). y is 64-byte aligned in the model's arena. */
-  const int streaming = one && (size_t)n * d->oh * d->ow * Co * sizeof(float) > ((size_t)16 << 20) &&
-                 ((uintptr_t)y & 63) == 0 && g_stream;
+  const int streaming = one && g_stream > 0 && (size_t)n * d->oh * d->ow * Co * sizeof(float) > ((size_t)g_stream << 20) &&
+                 ((uintptr_t)y & 63) == 0;
   const int G = conv_images(d, kh, kw, C, Co);
 #pragma omp parallel num_threads(T)
   {
