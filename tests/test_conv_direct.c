@@ -264,6 +264,61 @@ static void il_case(int cin, int cout, int h, int w, int n, int use_pre, int acc
   free(x), free(wt), free(dy), free(sc), free(sh), free(base), free(dwb), free(mask), free(ws);
 }
 
+/* The 1x1 dW kernel reading x and dy in place with the next chunk prefetched
+ * (rn_conv_set_dw1x1_inplace; cin + cout <= 640: x in place up to 256 channels without a lazy BN, dy
+ * up to 256): against a double reference, and bitwise against the packing path (switch off), for
+ * whole images, for bands of pixels that start inside a chunk (rn_conv_dw1x1_pixels), and through
+ * rn_conv_backward_bn (2 threads, interleaved bands: dx, dW and BN sums). */
+static void ip_case(int cin, int cout, int h, int w, int n, int use_pre, uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, 1, 1, 1, 0, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  const size_t P = (size_t)n * h * w, nx = P * cin, ny = P * cout, nw = (size_t)cout * cin;
+  float *x = randf(nx, seed), *dy = randf(ny, seed + 1), *sc = randf(cin, seed + 2), *sh = randf(cin, seed + 3);
+  float *wt = randf(nw, seed + 4), *pack = nanbuf(rn_conv_dw1x1_pack_floats(&d)), *ws = nanbuf(rn_conv_workspace(&d, n));
+  rn_conv_pre pre = {sc, sh, 1};
+  const rn_conv_pre *pp = use_pre ? &pre : NULL;
+  float *a = malloc(nx * 4), *ref = malloc(nw * 4), *dw[2], *dwb[2], *dx[2], *dwf[2];
+  double *st[2];
+  for (size_t i = 0; i < nx; i++) {
+    const float v = fmaf(x[i], sc[i % (size_t)cin], sh[i % (size_t)cin]);
+    a[i] = use_pre ? (v > 0.0f ? v : 0.0f) : x[i];
+  }
+  for (int co = 0; co < cout; co++)
+    for (int ci = 0; ci < cin; ci++) {
+      double acc = 0;
+      for (size_t p = 0; p < P; p++) acc += (double)dy[p * cout + co] * a[p * cin + ci];
+      ref[(size_t)co * cin + ci] = (float)acc;
+    }
+  const size_t b = P / 3 | 1; /* an odd pixel: inside a chunk */
+  for (int v = 0; v < 2; v++) {
+    rn_conv_set_dw1x1_inplace(v == 0);
+    dw[v] = calloc(nw, 4), dwb[v] = calloc(nw, 4), dx[v] = nanbuf(nx), dwf[v] = calloc(nw, 4);
+    st[v] = malloc((size_t)n * 2 * cin * sizeof(double));
+    rn_conv_dw1x1(&d, 0, n, use_pre ? x : a, dy, dw[v], pack, pp);
+    rn_conv_dw1x1_pixels(&d, 0, b, use_pre ? x : a, dy, dwb[v], pack, pp);
+    rn_conv_dw1x1_pixels(&d, b, P, use_pre ? x : a, dy + b * cout, dwb[v], pack, pp);
+    rn_bn_sums bs = {use_pre ? NULL : x, x, st[v], 1.0f, 0, pp};
+    CHECK(rn_conv_backward_bn(&d, n, use_pre ? x : a, wt, dy, dx[v], 0, dwf[v], ws, &bs), "ip %d->%d: no BN sums",
+          cin, cout);
+  }
+  rn_conv_set_dw1x1_inplace(1);
+  const double e0 = relerr(dw[0], ref, nw), e1 = relerr(dwb[0], ref, nw), e2 = relerr(dwf[0], ref, nw);
+  CHECK(e0 < TOL && e1 < TOL && e2 < TOL, "ip %d->%d @%dx%d n=%d pre=%d: dW rel err %.3g (images), %.3g (bands), %.3g (backward)",
+        cin, cout, h, w, n, use_pre, e0, e1, e2);
+  CHECK(!memcmp(dw[0], dw[1], nw * 4) && !memcmp(dwb[0], dwb[1], nw * 4) && !memcmp(dwf[0], dwf[1], nw * 4) &&
+            !memcmp(dx[0], dx[1], nx * 4) && !memcmp(st[0], st[1], (size_t)n * 2 * cin * sizeof(double)),
+        "ip %d->%d @%dx%d n=%d pre=%d: in place differs from packing (images %d, bands %d, backward dW %d dx %d sums %d)",
+        cin, cout, h, w, n, use_pre, !!memcmp(dw[0], dw[1], nw * 4), !!memcmp(dwb[0], dwb[1], nw * 4),
+        !!memcmp(dwf[0], dwf[1], nw * 4), !!memcmp(dx[0], dx[1], nx * 4),
+        !!memcmp(st[0], st[1], (size_t)n * 2 * cin * sizeof(double)));
+  for (int v = 0; v < 2; v++) free(dw[v]), free(dwb[v]), free(dx[v]), free(dwf[v]), free(st[v]);
+  free(x), free(dy), free(sc), free(sh), free(wt), free(pack), free(ws), free(a), free(ref);
+}
+
 static void one(int cin, int cout, int k, int p, int h, int w, int n, uint64_t seed) {
   ones(cin, cout, k, p, 1, h, w, n, seed);
 }
@@ -349,7 +404,12 @@ int main(void) {
     pre_case(32, 32, 3, 1, 14, 14, 2, 1, 70), pre_case(16, 48, 3, 1, 9, 11, 3, 0, 71);
     pre_case(64, 256, 1, 0, 14, 14, 3, 1, 72), pre_case(128, 128, 1, 0, 28, 28, 2, 1, 73);
     pre_case(64, 64, 1, 0, 56, 56, 2, 1, 74), pre_case(48, 96, 1, 0, 5, 9, 3, 0, 75);
-    cases += 39;
+    /* The 1x1 dW read in place: both sides (64->64, and 112/48 input channels: 3-vector tails), x
+     * only (96->512), dy only (512->64; a lazy BN: 64->256), a last partial chunk and chunks across
+     * images (99- and 65-pixel images), 16 output channels. */
+    ip_case(64, 64, 9, 11, 3, 0, 80), ip_case(112, 96, 5, 13, 2, 0, 81), ip_case(96, 512, 7, 9, 2, 0, 82);
+    ip_case(512, 64, 4, 7, 3, 0, 83), ip_case(64, 256, 9, 9, 2, 1, 84), ip_case(48, 16, 5, 13, 3, 0, 85);
+    cases += 45;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);

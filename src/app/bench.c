@@ -50,6 +50,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "wino-bn")) rn_conv_set_wino_bn(on);
   else if (!strcmp(sw, "dw-il")) rn_conv_set_dw_interleave(on ? 512 : 0);
   else if (!strcmp(sw, "stream")) rn_conv_set_stream_mb(on ? ab_stream_mb() : 0);
+  else if (!strcmp(sw, "dw-ip")) rn_conv_set_dw1x1_inplace(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -66,7 +67,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -91,7 +92,9 @@ static void usage(void) {
          "bands of dW then dx (512 KB of dy per band; off = dW over all images first, then dx).\n"
          "dx-over-x: a fused BN+add's dx pass writes the branch BN's input gradient over that input (off =\n"
          "a second model planned with a separate gradient buffer, as wino-bn). stream: streaming stores\n"
-         "for 1x1 forward outputs above 16 MB (RN_CONV_STREAM_MB sets the size; off = plain stores).\n");
+         "for 1x1 forward outputs above 16 MB (RN_CONV_STREAM_MB sets the size; off = plain stores).\n"
+         "dw-ip: the 1x1 dW of small stride-1 shapes (cin + cout <= 640) reads x and dy in place and\n"
+         "prefetches the next chunk (off = packs every chunk; RN_CONV_DW1X1_IP=0).\n");
 }
 
 int main(int argc, char **argv) {
@@ -134,10 +137,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--ab")) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
-          strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream"))
+          strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
+          strcmp(v, "dw-ip"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream)",
+                        "dx-over-x, stream, dw-ip)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
