@@ -21,8 +21,9 @@
  * copies were ~25% of the kernel's time even with the chunk in L2 (the tiles alone ran at ~95% of
  * the FMA loop on one thread); reading in place without the prefetch lost up to 1.44x on 64->256
  * (the tiles walk dy column-wise, 64 rows per tile, which the hardware prefetchers miss). Paired in
- * one process, 2 threads, b32, dW only (new / old time): 64->64@56 0.72-0.74, 64->256@56 0.75-0.78,
- * 256->64@56 0.80-0.83, 256->128@56 0.91, 128->512@28 0.88-0.95, 512->128@28 0.91-0.95; larger
+ * one process, 2 threads, b32, dW only (medians of new / old time over 10-20 pairs, per run):
+ * 64->64@56 0.72-0.76, 64->256@56 0.75-0.82, 256->64@56 0.80-0.86, 256->128@56 0.87-1.00,
+ * 128->512@28 0.88-1.13 (its minimum time 4-8% lower in every run), 512->128@28 0.91-0.97; larger
  * shapes (14- and 7-wide, 1024+ channels) measured 0.97-1.10, so they keep the packing. The sums
  * are the same in the same order: bitwise the same dW. */
 #include <stdint.h>
