@@ -404,12 +404,13 @@ int main(void) {
     pre_case(32, 32, 3, 1, 14, 14, 2, 1, 70), pre_case(16, 48, 3, 1, 9, 11, 3, 0, 71);
     pre_case(64, 256, 1, 0, 14, 14, 3, 1, 72), pre_case(128, 128, 1, 0, 28, 28, 2, 1, 73);
     pre_case(64, 64, 1, 0, 56, 56, 2, 1, 74), pre_case(48, 96, 1, 0, 5, 9, 3, 0, 75);
-    /* The 1x1 dW read in place: both sides (64->64, and 112/48 input channels: 3-vector tails), x
-     * only (96->512), dy only (512->64; a lazy BN: 64->256), a last partial chunk and chunks across
-     * images (99- and 65-pixel images), 16 output channels. */
+    /* The 1x1 dW read in place: both sides (64->64, 96->512, 512->64, and 112/48 input channels:
+     * 3-vector tails), x only (16->528), dy only (528->16; a lazy BN: 64->256), a last partial
+     * chunk and chunks across images (99- and 65-pixel images), 16 output channels. */
     ip_case(64, 64, 9, 11, 3, 0, 80), ip_case(112, 96, 5, 13, 2, 0, 81), ip_case(96, 512, 7, 9, 2, 0, 82);
     ip_case(512, 64, 4, 7, 3, 0, 83), ip_case(64, 256, 9, 9, 2, 1, 84), ip_case(48, 16, 5, 13, 3, 0, 85);
-    cases += 45;
+    ip_case(16, 528, 5, 7, 2, 0, 86), ip_case(528, 16, 7, 5, 2, 0, 87);
+    cases += 47;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);

@@ -152,7 +152,7 @@ void rn_conv_dw1x1(const rn_conv_desc *d, int i0, int i1, const float *x, const 
  * backward (rn_conv_set_dw_interleave). */
 void rn_conv_dw1x1_pixels(const rn_conv_desc *d, size_t p0, size_t p1, const float *x, const float *dyp, float *dwt,
                           float *pack, const rn_conv_pre *pre);
-/* Small stride-1 shapes (cin + cout <= 640) read x (cin <= 256, no lazy BN) and dy (cout <= 256) in
+/* Small stride-1 shapes (cin + cout <= 640) read x (cin <= 512, no lazy BN) and dy (cout <= 512) in
  * place instead of packing them, and prefetch the next chunk while a chunk runs (bitwise the same
  * dW). Default on; 0 = always pack, no prefetch (A/B: rn-bench --ab dw-ip). The environment
  * variable RN_CONV_DW1X1_IP=0 sets it off at first use. */

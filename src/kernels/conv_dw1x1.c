@@ -15,17 +15,19 @@
  * other paths only in summation order (float partial sums over a chunk).
  *
  * Small shapes (stride 1, cin + cout <= 640: ResNet-50's layer-1 and layer-2 bottleneck 1x1s) read
- * the chunk in place instead (rn_conv_set_dw1x1_inplace): the tiles take x (cin <= 256, no lazy BN)
- * and dy (cout <= 256) rows straight from the batch, rows at most 1 KB apart, and while a chunk's
+ * the chunk in place instead (rn_conv_set_dw1x1_inplace): the tiles take x (cin <= 512, no lazy BN)
+ * and dy (cout <= 512) rows straight from the batch, rows at most 2 KB apart, and while a chunk's
  * tiles run, every pixel step of a tile prefetches one line of the next chunk into L2. The packing
  * copies were ~25% of the kernel's time even with the chunk in L2 (the tiles alone ran at ~95% of
  * the FMA loop on one thread); reading in place without the prefetch lost up to 1.44x on 64->256
  * (the tiles walk dy column-wise, 64 rows per tile, which the hardware prefetchers miss). Paired in
  * one process, 2 threads, b32, dW only (medians of new / old time over 10-20 pairs, per run):
  * 64->64@56 0.72-0.76, 64->256@56 0.75-0.82, 256->64@56 0.80-0.86, 256->128@56 0.87-1.00,
- * 128->512@28 0.88-1.13 (its minimum time 4-8% lower in every run), 512->128@28 0.91-0.97; larger
- * shapes (14- and 7-wide, 1024+ channels) measured 0.97-1.10, so they keep the packing. The sums
- * are the same in the same order: bitwise the same dW. */
+ * 128->512@28 0.88-0.91 and 512->128@28 0.91-0.95 with the 512-channel side in place too (with
+ * limits of 256 channels, that side packed: 0.93-1.13 and 0.94-0.97; the 512 limits against them,
+ * paired: 0.90-1.02, median 0.93, and 0.95-0.98); larger shapes (14- and 7-wide, 1024+ channels)
+ * measured 0.97-1.13, so they keep the packing. The sums are the same in the same order: bitwise
+ * the same dW. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -196,9 +198,9 @@ static void dw1x1_range(const rn_conv_desc *d, size_t p0, size_t p1, const float
   const int C = d->cin, Co = d->cout;
   const size_t xps = (size_t)d->stride * C;
   float *ap = pack, *bp = pack + max_pixels(d) * (size_t)Co + 16;
-  /* in place (see the top): x rows if cin <= 256 and no lazy BN, dy rows if cout <= 256 */
+  /* in place (see the top): x rows if cin <= 512 and no lazy BN, dy rows if cout <= 512 */
   const int ip = use_ip() && d->stride == 1 && C + Co <= 640;
-  const int xin = ip && C <= 256 && !pre, gin = ip && Co <= 256;
+  const int xin = ip && C <= 512 && !pre, gin = ip && Co <= 512;
   if (p0 >= p1) return;
   seglist s[2];
   pfspans f;
