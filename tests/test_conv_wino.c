@@ -2,8 +2,10 @@
  * accumulation): forward, dx (acc 0 and 1), dw accumulation, dx or dw NULL; even and odd sizes
  * (ragged last tiles), one pixel, 16..144 channels, chunks of a few tiles (chunk boundaries inside
  * images, a last short chunk) and automatic ones, on 1, 2 and 3 threads; up to 64 channels both
- * the small-channel path (per-thread groups of tiles, own products) and the chunked BLIS one; the
- * workspace malloc'ed at exactly its reported size, filled with NaN, with guard floats after it. Then the dispatch: rn_conv_forward and
+ * the small-channel path (per-thread groups of tiles, own products) and the chunked one, whose
+ * products run on BLIS's micro-kernel with our own packing (rn_ukr) and on BLIS's driver; the
+ * workspace at exactly its reported size (64-byte aligned, or 4 bytes past), filled with NaN, with
+ * guard floats after it. Then the dispatch: rn_conv_forward and
  * rn_conv_backward take it for a ResNet-50 shape (results equal to calling it directly) and not
  * when it is switched off or the shape does not qualify. The prologue and epilogues: the next BN's
  * statistics in the forward, a lazy BN's input applied in the input transforms (forward, dW), the
@@ -25,6 +27,8 @@
 static const double TOL2 = 2e-5, TOL4 = 1e-4;
 static double g_max[5];
 static int g_small = 1; /* the path one_m runs (for messages) */
+static int g_ukr = 1;   /* the chunked path's products: rn_ukr (1) or BLIS's driver (0) */
+static int g_have_ukr;  /* rn_ukr is available (skx kernels) */
 #define GUARD 64 /* floats after the reported workspace that must stay untouched */
 
 static double relerr(const float *a, const float *b, size_t n) {
@@ -132,6 +136,8 @@ static void epilogues(const rn_conv_desc *d, int n, int threads, float *ws, cons
   free(dxp), free(dxe), free(dwp), free(dwe), free(sums), free(sr);
 }
 
+static int cmax_of(const rn_conv_desc *d) { return d->cin > d->cout ? d->cin : d->cout; }
+
 static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk, uint64_t seed) {
   rn_conv_desc d;
   rn_err e;
@@ -142,7 +148,9 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   rn_conv_set_wino_chunk(chunk);
   CHECK(rn_conv_wino_shape(&d), "cin=%d cout=%d: shape does not qualify", cin, cout);
   size_t wsn = rn_conv_wino_workspace(&d, n, threads);
-  float *ws = nanbuf(wsn + GUARD);
+  /* odd seeds: a workspace 4 bytes past a 64-byte boundary (the packed panels align themselves) */
+  const int off = (int)(seed & 1);
+  float *ws0 = nanbuf(wsn + GUARD + 16), *ws = (float *)(((uintptr_t)ws0 + 63) & ~(uintptr_t)63) + off;
   for (int g = 0; g < GUARD; g++) ws[wsn + g] = 1234.5f;
   size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * 9 * cin;
   float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *dy = randf(ny, seed + 2);
@@ -168,7 +176,8 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
 
   char tag[160];
   snprintf(tag, sizeof tag, "F(%d,3) cin=%d cout=%d in=%dx%d n=%d T=%d chunk=%d %s", rn_conv_wino_tile(&d), cin, cout,
-           h, w, n, threads, chunk, g_small ? "small path" : "chunked path");
+           h, w, n, threads, chunk, g_small && cmax_of(&d) <= 64 ? "small path" : g_ukr ? "chunked path (rn_ukr)"
+                                                                                 : "chunked path (BLIS driver)");
   epilogues(&d, n, threads, ws, x, wt, dy, y, seed, tag);
   int guard_ok = 1;
   for (int g = 0; g < GUARD; g++) guard_ok &= ws[wsn + g] == 1234.5f;
@@ -182,20 +191,28 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   CHECK(edw2 < TOL, "%s dw(dx=NULL) rel err %.3g", tag, edw2);
   double m = fmax(fmax(ef, edx), fmax(edx1, fmax(edw, edw2)));
   if (m > g_max[tm]) g_max[tm] = m;
-  free(ws), free(x), free(wt), free(dy), free(y), free(yr), free(dxr), free(dwr), free(dx), free(dw), free(dwx);
+  free(ws0), free(x), free(wt), free(dy), free(y), free(yr), free(dxr), free(dwr), free(dx), free(dw), free(dwx);
   free(dw0), free(dx1), free(dxx);
 }
 
-/* Both tile sizes; up to 64 channels both the small-channel path and the chunked one. */
+/* Both tile sizes; up to 64 channels both the small-channel path and the chunked one; the
+ * chunked one with its products on rn_ukr and on BLIS's driver. */
 static void one(int cin, int cout, int h, int w, int n, int threads, int chunk, uint64_t seed) {
   for (int small = 1; small >= (cin <= 64 && cout <= 64 ? 0 : 1); small--) {
     g_small = small;
     rn_conv_set_wino_small(small);
-    for (int m = 2; m <= 4; m += 2) {
-      rn_conv_set_wino_tile(m);
-      one_m(cin, cout, h, w, n, threads, chunk, seed);
+    const int chunked = !small || cin > 64 || cout > 64;
+    for (int uk = g_have_ukr; uk >= (chunked ? 0 : g_have_ukr); uk--) {
+      g_ukr = uk;
+      rn_blas_set_ukr(uk);
+      for (int m = 2; m <= 4; m += 2) {
+        rn_conv_set_wino_tile(m);
+        one_m(cin, cout, h, w, n, threads, chunk, seed);
+      }
     }
   }
+  rn_blas_set_ukr(1);
+  g_ukr = 1;
   rn_conv_set_wino_small(1);
   g_small = 1;
   rn_conv_set_wino_tile(0);
@@ -240,7 +257,9 @@ static void dispatch(void) {
     float *wsa = nanbuf(rn_conv_wino_workspace(&c64s, nn, 2));
     rn_conv_wino_forward(&c64s, nn, xa, wa, ya, wsa, 2);
     rn_conv_set_wino_small(0);
+    rn_blas_set_ukr(0); /* BLIS's driver: on rn_ukr both sum each product in k order, the same bits */
     rn_conv_wino_forward(&c64s, nn, xa, wa, yb, wsa, 2);
+    rn_blas_set_ukr(1);
     rn_conv_set_wino_small(1);
     CHECK(memcmp(ya, yb, n64 * 4) != 0 && relerr(ya, yb, n64) < TOL4,
           "64@8: the small-channel and chunked paths give the same bits (one not run?) or differ");
@@ -331,6 +350,50 @@ static void partial_batches(void) {
   free(ws), free(x), free(wt), free(dy), free(y1), free(y2), free(dw1), free(dw2);
 }
 
+/* The chunked path's products on rn_ukr against BLIS's driver, 144 -> 176 channels at 20x20 (the
+ * last 32-row panels half empty, 12-tile panels with a ragged last one, dW's K blocks of 256 tiles
+ * and a last short one): rn_ukr ran (its counter) only when on; forward and dx the driver's bits
+ * (the same micro-kernel over the whole K = 144 or 176), dW within rounding and not the same bits
+ * (the driver's K blocks are longer). */
+static void ukr_paths(void) {
+  if (!g_have_ukr) {
+    printf("test_conv_wino: rn_ukr unavailable (not the skx kernels): its path not run\n");
+    return;
+  }
+  rn_conv_desc d;
+  rn_err e;
+  rn_conv_desc_init(&d, 144, 176, 3, 3, 1, 1, 20, 20, &e);
+  rn_conv_set_wino_chunk(0);
+  rn_conv_set_wino_tile(2);
+  const int n = 3;
+  const size_t nx = (size_t)n * 400 * 144, ny = (size_t)n * 400 * 176, nw = (size_t)176 * 9 * 144;
+  float *x = randf(nx, 41), *wt = randf(nw, 42), *dy = randf(ny, 43), *ws = nanbuf(rn_conv_wino_workspace(&d, n, 2));
+  float *y[2], *dx[2], *dw[2];
+  long runs[2];
+  for (int uk = 0; uk < 2; uk++) {
+    rn_blas_set_ukr(uk);
+    y[uk] = nanbuf(ny), dx[uk] = nanbuf(nx), dw[uk] = calloc(nw, 4);
+    const long r0 = rn_conv_wino_ukr_products();
+    rn_conv_wino_forward(&d, n, x, wt, y[uk], ws, 2);
+    rn_conv_wino_backward(&d, n, x, wt, dy, dx[uk], 0, dw[uk], ws, 2);
+    runs[uk] = rn_conv_wino_ukr_products() - r0;
+  }
+  rn_blas_set_ukr(1);
+  /* 300 tiles in one chunk: 16 positions x (forward, dW, dx) */
+  CHECK(runs[0] == 0 && runs[1] == 48, "144->176 @20: %ld / %ld products on rn_ukr with it off / on (want 0 / 48)",
+        runs[0], runs[1]);
+  CHECK(memcmp(y[0], y[1], ny * 4) == 0, "144->176 @20: forward on rn_ukr not the bits of BLIS's driver (rel %.3g)",
+        relerr(y[1], y[0], ny));
+  CHECK(memcmp(dx[0], dx[1], nx * 4) == 0, "144->176 @20: dx on rn_ukr not the bits of BLIS's driver (rel %.3g)",
+        relerr(dx[1], dx[0], nx));
+  CHECK(memcmp(dw[0], dw[1], nw * 4) != 0 && relerr(dw[1], dw[0], nw) < TOL2,
+        "144->176 @20: dW on rn_ukr the same bits as BLIS's driver (not run?) or too far (%.3g)",
+        relerr(dw[1], dw[0], nw));
+  for (int uk = 0; uk < 2; uk++) free(y[uk]), free(dx[uk]), free(dw[uk]);
+  free(x), free(wt), free(dy), free(ws);
+  rn_conv_set_wino_tile(0);
+}
+
 int main(void) {
   rn_err e;
   if (rn_blas_init(NULL, 3, stderr, &e)) {
@@ -343,6 +406,8 @@ int main(void) {
     printf("test_conv_wino: no AVX-512: Winograd path unavailable, skipped\n");
     return 0;
   }
+  rn_blas_set_ukr(1);
+  g_have_ukr = rn_ukr_ok();
   static const int chans[] = {16, 32, 48, 144};
   int cases = 0;
   for (int threads = 1; threads <= 3; threads++)
@@ -359,13 +424,16 @@ int main(void) {
   one(16, 16, 1, 1, 3, 2, 0, 4), one(48, 32, 5, 3, 2, 3, 1, 5), one(16, 16, 2, 9, 2, 1, 7, 6);
   /* ResNet-50's widest: 512 channels at 7x7 (K = 512 per position). */
   one(512, 512, 7, 7, 2, 2, 0, 7);
+  /* More than 256 tiles per chunk (dW's K blocks on rn_ukr), 144 -> 48 (half-empty panels). */
+  one(144, 48, 28, 28, 2, 2, 0, 14), one(48, 144, 30, 26, 2, 3, 0, 15);
   /* The small path's groups of 48 tiles: several per thread and a short last one (CIFAR's 16@32,
    * 64 channels 4 vectors wide, 48 three), 64 -> 16 and 16 -> 64. */
   one(16, 16, 32, 32, 2, 3, 0, 8), one(64, 64, 20, 24, 2, 2, 0, 9), one(48, 64, 9, 13, 3, 3, 0, 10);
   one(64, 16, 16, 16, 2, 2, 0, 11), one(16, 64, 12, 12, 2, 1, 0, 12);
   one(64, 64, 56, 56, 2, 2, 0, 13);
-  cases += 12;
+  cases += 14;
   dispatch();
+  ukr_paths();
   partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",
          cases, g_max[2], g_max[4], TOL2, TOL4);

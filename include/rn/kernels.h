@@ -45,6 +45,20 @@ int rn_blas_own_threading(void);
  * (docs/PERF.md). Benchmarks may change them (0, 0 = main set only; INT_MAX = narrow set only). */
 void rn_blas_set_narrow_rule(int n_max, int m_max);
 void rn_blas_narrow_rule(int *n_max, int *m_max);
+/* BLIS's native single-precision micro-kernel, for loops that pack their own panels (Winograd's
+ * GEMMs: the transformed kernels packed once per call instead of once per GEMM). Available only
+ * on the skx kernel set (RN_UKR_MR x RN_UKR_NR = 32 x 12, column-preferring); 0 otherwise, and
+ * after rn_blas_set_ukr(0) (the benchmarks' A/B; the environment variable RN_UKR=0 sets it at
+ * rn_blas_init). rn_ukr: C (m x n, m <= 32, n <= 12; element (i, j) at c[i*rs_c + j*cs_c]) =
+ * A B + beta C (beta 0: C is not read), A packed [k][32] (rows past m zero), B packed [k][12]
+ * (columns past n zero), both 64-byte aligned; a_next / b_next: the panels of the next call
+ * (prefetch hints only). */
+#define RN_UKR_MR 32
+#define RN_UKR_NR 12
+int rn_ukr_ok(void);
+void rn_blas_set_ukr(int on);
+void rn_ukr(int m, int n, int k, const float *a, const float *b, float beta, float *c, long rs_c, long cs_c,
+            const float *a_next, const float *b_next);
 /* The single-precision FMA peak of `threads` threads right now (GFLOP/s), measured in ~0.3 s by
  * register-only FMA chains (AVX-512, else AVX2; 0 without either). For benchmarks' "% of peak". */
 double rn_fma_peak_gflops(int threads);

@@ -49,6 +49,12 @@ void rn_conv_set_wino_chunk(int tiles);
  * products instead of chunks and BLIS); on by default, RN_WINO_SMALL=0 or rn_conv_set_wino_small(0)
  * turns it off (A/B, tests). Set before planning workspaces. */
 void rn_conv_set_wino_small(int on);
+/* The chunked path's products run on BLIS's micro-kernel with the transformed kernels packed once
+ * per call (rn_ukr, kernels.h) where it is available and on (RN_UKR=0 or rn_blas_set_ukr(0): on
+ * BLIS's driver, A/B); forward and dx give the driver's bits (the same kernel, K whole), dW differs
+ * by rounding (K blocks of 256 tiles). rn_conv_wino_ukr_products: how many per-position products
+ * ran on rn_ukr so far (tests). */
+long rn_conv_wino_ukr_products(void);
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads); /* floats */
 void rn_conv_wino_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int threads);

@@ -51,6 +51,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "dw-il")) rn_conv_set_dw_interleave(on ? 512 : 0);
   else if (!strcmp(sw, "stream")) rn_conv_set_stream_mb(on ? ab_stream_mb() : 0);
   else if (!strcmp(sw, "dw-ip")) rn_conv_set_dw1x1_inplace(on);
+  else if (!strcmp(sw, "ukr")) rn_blas_set_ukr(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -67,7 +68,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -81,7 +82,8 @@ static void usage(void) {
          "memory (the default; --layers 1 prints their time); RN_FUSE, RN_CONV_* switches: docs/PERF.md.\n"
          "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
-         "median step and the median of the on/off ratios of neighbouring steps (--steps per setting).\n"
+         "median step and the median of the on/off ratios of neighbouring steps (--steps per setting);\n"
+         "with --layers 1 also both settings' per-layer medians: totals and the 12 layers that moved most.\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
          "lazy BNs), wino-small (Winograd's small-channel path for layers of at most 64 channels; off =\n"
@@ -94,7 +96,9 @@ static void usage(void) {
          "a second model planned with a separate gradient buffer, as wino-bn). stream: streaming stores\n"
          "for 1x1 forward outputs above 16 MB (RN_CONV_STREAM_MB sets the size; off = plain stores).\n"
          "dw-ip: the 1x1 dW of small stride-1 shapes (cin + cout <= 640) reads x and dy in place and\n"
-         "prefetches the next chunk (off = packs every chunk; RN_CONV_DW1X1_IP=0).\n");
+         "prefetches the next chunk (off = packs every chunk; RN_CONV_DW1X1_IP=0). ukr: Winograd's\n"
+         "products on BLIS's micro-kernel with the transformed kernels packed once per call (off = BLIS's\n"
+         "driver, which packs them again for every chunk; RN_UKR=0).\n");
 }
 
 int main(int argc, char **argv) {
@@ -138,10 +142,10 @@ int main(int argc, char **argv) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
-          strcmp(v, "dw-ip"))
+          strcmp(v, "dw-ip") && strcmp(v, "ukr"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip)",
+                        "dx-over-x, stream, dw-ip, ukr)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
@@ -190,6 +194,14 @@ int main(int argc, char **argv) {
   int32_t *labels = rn_alloc(sizeof(int32_t) * (size_t)n);
   for (int i = 0; i < n; i++) labels[i] = (int32_t)rn_rng_below(&r, (uint64_t)mc.num_classes);
   double *fw = rn_alloc(sizeof(double) * (size_t)m.nnodes), *bw = rn_alloc(sizeof(double) * (size_t)m.nnodes);
+  /* --ab with --layers 1 (one model): both settings' per-layer times of every timed step (medians
+   * below: a step slowed by the host would move a sum) */
+  const int ab_layers = ab && layers && !two;
+  const size_t nn = (size_t)m.nnodes;
+  double *fws = ab_layers ? rn_alloc(sizeof(double) * nn) : NULL, *bws = ab_layers ? rn_alloc(sizeof(double) * nn) : NULL;
+  double *lay[2] = {NULL, NULL}; /* [arm][step][node]: forward + backward ms */
+  if (ab_layers)
+    lay[0] = rn_alloc(sizeof(double) * nn * (size_t)steps), lay[1] = rn_alloc(sizeof(double) * nn * (size_t)steps);
   double *tstep = rn_alloc(sizeof(double) * (size_t)steps), *tf = rn_alloc(sizeof(double) * (size_t)steps),
          *tb = rn_alloc(sizeof(double) * (size_t)steps), *to = rn_alloc(sizeof(double) * (size_t)steps),
          *tc = rn_alloc(sizeof(double) * (size_t)steps);
@@ -209,6 +221,11 @@ int main(int argc, char **argv) {
     rn_model *mm = two && arm == 0 ? &m0 : &m; /* m0: no allreduce (1 rank) */
     m.prof_fwd = timed && (!ab || arm == 1) ? fw : NULL;
     m.prof_bwd = timed && (!ab || arm == 1) ? bw : NULL;
+    const double replay0 = m.prof_replay; /* the recompute figure is the on setting's */
+    if (timed && ab_layers) {
+      memset(fws, 0, sizeof(double) * nn), memset(bws, 0, sizeof(double) * nn);
+      m.prof_fwd = fws, m.prof_bwd = bws;
+    }
     struct rusage r0, r1, r2;
     getrusage(RUSAGE_SELF, &r0);
     double t0 = rn_now();
@@ -227,6 +244,12 @@ int main(int argc, char **argv) {
     double t4 = rn_now();
     getrusage(RUSAGE_SELF, &r2);
     if (timed) flt_f += r1.ru_minflt - r0.ru_minflt, flt_b += r2.ru_minflt - r1.ru_minflt;
+    if (ab && arm == 0) m.prof_replay = replay0;
+    if (timed && ab_layers)
+      for (size_t k = 0; k < nn; k++) {
+        lay[arm][(size_t)nab[arm] * nn + k] = fws[k] + bws[k];
+        if (arm == 1) fw[k] += fws[k], bw[k] += bws[k];
+      }
     if (timed && ab) tab[arm][nab[arm]++] = t4 - t0;
     if (timed && (!ab || arm == 1)) {
       const long q = ab ? nab[1] - 1 : j;
@@ -318,6 +341,46 @@ int main(int argc, char **argv) {
              "from %.4f to %.4f)\n", ab, median(tab[0], (int)steps), median(tab[1], (int)steps), r_med, steps,
              min_of(ratio, steps), max_of(ratio, steps));
       rn_free(ratio);
+      if (ab_layers) {
+        /* per layer: the median over each setting's steps; totals: medians of the per-step sums */
+        double *col = rn_alloc(sizeof(double) * (size_t)steps), *med[2], tot[2][2]; /* [off/on][conv+fc/other] */
+        int *idx = rn_alloc(sizeof(int) * nn);
+        for (int a = 0; a < 2; a++) {
+          med[a] = rn_alloc(sizeof(double) * nn);
+          for (size_t k = 0; k < nn; k++) {
+            for (long j = 0; j < steps; j++) col[j] = lay[a][(size_t)j * nn + k];
+            med[a][k] = median(col, (int)steps);
+          }
+          for (int other = 0; other < 2; other++) {
+            for (long j = 0; j < steps; j++) {
+              col[j] = 0;
+              for (size_t k = 0; k < nn; k++)
+                if ((m.nodes[k].op != RN_OP_CONV && m.nodes[k].op != RN_OP_LINEAR) == other)
+                  col[j] += lay[a][(size_t)j * nn + k];
+            }
+            tot[a][other] = median(col, (int)steps);
+          }
+        }
+        for (size_t k = 0; k < nn; k++) idx[k] = (int)k;
+        for (size_t a = 0; a < nn; a++) /* by |change|, largest first (a few hundred nodes) */
+          for (size_t b = a + 1; b < nn; b++)
+            if (fabs(med[1][idx[b]] - med[0][idx[b]]) > fabs(med[1][idx[a]] - med[0][idx[a]])) {
+              const int t = idx[a];
+              idx[a] = idx[b], idx[b] = t;
+            }
+        printf("ab %s per layer (medians over each setting's steps, ms): conv+fc %.1f -> %.1f (%.3f), other layers "
+               "%.1f -> %.1f (%.3f)\n", ab, tot[0][0] * 1e3, tot[1][0] * 1e3, tot[1][0] / tot[0][0], tot[0][1] * 1e3,
+               tot[1][1] * 1e3, tot[1][1] / tot[0][1]);
+        printf("%-34s %-11s %12s %12s %7s\n", "largest changes", "op", "off fwd+bwd", "on fwd+bwd", "on/off");
+        for (size_t q = 0; q < nn && q < 12; q++) {
+          const int k = idx[q];
+          const rn_node *nd = &m.nodes[k];
+          printf("%-34s %-11s %12.3f %12.3f %7.3f\n", nd->name[0] ? nd->name : "-", rn_node_kind(nd), med[0][k] * 1e3,
+                 med[1][k] * 1e3, med[1][k] / med[0][k]);
+        }
+        rn_free(med[0]), rn_free(med[1]), rn_free(col);
+        rn_free(idx);
+      }
     }
     if (d.size > 1)
       printf("allreduce: %d bucket(s) of %.1f MB, %.1f MB of gradients, exposed wait %.2f ms\n", rn_ar_nbuckets(ar),
@@ -351,6 +414,7 @@ int main(int argc, char **argv) {
   rn_model_free(&m);
   if (two) rn_model_free(&m0);
   rn_free(tab[0]), rn_free(tab[1]);
+  rn_free(fws), rn_free(bws), rn_free(lay[0]), rn_free(lay[1]);
   rn_free(labels), rn_free(fw), rn_free(bw), rn_free(tstep), rn_free(tf), rn_free(tb), rn_free(to), rn_free(tc);
   rn_dist_finalize();
   return 0;

@@ -11,6 +11,7 @@
 
 #include <blis.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -30,6 +31,7 @@ static cntx_t *g_cntx, *g_cntx_narrow;
 static int g_use_narrow = 1, g_use_ksplit = 1, g_own_threads = 1;
 static float *g_scratch;
 static size_t g_scratch_floats;
+static void ukr_setup(void);
 
 static const char *arch_name(arch_t id) {
   for (size_t i = 0; i < sizeof k_arches / sizeof *k_arches; i++)
@@ -89,6 +91,7 @@ rn_status rn_blas_init(const char *override, int threads, FILE *log, rn_err *e) 
       }
     }
     g_inited = 1;
+    ukr_setup();
     const char *gp = getenv("RN_GEMM_PAR");
     if (gp && *gp) g_own_threads = atoi(gp) != 0;
     if (log) {
@@ -132,6 +135,39 @@ void rn_blas_reserve(size_t mn) {
   rn_free(g_scratch);
   g_scratch = rn_alloc(need * sizeof(float));
   g_scratch_floats = need;
+}
+
+/* The native micro-kernel (rn_ukr). BLIS 0.9's kernels take m and n and handle partial tiles
+ * themselves; auxinfo carries only the prefetch hints. */
+typedef void (*sgemm_ukr_fn)(dim_t m, dim_t n, dim_t k, float *alpha, float *a, float *b, float *beta, float *c,
+                             inc_t rs_c, inc_t cs_c, auxinfo_t *data, cntx_t *cntx);
+static sgemm_ukr_fn g_ukr;
+static int g_ukr_on;
+
+static void ukr_setup(void) {
+  const char *v = getenv("RN_UKR");
+  g_ukr = NULL;
+  g_ukr_on = !(v && v[0] == '0');
+  if (g_arch != BLIS_ARCH_SKX || !g_cntx) return;
+  if (bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, g_cntx) != RN_UKR_MR ||
+      bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, g_cntx) != RN_UKR_NR ||
+      !bli_cntx_l3_nat_ukr_prefers_cols_dt(BLIS_FLOAT, BLIS_GEMM_UKR, g_cntx))
+    return;
+  g_ukr = (sgemm_ukr_fn)bli_cntx_get_l3_nat_ukr_dt(BLIS_FLOAT, BLIS_GEMM_UKR, g_cntx);
+}
+
+int rn_ukr_ok(void) { return g_ukr != NULL && g_ukr_on; }
+void rn_blas_set_ukr(int on) { g_ukr_on = on != 0; }
+
+void rn_ukr(int m, int n, int k, const float *a, const float *b, float beta, float *c, long rs_c, long cs_c,
+            const float *a_next, const float *b_next) {
+  RN_ASSERT(g_ukr && m >= 1 && m <= RN_UKR_MR && n >= 1 && n <= RN_UKR_NR && k >= 1);
+  float one = 1.0f;
+  auxinfo_t aux;
+  memset(&aux, 0, sizeof aux);
+  bli_auxinfo_set_next_a((void *)a_next, &aux);
+  bli_auxinfo_set_next_b((void *)b_next, &aux);
+  g_ukr(m, n, k, &one, (float *)a, (float *)b, &beta, c, rs_c, cs_c, &aux, g_cntx);
 }
 
 static void gemm_one(int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,

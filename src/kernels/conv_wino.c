@@ -12,6 +12,7 @@
  * statistics, dx's BN sums). One parallel region per call; per chunk the threads transform their
  * share of the tiles, meet, run the GEMMs of their share of the P positions (rn_sgemm_serial),
  * meet, and transform the products back. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,6 +156,24 @@ static int small_path(const rn_conv_desc *d) {
   return g_small && cmax(d) <= SMALL_MAXC;
 }
 
+/* The chunked path's buffers for rn_ukr (below, "products on BLIS's micro-kernel"). */
+#define WKC 256 /* tiles per K block of the dW products */
+static int al32(int c) { return (c + 31) & ~31; }
+/* floats of the packed kernels: forward Up [P][al32(cout)][cin], dx [P][al32(cin)][cout] */
+static size_t upk_floats(const rn_conv_desc *d) {
+  const size_t f = (size_t)al32(d->cout) * d->cin, x = (size_t)al32(d->cin) * d->cout;
+  return (size_t)npos(d) * (f > x ? f : x);
+}
+/* the U slot of the chunked path: BLIS's U / dU [P][cout][cin] or the packed kernels */
+static size_t u_slot(const rn_conv_desc *d) {
+  const size_t uf = (size_t)npos(d) * d->cin * d->cout, up = upk_floats(d);
+  return ((uf > up ? uf : up) + 15) / 16 * 16;
+}
+/* per thread: the dW A panels [al32(cin)][WKC] and one 12-column panel */
+static size_t pk_floats(const rn_conv_desc *d) {
+  const int c = cmax(d);
+  return ((size_t)al32(c) * WKC + 12 * (size_t)(c > WKC ? c : WKC) + 15) / 16 * 16;
+}
 /* The workspace without the epilogue's partial sums (below). */
 static size_t base_workspace(const rn_conv_desc *d, int n, int threads) {
   const size_t P = (size_t)npos(d), uf = P * (size_t)d->cin * d->cout;
@@ -167,7 +186,8 @@ static size_t base_workspace(const rn_conv_desc *d, int n, int threads) {
    * wino-small switches at run time on the same plan) */
   const int mc = g_min_c > 0 ? g_min_c : wide_min_channels(d);
   if (!small_path(d) || (d->cin >= mc && d->cout >= mc)) {
-    const size_t c = uf + 2 * P * (size_t)chunk_cap(d, n) * (size_t)cmax(d) + 16;
+    const size_t T = threads < 1 ? 1 : (size_t)threads;
+    const size_t c = u_slot(d) + 2 * P * (size_t)chunk_cap(d, n) * (size_t)cmax(d) + T * pk_floats(d) + 16;
     if (c > r) r = c;
   }
   return r;
@@ -364,29 +384,38 @@ AI void out_tile(const float *m, size_t ms, int C, float *y, int OH, int OW, int
   }
 }
 
+/* Position xi of dx's kernel for F(2,3): G applied to the flipped kernel is G with its rows 0 and
+ * 3 swapped (F(4,3) transforms the flipped kernel instead: weights6(flip)). */
+static int flip_pos(int xi) {
+  static const int s[4] = {3, 1, 2, 0};
+  return s[xi / 4] * 4 + s[xi % 4];
+}
+
+/* (G g G^T)[xi] of output channel co, input channels [c0, c0+16), every position xi, stored at
+ * o + xi * ps (at o + flip_pos(xi) * ps with flip2: dx's kernel). */
+AI void wvec_fwd(const float *w, int cin, int co, int c0, float *o, size_t ps, int flip2) {
+  const V16 h = _mm512_set1_ps(0.5f);
+  V16 g[3][3], a[4][3];
+  for (int ky = 0; ky < 3; ky++)
+    for (int kx = 0; kx < 3; kx++) g[ky][kx] = _mm512_loadu_ps(w + ((size_t)(co * 3 + ky) * 3 + kx) * cin + c0);
+  for (int kx = 0; kx < 3; kx++) {
+    a[0][kx] = g[0][kx];
+    a[1][kx] = MUL(h, ADD(ADD(g[0][kx], g[1][kx]), g[2][kx]));
+    a[2][kx] = MUL(h, ADD(SUB(g[0][kx], g[1][kx]), g[2][kx]));
+    a[3][kx] = g[2][kx];
+  }
+  for (int i = 0; i < 4; i++) {
+    const V16 u[4] = {a[i][0], MUL(h, ADD(ADD(a[i][0], a[i][1]), a[i][2])), MUL(h, ADD(SUB(a[i][0], a[i][1]), a[i][2])),
+                      a[i][2]};
+    for (int j = 0; j < 4; j++) _mm512_storeu_ps(o + (size_t)(flip2 ? flip_pos(i * 4 + j) : i * 4 + j) * ps, u[j]);
+  }
+}
+
 /* U[xi][co][ci] = (G g G^T)[xi] for output channels [co0, co1). */
 static void weights_fwd(const float *w, int cin, int cout, int co0, int co1, float *U) {
-  const V16 h = _mm512_set1_ps(0.5f);
   const size_t us = (size_t)cout * cin;
   for (int co = co0; co < co1; co++)
-    for (int c0 = 0; c0 < cin; c0 += 16) {
-      V16 g[3][3], a[4][3];
-      for (int ky = 0; ky < 3; ky++)
-        for (int kx = 0; kx < 3; kx++) g[ky][kx] = _mm512_loadu_ps(w + ((size_t)(co * 3 + ky) * 3 + kx) * cin + c0);
-      for (int kx = 0; kx < 3; kx++) {
-        a[0][kx] = g[0][kx];
-        a[1][kx] = MUL(h, ADD(ADD(g[0][kx], g[1][kx]), g[2][kx]));
-        a[2][kx] = MUL(h, ADD(SUB(g[0][kx], g[1][kx]), g[2][kx]));
-        a[3][kx] = g[2][kx];
-      }
-      float *o = U + (size_t)co * cin + c0;
-      for (int i = 0; i < 4; i++) {
-        _mm512_storeu_ps(o + (size_t)(i * 4) * us, a[i][0]);
-        _mm512_storeu_ps(o + (size_t)(i * 4 + 1) * us, MUL(h, ADD(ADD(a[i][0], a[i][1]), a[i][2])));
-        _mm512_storeu_ps(o + (size_t)(i * 4 + 2) * us, MUL(h, ADD(SUB(a[i][0], a[i][1]), a[i][2])));
-        _mm512_storeu_ps(o + (size_t)(i * 4 + 3) * us, a[i][2]);
-      }
-    }
+    for (int c0 = 0; c0 < cin; c0 += 16) wvec_fwd(w, cin, co, c0, U + (size_t)co * cin + c0, us, 0);
 }
 
 /* dw[co][ky][kx][ci] += (G^T dU G)[ky][kx] for output channels [co0, co1). */
@@ -560,28 +589,31 @@ AI void out_tile6(const float *m, size_t ms, int C, float *y, int OH, int OW, in
   }
 }
 
+/* (G g G^T)[xi] of output channel co, input channels [c0, c0+16), g the kernel (flip: rotated by
+ * 180 degrees, dx's kernel), every position xi, stored at o + xi * ps. */
+AI void wvec6(const float *w, int cin, int co, int c0, int flip, float *o, size_t ps) {
+  V16 t[3][6]; /* t[kx][i]: column kx of G g */
+  for (int kx = 0; kx < 3; kx++) {
+    V16 col[3];
+    for (int ky = 0; ky < 3; ky++) {
+      const int sy = flip ? 2 - ky : ky, sx = flip ? 2 - kx : kx;
+      col[ky] = _mm512_loadu_ps(w + ((size_t)(co * 3 + sy) * 3 + sx) * cin + c0);
+    }
+    g6(col, t[kx]);
+  }
+  for (int i = 0; i < 6; i++) {
+    V16 r[3] = {t[0][i], t[1][i], t[2][i]}, u[6];
+    g6(r, u);
+    for (int j = 0; j < 6; j++) _mm512_storeu_ps(o + (size_t)(i * 6 + j) * ps, u[j]);
+  }
+}
+
 /* U[xi][co][ci] = (G g G^T)[xi], g the kernel (flip: rotated by 180 degrees, dx's kernel), for
  * output channels [co0, co1). */
 static void weights6(const float *w, int cin, int cout, int co0, int co1, float *U, int flip) {
   const size_t us = (size_t)cout * cin;
   for (int co = co0; co < co1; co++)
-    for (int c0 = 0; c0 < cin; c0 += 16) {
-      V16 t[3][6]; /* t[kx][i]: column kx of G g */
-      for (int kx = 0; kx < 3; kx++) {
-        V16 col[3];
-        for (int ky = 0; ky < 3; ky++) {
-          const int sy = flip ? 2 - ky : ky, sx = flip ? 2 - kx : kx;
-          col[ky] = _mm512_loadu_ps(w + ((size_t)(co * 3 + sy) * 3 + sx) * cin + c0);
-        }
-        g6(col, t[kx]);
-      }
-      float *o = U + (size_t)co * cin + c0;
-      for (int i = 0; i < 6; i++) {
-        V16 r[3] = {t[0][i], t[1][i], t[2][i]}, u[6];
-        g6(r, u);
-        for (int j = 0; j < 6; j++) _mm512_storeu_ps(o + (size_t)(i * 6 + j) * us, u[j]);
-      }
-    }
+    for (int c0 = 0; c0 < cin; c0 += 16) wvec6(w, cin, co, c0, flip, U + (size_t)co * cin + c0, us);
 }
 
 /* dw[co][ky][kx][ci] += (G^T dU G)[ky][kx] for output channels [co0, co1). */
@@ -608,18 +640,148 @@ static void weights6_bwd(const float *dU, int cin, int cout, int co0, int co1, f
     }
 }
 
-/* Position xi of dx's kernel for F(2,3): G applied to the flipped kernel is G with its rows 0 and
- * 3 swapped (F(4,3) transforms the flipped kernel instead: weights6(flip)). */
-static int flip_pos(int xi) {
-  static const int s[4] = {3, 1, 2, 0};
-  return s[xi / 4] * 4 + s[xi % 4];
+/* ---- The chunked path's products on BLIS's micro-kernel (rn_ukr) ----
+ * BLIS's driver packs both operands of every GEMM: per chunk and position the transformed kernels
+ * U[xi] again (into 32-row panels, with BLIS 0.9's generic scal2m: its packm table ends at 31
+ * rows) and the chunk's tiles. Instead (rn_ukr_ok(), the default on the skx kernels):
+ * - forward and dx: the weight transform writes U packed for the micro-kernel once per call,
+ *   Up[xi][cy/32][cx][32] (C^T = U V^T: its rows are the output channels, so the products M[xi]
+ *   [tile][cy] are the column-major output the kernel prefers); per 12 tiles the tiles' V rows are
+ *   transposed into one [cx][12] panel (16 x 16 register transposes) and every 32-row panel of
+ *   Up[xi] runs against it;
+ * - dW: dU[xi] (row-major [cout][cin], i.e. column-major cin x cout) = E^T V in blocks of WKC
+ *   tiles: V's rows copied into [cin/32][WKC][32] panels, E's into a [WKC][12] panel per 12
+ *   output channels.
+ * The products' sums run in the kernel's order (K whole, or WKC blocks for dW), so results differ
+ * from BLIS's driver by rounding only; they are the same from run to run. */
+/* The chunked path's U slot: ws rounded up to 64 bytes (the packed panels' alignment; the
+ * workspace has 16 floats of slack for it). */
+static float *u_base(float *ws) { return (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63); }
+
+/* out[s * ld_out + 0..16) (only the lanes of mk) = column s of the 16 x 16 block whose rows are
+ * in[i * ld_in + 0..16), rows i >= rows_in taken as zero. */
+AI void tr16(const float *in, size_t ld_in, int rows_in, float *out, size_t ld_out, __mmask16 mk) {
+  V16 r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = i < rows_in ? _mm512_loadu_ps(in + (size_t)i * ld_in) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  /* r[4q + s] holds, in each 128-bit lane L, column 4L + s of rows 4q..4q+3 */
+  for (int q = 0; q < 4; q += 2)
+    for (int s = 0; s < 4; s++) {
+      t[4 * q + s] = _mm512_shuffle_f32x4(r[4 * q + s], r[4 * (q + 1) + s], 0x88);
+      t[4 * q + 4 + s] = _mm512_shuffle_f32x4(r[4 * q + s], r[4 * (q + 1) + s], 0xdd);
+    }
+  for (int s = 0; s < 4; s++) {
+    _mm512_mask_storeu_ps(out + (size_t)s * ld_out, mk, _mm512_shuffle_f32x4(t[s], t[8 + s], 0x88));
+    _mm512_mask_storeu_ps(out + (size_t)(8 + s) * ld_out, mk, _mm512_shuffle_f32x4(t[s], t[8 + s], 0xdd));
+    _mm512_mask_storeu_ps(out + (size_t)(4 + s) * ld_out, mk, _mm512_shuffle_f32x4(t[4 + s], t[12 + s], 0x88));
+    _mm512_mask_storeu_ps(out + (size_t)(12 + s) * ld_out, mk, _mm512_shuffle_f32x4(t[4 + s], t[12 + s], 0xdd));
+  }
+}
+
+/* The forward kernels packed (Up[xi][co/32][ci][32], rows past cout zero), output channel blocks
+ * [b0, b1) of 16: each block's 16 x 16 kernels per position transposed from a buffer in L1. */
+static void weights_pack_fwd(int R, const float *w, int cin, int cout, int b0, int b1, float *Up, size_t ups) {
+  const int P = (R + 2) * (R + 2);
+  float tmp[36 * 256] __attribute__((aligned(64)));
+  for (int cb = b0; cb < b1; cb++) {
+    const int co0 = cb * 16;
+    float *pan = Up + (size_t)(co0 / 32) * 32 * cin + co0 % 32;
+    for (int c0 = 0; c0 < cin; c0 += 16) {
+      for (int r = 0; r < 16; r++) {
+        if (R == 4) wvec6(w, cin, co0 + r, c0, 0, tmp + r * 16, 256);
+        else wvec_fwd(w, cin, co0 + r, c0, tmp + r * 16, 256, 0);
+      }
+      for (int xi = 0; xi < P; xi++) tr16(tmp + xi * 256, 16, 16, pan + xi * ups + (size_t)c0 * 32, 32, 0xffff);
+    }
+    if (co0 + 16 == cout && cout % 32) /* the last panel's upper half */
+      for (int xi = 0; xi < P; xi++)
+        for (int ci = 0; ci < cin; ci++) _mm512_storeu_ps(pan + xi * ups + (size_t)ci * 32 + 16, _mm512_setzero_ps());
+  }
+}
+
+/* dx's kernels packed (Up[xi][ci/32][co][32], rows past cin zero), output channels [co0, co1) of
+ * the forward: its input channels are the packed rows, contiguous in w. */
+static void weights_pack_dx(int R, const float *w, int cin, int cout, int co0, int co1, float *Up, size_t ups) {
+  const int P = (R + 2) * (R + 2);
+  for (int co = co0; co < co1; co++) {
+    for (int c0 = 0; c0 < cin; c0 += 16) {
+      float *o = Up + (size_t)(c0 / 32) * 32 * cout + (size_t)co * 32 + c0 % 32;
+      if (R == 4) wvec6(w, cin, co, c0, 1, o, ups);
+      else wvec_fwd(w, cin, co, c0, o, ups, 1);
+    }
+    if (cin % 32)
+      for (int xi = 0; xi < P; xi++)
+        _mm512_storeu_ps(Up + xi * ups + (size_t)(cin / 32) * 32 * cout + (size_t)co * 32 + 16, _mm512_setzero_ps());
+  }
+}
+
+static long g_ukr_products; /* rn_conv_wino_ukr_products (relaxed atomic: once per position and chunk) */
+long rn_conv_wino_ukr_products(void) { return __atomic_load_n(&g_ukr_products, __ATOMIC_RELAXED); }
+
+/* C[tile][cy] = sum_k V[tile][k] A(., k) for tc tiles, K = cx, A packed (Up[xi]); bp: [cx][12]. */
+static void prod_ukr(int tc, int cx, int cy, const float *V, const float *A, float *C, float *bp) {
+  __atomic_fetch_add(&g_ukr_products, 1, __ATOMIC_RELAXED);
+  for (int j0 = 0; j0 < tc; j0 += RN_UKR_NR) {
+    const int nn = tc - j0 < RN_UKR_NR ? tc - j0 : RN_UKR_NR;
+    for (int c0 = 0; c0 < cx; c0 += 16)
+      tr16(V + (size_t)j0 * cx + c0, (size_t)cx, nn, bp + (size_t)c0 * RN_UKR_NR, RN_UKR_NR, 0x0fff);
+    for (int i0 = 0; i0 < cy; i0 += RN_UKR_MR) {
+      const int mm = cy - i0 < RN_UKR_MR ? cy - i0 : RN_UKR_MR;
+      const float *a = A + (size_t)i0 * cx, *an = i0 + RN_UKR_MR < cy ? a + (size_t)RN_UKR_MR * cx : A;
+      rn_ukr(mm, nn, cx, a, bp, 0.0f, C + (size_t)j0 * cy + i0, 1, cy, an, bp);
+    }
+  }
+}
+
+/* dU[cout][cin] = beta dU + sum over tc tiles E[tile][co] V[tile][ci] (beta 0: dU not read); ap:
+ * [al32(cin)][WKC], bp: [WKC][12]. */
+static void dw_ukr(int tc, int cin, int cout, const float *E, const float *V, float beta, float *dU, float *ap,
+                   float *bp) {
+  __atomic_fetch_add(&g_ukr_products, 1, __ATOMIC_RELAXED);
+  for (int k0 = 0; k0 < tc; k0 += WKC, beta = 1.0f) {
+    const int kc = tc - k0 < WKC ? tc - k0 : WKC;
+    for (int i0 = 0; i0 < cin; i0 += RN_UKR_MR) {
+      const int mm = cin - i0;
+      const __mmask16 m0 = mm >= 16 ? 0xffff : (__mmask16)((1u << mm) - 1);
+      const __mmask16 m1 = mm >= 32 ? 0xffff : mm <= 16 ? 0 : (__mmask16)((1u << (mm - 16)) - 1);
+      const float *s = V + (size_t)k0 * cin + i0;
+      float *d = ap + (size_t)i0 * kc;
+      for (int p = 0; p < kc; p++) {
+        _mm512_store_ps(d + (size_t)p * 32, _mm512_maskz_loadu_ps(m0, s + (size_t)p * cin));
+        _mm512_store_ps(d + (size_t)p * 32 + 16, _mm512_maskz_loadu_ps(m1, s + (size_t)p * cin + 16));
+      }
+    }
+    for (int j0 = 0; j0 < cout; j0 += RN_UKR_NR) {
+      const int nn = cout - j0 < RN_UKR_NR ? cout - j0 : RN_UKR_NR;
+      const __mmask16 mk = (__mmask16)((1u << nn) - 1);
+      const float *s = E + (size_t)k0 * cout + j0;
+      for (int p = 0; p < kc; p++)
+        _mm512_mask_storeu_ps(bp + (size_t)p * RN_UKR_NR, 0x0fff, _mm512_maskz_loadu_ps(mk, s + (size_t)p * cout));
+      for (int i0 = 0; i0 < cin; i0 += RN_UKR_MR) {
+        const int mm = cin - i0 < RN_UKR_MR ? cin - i0 : RN_UKR_MR;
+        const float *a = ap + (size_t)i0 * kc, *an = i0 + RN_UKR_MR < cin ? a + (size_t)RN_UKR_MR * kc : ap;
+        rn_ukr(mm, nn, kc, a, bp, beta, dU + (size_t)j0 * cin + i0, 1, cin, an, bp);
+      }
+    }
+  }
 }
 
 /* The forward core, run by every thread of the region: y (cy channels) = conv(x (cx channels)),
  * H x W both, tile size R (2 or 4), with U: fwd = 1: U[xi][cy][cx] (transb), 0 (dx): [cx][cy]
- * (F(2,3): the forward kernel's, read at flip_pos). */
+ * (F(2,3): the forward kernel's, read at flip_pos); ups > 0: U packed (Up[xi] at xi * ups,
+ * prod_ukr; dx's flip_pos applied in the packing), bp this thread's panel buffer. */
 static void core(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int fwd, float *y,
-                 int acc, float *V, float *M, int TC, int t, int nt, const rn_conv_pre *pre, const wep *ep) {
+                 int acc, float *V, float *M, int TC, int t, int nt, const rn_conv_pre *pre, const wep *ep,
+                 size_t ups, float *bp) {
   const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = (int64_t)n * th * tw;
   const size_t vs = (size_t)TC * cx, ms = (size_t)TC * cy, us = (size_t)cx * cy;
@@ -635,7 +797,9 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
     }
 #pragma omp barrier
     for (int xi = x0; xi < x1; xi++) {
-      if (fwd)
+      if (ups)
+        prod_ukr(tc, cx, cy, V + xi * vs, U + xi * ups, M + xi * ms, bp);
+      else if (fwd)
         rn_sgemm_serial(0, 1, tc, cy, cx, 1.0f, V + xi * vs, cx, U + xi * us, cx, 0.0f, M + xi * ms, cy);
       else
         rn_sgemm_serial(0, 0, tc, cy, cx, 1.0f, V + xi * vs, cx, U + (R == 4 ? xi : flip_pos(xi)) * us, cy, 0.0f,
@@ -873,15 +1037,19 @@ void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const
     return;
   }
   const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), R = rn_conv_wino_tile(d), P = npos(d);
-  float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
+  float *U = u_base(ws), *V = U + u_slot(d), *M = V + (size_t)P * TC * cmax(d), *PK = M + (size_t)P * TC * cmax(d);
+  const int uk = rn_ukr_ok();
+  const size_t ups = uk ? (size_t)al32(cout) * cin : 0;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     wep ep = {1, NULL, stats ? part_zero(d, n, T, ws, t, cout) : NULL};
-    if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
+    if (uk) weights_pack_fwd(R, w, cin, cout, cout / 16 * t / nt, cout / 16 * (t + 1) / nt, U, ups);
+    else if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
     else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
-    core(R, cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt, pre, stats ? &ep : NULL);
+    core(R, cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt, pre, stats ? &ep : NULL, ups,
+         PK + (size_t)t * pk_floats(d));
     if (stats) {
 #pragma omp barrier
       part_reduce(d, n, T, ws, cout, stats, t, nt);
@@ -908,13 +1076,16 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
   const int R = rn_conv_wino_tile(d), P = npos(d);
   const int th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = ntiles(d, n);
-  float *U = ws, *V = U + (size_t)P * cin * cout, *M = V + (size_t)P * TC * cmax(d);
+  float *U = u_base(ws), *V = U + u_slot(d), *M = V + (size_t)P * TC * cmax(d), *PK = M + (size_t)P * TC * cmax(d);
   const size_t us = (size_t)cin * cout, vs = (size_t)TC * cin, es = (size_t)TC * cout;
   const rn_conv_pre *pre = bn ? bn->pre : NULL;
+  const int uk = rn_ukr_ok();
+  const size_t ups = uk ? (size_t)al32(cin) * cout : 0;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
+    float *ap = PK + (size_t)t * pk_floats(d), *bp = ap + (size_t)al32(cmax(d)) * WKC;
     if (dw) { /* dU[xi] = sum over tiles E[xi]^T V[xi], each thread its own positions */
       for (int64_t c0 = 0; c0 < NT; c0 += TC) {
         const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
@@ -931,9 +1102,13 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
           }
         }
 #pragma omp barrier
-        for (int xi = x0; xi < x1; xi++)
-          rn_sgemm_serial(1, 0, cout, cin, tc, 1.0f, M + xi * es, cout, V + xi * vs, cin, c0 ? 1.0f : 0.0f,
-                          U + xi * us, cin);
+        for (int xi = x0; xi < x1; xi++) {
+          if (uk)
+            dw_ukr(tc, cin, cout, M + xi * es, V + xi * vs, c0 ? 1.0f : 0.0f, U + xi * us, ap, bp);
+          else
+            rn_sgemm_serial(1, 0, cout, cin, tc, 1.0f, M + xi * es, cout, V + xi * vs, cin, c0 ? 1.0f : 0.0f,
+                            U + xi * us, cin);
+        }
 #pragma omp barrier
       }
       if (R == 4) weights6_bwd(U, cin, cout, cout * t / nt, cout * (t + 1) / nt, dw);
@@ -942,10 +1117,11 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
     }
     if (dx) {
       wep ep = {0, bn, bn ? part_zero(d, n, T, ws, t, cin) : NULL};
-      if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 1);
+      if (uk) weights_pack_dx(R, w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, ups);
+      else if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 1);
       else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
-      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt, NULL, bn ? &ep : NULL);
+      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt, NULL, bn ? &ep : NULL, ups, bp);
       if (bn) {
 #pragma omp barrier
         part_reduce(d, n, T, ws, cin, bn->sums, t, nt);
@@ -960,6 +1136,7 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
 }
 
 #else
+long rn_conv_wino_ukr_products(void) { return 0; }
 void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                              int threads, double *stats, const rn_conv_pre *pre) {
   (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads, (void)stats, (void)pre;
