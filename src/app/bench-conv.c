@@ -100,9 +100,13 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* --ab-dw-ip: the dW pass with the in-place path off and on in turn; medians and the median of the
- * on/off ratios of neighbouring runs. */
-static void ab_dw(const shape *s, int reps) {
+/* --ab-dw-ip / --ab-ukr: a pass (dW; or forward, dx and dW in turn) with the switch off and on in
+ * turn; medians and the median of the on/off ratios of neighbouring runs. */
+static void set_ab(int which, int on) {
+  if (which == 1) rn_conv_set_dw1x1_inplace(on);
+  else rn_blas_set_ukr(on);
+}
+static void ab_pass(const shape *s, int reps, int which) {
   rn_conv_desc d;
   rn_err e;
   if (rn_conv_desc_init(&d, s->cin, s->cout, s->k, s->k, s->stride, s->k / 2, s->hw, s->hw, &e)) {
@@ -113,30 +117,38 @@ static void ab_dw(const shape *s, int reps) {
   set_mode(1);
   size_t nx = (size_t)n * d.h * d.w * d.cin, ny = (size_t)n * d.oh * d.ow * d.cout,
          nw = (size_t)d.cout * d.kh * d.kw * d.cin;
-  float *x = buf(nx, 1), *w = buf(nw, 0.1f), *dy = buf(ny, 0.01f), *dw = buf(nw, 0),
-        *ws = buf(rn_conv_workspace(&d, n), 0);
+  float *x = buf(nx, 1), *w = buf(nw, 0.1f), *dy = buf(ny, 0.01f), *dw = buf(nw, 0), *y = buf(ny, 0),
+        *dx = buf(nx, 0), *ws = buf(rn_conv_workspace(&d, n), 0);
   double *t[2] = {rn_alloc(sizeof(double) * (size_t)reps), rn_alloc(sizeof(double) * (size_t)reps)};
   double *ratio = rn_alloc(sizeof(double) * (size_t)reps);
-  for (int r = 0; r < reps; r++)
-    for (int k = 0; k < 2; k++) {
-      const int on = (r & 1) ? 1 - k : k; /* off on, on off, ... */
-      rn_conv_set_dw1x1_inplace(on);
-      double t0 = rn_now();
-      rn_conv_backward(&d, n, x, w, dy, NULL, 0, dw, ws);
-      t[on][r] = rn_now() - t0;
-    }
-  rn_conv_set_dw1x1_inplace(1);
-  for (int r = 0; r < reps; r++) ratio[r] = t[1][r] / t[0][r];
-  for (int k = 0; k < 2; k++) qsort(t[k], (size_t)reps, sizeof(double), cmp_double);
-  qsort(ratio, (size_t)reps, sizeof(double), cmp_double);
-  const double fl = 2.0 * (double)ny * d.kh * d.kw * d.cin;
-  printf("%4d->%-4d %dx%d s%d @%-3d b%-3d | dW (%s) off %7.2f ms %6.1f GF/s | on %7.2f ms %6.1f GF/s | "
-         "on/off %.3f (%.3f-%.3f)\n",
-         s->cin, s->cout, s->k, s->k, s->stride, s->hw, n, rn_conv_direct_bwd_ok(&d) ? "D" : "g",
-         t[0][reps / 2] * 1e3, fl / t[0][reps / 2] / 1e9, t[1][reps / 2] * 1e3, fl / t[1][reps / 2] / 1e9,
-         ratio[reps / 2], ratio[0], ratio[reps - 1]);
-  fflush(stdout);
-  free(x), free(w), free(dy), free(dw), free(ws), free(t[0]), free(t[1]), free(ratio);
+  static const char *names[3] = {"fwd", "dx", "dW"};
+  const char kind = rn_conv_wino_ok(&d) ? 'W' : 0;
+  for (int pass = which == 1 ? 2 : 0; pass < 3; pass++) {
+    for (int r = 0; r < reps; r++)
+      for (int k = 0; k < 2; k++) {
+        const int on = (r & 1) ? 1 - k : k; /* off on, on off, ... */
+        set_ab(which, on);
+        double t0 = rn_now();
+        if (pass == 0) rn_conv_forward(&d, n, x, w, y, ws);
+        else if (pass == 1) rn_conv_backward(&d, n, x, w, dy, dx, 0, NULL, ws);
+        else rn_conv_backward(&d, n, x, w, dy, NULL, 0, dw, ws);
+        t[on][r] = rn_now() - t0;
+      }
+    set_ab(which, 1);
+    for (int r = 0; r < reps; r++) ratio[r] = t[1][r] / t[0][r];
+    for (int k = 0; k < 2; k++) qsort(t[k], (size_t)reps, sizeof(double), cmp_double);
+    qsort(ratio, (size_t)reps, sizeof(double), cmp_double);
+    const double fl = 2.0 * (double)ny * d.kh * d.kw * d.cin;
+    const int direct = pass == 2 ? rn_conv_direct_bwd_ok(&d) : pass == 1 ? rn_conv_direct_dx_ok(&d) : rn_conv_direct_ok(&d);
+    const char how = kind ? kind : direct ? 'D' : 'g';
+    printf("%4d->%-4d %dx%d s%d @%-3d b%-3d | %-3s (%c) off %7.2f ms %6.1f GF/s | on %7.2f ms %6.1f GF/s | "
+           "on/off %.3f (%.3f-%.3f)\n",
+           s->cin, s->cout, s->k, s->k, s->stride, s->hw, n, names[pass], how, t[0][reps / 2] * 1e3,
+           fl / t[0][reps / 2] / 1e9, t[1][reps / 2] * 1e3, fl / t[1][reps / 2] / 1e9, ratio[reps / 2], ratio[0],
+           ratio[reps - 1]);
+    fflush(stdout);
+  }
+  free(x), free(w), free(dy), free(dw), free(y), free(dx), free(ws), free(t[0]), free(t[1]), free(ratio);
 }
 
 int main(int argc, char **argv) {
@@ -148,8 +160,10 @@ int main(int argc, char **argv) {
       reps = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--ab-dw-ip")) {
       ab = 1;
+    } else if (!strcmp(argv[i], "--ab-ukr")) {
+      ab = 2;
     } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
+      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
              "GFLOP/s of the forward, dx and dW passes of one convolution shape: GEMM path (direct\n"
              "kernel off), the production rules, and the direct kernel wherever it applies;\n"
              "D/g/W after a figure = that pass ran direct / on the GEMM path / Winograd (rules only;\n"
@@ -157,7 +171,9 @@ int main(int argc, char **argv) {
              "repetitions (default 5). Default shapes: the ResNet-20 and ResNet-50 convolutions.\n"
              "--ab-dw-ip: instead, the dW pass (production rules) with the 1x1 dW kernel's in-place\n"
              "path (rn_conv_set_dw1x1_inplace) off and on in turn, R times each: median ms and GF/s of\n"
-             "each, and the median (range) of the on/off ratios of neighbouring runs.\n");
+             "each, and the median (range) of the on/off ratios of neighbouring runs.\n"
+             "--ab-ukr: the same for the forward, dx and dW passes in turn with Winograd's products on\n"
+             "BLIS's micro-kernel, its kernels packed once per call (rn_blas_set_ukr) off and on.\n");
       return 0;
     } else {
       break;
@@ -181,10 +197,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rn-bench-conv: bad shape '%s' (want CIN,COUT,K,STRIDE,HW,BATCH)\n", argv[i]);
         return 2;
       }
-      ab ? ab_dw(&s, reps) : run(&s, reps);
+      ab ? ab_pass(&s, reps, ab) : run(&s, reps);
     }
   } else {
-    for (size_t k = 0; k < sizeof k_default / sizeof *k_default; k++) ab ? ab_dw(&k_default[k], reps) : run(&k_default[k], reps);
+    for (size_t k = 0; k < sizeof k_default / sizeof *k_default; k++) ab ? ab_pass(&k_default[k], reps, ab) : run(&k_default[k], reps);
   }
   return 0;
 }
