@@ -4,7 +4,7 @@
  * images, a last short chunk) and automatic ones, on 1, 2 and 3 threads; up to 64 channels both
  * the small-channel path (per-thread groups of tiles, own products) and the chunked one, whose
  * products run on BLIS's micro-kernel with our own packing (rn_ukr) and on BLIS's driver; the
- * workspace at exactly its reported size (64-byte aligned, or 4 bytes past), filled with NaN, with
+ * workspace at exactly its reported size (64-byte aligned, or 8 bytes past), filled with NaN, with
  * guard floats after it. Then the dispatch: rn_conv_forward and
  * rn_conv_backward take it for a ResNet-50 shape (results equal to calling it directly) and not
  * when it is switched off or the shape does not qualify. The prologue and epilogues: the next BN's
@@ -148,8 +148,9 @@ static void one_m(int cin, int cout, int h, int w, int n, int threads, int chunk
   rn_conv_set_wino_chunk(chunk);
   CHECK(rn_conv_wino_shape(&d), "cin=%d cout=%d: shape does not qualify", cin, cout);
   size_t wsn = rn_conv_wino_workspace(&d, n, threads);
-  /* odd seeds: a workspace 4 bytes past a 64-byte boundary (the packed panels align themselves) */
-  const int off = (int)(seed & 1);
+  /* odd seeds: a workspace 8 bytes past a 64-byte boundary (the packed panels align themselves; the
+   * epilogue's double partial sums need 8) */
+  const int off = 2 * (int)(seed & 1);
   float *ws0 = nanbuf(wsn + GUARD + 16), *ws = (float *)(((uintptr_t)ws0 + 63) & ~(uintptr_t)63) + off;
   for (int g = 0; g < GUARD; g++) ws[wsn + g] = 1234.5f;
   size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * 9 * cin;
