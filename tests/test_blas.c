@@ -34,7 +34,7 @@ static void one(int ta, int tb, int M, int N, int K, float beta, int pad) {
  * m x n tile (guards) untouched. */
 static void ukr_one(int m, int n, int k, float beta, int colmajor) {
   const int MR = RN_UKR_MR, NR = RN_UKR_NR, ld = colmajor ? MR + 3 : NR + 5;
-  float *a = aligned_alloc(64, sizeof(float) * (size_t)k * MR), *b = aligned_alloc(64, sizeof(float) * (size_t)k * NR);
+  float *a = rn_alloc(sizeof(float) * (size_t)k * MR), *b = rn_alloc(sizeof(float) * (size_t)k * NR); /* 64-aligned */
   float *c = malloc(sizeof(float) * (size_t)ld * (colmajor ? NR : MR)), *c0 = malloc(sizeof(float) * (size_t)ld * (colmajor ? NR : MR));
   const size_t nc = (size_t)ld * (colmajor ? NR : MR);
   fill(a, (size_t)k * MR, 11 + m), fill(b, (size_t)k * NR, 12 + n), fill(c0, nc, 13);
@@ -66,7 +66,7 @@ static void ukr_one(int m, int n, int k, float beta, int colmajor) {
   CHECK(md < 1e-5 * k, "rn_ukr m=%d n=%d k=%d beta=%g %s: max abs err %.3g", m, n, k, beta,
         colmajor ? "column-major" : "row-major", md);
   CHECK(guards, "rn_ukr m=%d n=%d k=%d: wrote outside its m x n tile", m, n, k);
-  free(a), free(b), free(c), free(c0);
+  rn_free(a), rn_free(b), free(c), free(c0);
 }
 
 int main(void) {
