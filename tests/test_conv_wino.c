@@ -5,7 +5,8 @@
  * the small-channel path (per-thread groups of tiles, own products) and the chunked one, whose
  * products run on BLIS's micro-kernel with our own packing (rn_ukr) and on BLIS's driver; the
  * workspace at exactly its reported size (64-byte aligned, or 8 bytes past), filled with NaN, with
- * guard floats after it. Then the dispatch: rn_conv_forward and
+ * guard floats after it; the products' positions claimed dynamically against static shares (the
+ * same bits). Then the dispatch: rn_conv_forward and
  * rn_conv_backward take it for a ResNet-50 shape (results equal to calling it directly) and not
  * when it is switched off or the shape does not qualify. The prologue and epilogues: the next BN's
  * statistics in the forward, a lazy BN's input applied in the input transforms (forward, dW), the
@@ -395,6 +396,47 @@ static void ukr_paths(void) {
   rn_conv_set_wino_tile(0);
 }
 
+/* The products' positions claimed one at a time (default) against static shares: the same bits
+ * (forward with statistics, dx with BN sums, dW), 144 -> 176 at 20x20 in chunks of 37 tiles (9
+ * chunks, the counter running on across them), on 2 and 3 threads, with rn_ukr and BLIS's driver. */
+static void dyn_paths(void) {
+  rn_conv_desc d;
+  rn_err e;
+  rn_conv_desc_init(&d, 144, 176, 3, 3, 1, 1, 20, 20, &e);
+  rn_conv_set_wino_chunk(37);
+  rn_conv_set_wino_tile(2);
+  const int n = 3;
+  const size_t nx = (size_t)n * 400 * 144, ny = (size_t)n * 400 * 176, nw = (size_t)176 * 9 * 144;
+  float *x = randf(nx, 51), *wt = randf(nw, 52), *dy = randf(ny, 53);
+  for (int T = 2; T <= 3; T++)
+    for (int uk = 0; uk <= g_have_ukr; uk++) {
+      rn_blas_set_ukr(uk);
+      float *ws = nanbuf(rn_conv_wino_workspace(&d, n, T)), *y[2], *dx[2], *dw[2];
+      double *st[2], *bs[2];
+      for (int dyn = 0; dyn < 2; dyn++) {
+        rn_conv_set_wino_dynamic(dyn);
+        y[dyn] = nanbuf(ny), dx[dyn] = nanbuf(nx), dw[dyn] = calloc(nw, 4);
+        st[dyn] = malloc(sizeof(double) * n * 2 * 176), bs[dyn] = malloc(sizeof(double) * n * 2 * 144);
+        rn_conv_wino_forward_ep(&d, n, x, wt, y[dyn], ws, T, st[dyn], NULL);
+        rn_bn_sums b = {NULL, x, bs[dyn], 1.0f, 0, NULL};
+        rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx[dyn], 0, dw[dyn], ws, T, &b);
+      }
+      CHECK(memcmp(y[0], y[1], ny * 4) == 0 && memcmp(st[0], st[1], sizeof(double) * n * 2 * 176) == 0 &&
+                memcmp(dx[0], dx[1], nx * 4) == 0 && memcmp(bs[0], bs[1], sizeof(double) * n * 2 * 144) == 0 &&
+                memcmp(dw[0], dw[1], nw * 4) == 0,
+            "144->176 @20, chunks of 37, T=%d %s: claimed positions not the bits of static shares", T,
+            uk ? "rn_ukr" : "BLIS's driver");
+      CHECK(relerr(y[1], y[0], ny) == 0 && isfinite(y[1][0]), "144->176 @20: forward not finite");
+      for (int k = 0; k < 2; k++) free(y[k]), free(dx[k]), free(dw[k]), free(st[k]), free(bs[k]);
+      free(ws);
+    }
+  rn_conv_set_wino_dynamic(1);
+  rn_blas_set_ukr(1);
+  rn_conv_set_wino_chunk(0);
+  rn_conv_set_wino_tile(0);
+  free(x), free(wt), free(dy);
+}
+
 int main(void) {
   rn_err e;
   if (rn_blas_init(NULL, 3, stderr, &e)) {
@@ -435,6 +477,7 @@ int main(void) {
   cases += 14;
   dispatch();
   ukr_paths();
+  dyn_paths();
   partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",
          cases, g_max[2], g_max[4], TOL2, TOL4);

@@ -52,6 +52,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "stream")) rn_conv_set_stream_mb(on ? ab_stream_mb() : 0);
   else if (!strcmp(sw, "dw-ip")) rn_conv_set_dw1x1_inplace(on);
   else if (!strcmp(sw, "ukr")) rn_blas_set_ukr(on);
+  else if (!strcmp(sw, "wino-dyn")) rn_conv_set_wino_dynamic(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -68,7 +69,7 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
@@ -98,7 +99,8 @@ static void usage(void) {
          "dw-ip: the 1x1 dW of small stride-1 shapes (cin + cout <= 640) reads x and dy in place and\n"
          "prefetches the next chunk (off = packs every chunk; RN_CONV_DW1X1_IP=0). ukr: Winograd's\n"
          "products on BLIS's micro-kernel with the transformed kernels packed once per call (off = BLIS's\n"
-         "driver, which packs them again for every chunk; RN_UKR=0).\n");
+         "driver, which packs them again for every chunk; RN_UKR=0). wino-dyn: Winograd's product\n"
+         "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n");
 }
 
 int main(int argc, char **argv) {
@@ -142,10 +144,10 @@ int main(int argc, char **argv) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
-          strcmp(v, "dw-ip") && strcmp(v, "ukr"))
+          strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr)",
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);

@@ -775,18 +775,45 @@ static void dw_ukr(int tc, int cin, int cout, const float *E, const float *V, fl
   }
 }
 
+/* The product phases' positions: static shares (P * t / nt) or, with g_dyn (RN_WINO_DYN, default
+ * on), claimed one at a time from a counter shared by the region (each position's product is
+ * independent, so the same bits either way; a thread the host slows takes fewer). The counter runs
+ * on across chunks: chunk q's positions are [q P, (q + 1) P), and no thread claims past them. */
+static int g_dyn = -1;
+void rn_conv_set_wino_dynamic(int on) { g_dyn = on != 0; }
+static int dyn_on(void) {
+  if (g_dyn < 0) {
+    const char *e = getenv("RN_WINO_DYN");
+    g_dyn = !(e && e[0] == '0');
+  }
+  return g_dyn;
+}
+static int claim(int *ctr, int end) {
+  int v = __atomic_load_n(ctr, __ATOMIC_RELAXED);
+  while (v < end)
+    if (__atomic_compare_exchange_n(ctr, &v, v + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return v;
+  return -1;
+}
+/* Next position of chunk q for this thread: static [x0, x1) in order (*it counts), or claimed. */
+static int next_pos(int *ctr, int q, int P, int x1, int *it) {
+  if (!ctr) return *it < x1 ? (*it)++ : -1;
+  const int v = claim(ctr, (q + 1) * P);
+  return v < 0 ? -1 : v - q * P;
+}
+
 /* The forward core, run by every thread of the region: y (cy channels) = conv(x (cx channels)),
  * H x W both, tile size R (2 or 4), with U: fwd = 1: U[xi][cy][cx] (transb), 0 (dx): [cx][cy]
  * (F(2,3): the forward kernel's, read at flip_pos); ups > 0: U packed (Up[xi] at xi * ups,
  * prod_ukr; dx's flip_pos applied in the packing), bp this thread's panel buffer. */
 static void core(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int fwd, float *y,
                  int acc, float *V, float *M, int TC, int t, int nt, const rn_conv_pre *pre, const wep *ep,
-                 size_t ups, float *bp) {
+                 size_t ups, float *bp, int *ctr) {
   const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R;
   const int64_t NT = (int64_t)n * th * tw;
   const size_t vs = (size_t)TC * cx, ms = (size_t)TC * cy, us = (size_t)cx * cy;
   const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
-  for (int64_t c0 = 0; c0 < NT; c0 += TC) {
+  int q = 0;
+  for (int64_t c0 = 0; c0 < NT; c0 += TC, q++) {
     const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
     const int64_t a = c0 + (int64_t)tc * t / nt, b = c0 + (int64_t)tc * (t + 1) / nt;
     for (int64_t id = a; id < b; id++) {
@@ -796,7 +823,7 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
       else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre);
     }
 #pragma omp barrier
-    for (int xi = x0; xi < x1; xi++) {
+    for (int it = x0, xi; (xi = next_pos(ctr, q, P, x1, &it)) >= 0;) {
       if (ups)
         prod_ukr(tc, cx, cy, V + xi * vs, U + xi * ups, M + xi * ms, bp);
       else if (fwd)
@@ -1038,8 +1065,9 @@ void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const
   }
   const int cin = d->cin, cout = d->cout, TC = chunk_tiles(d, n), R = rn_conv_wino_tile(d), P = npos(d);
   float *U = u_base(ws), *V = U + u_slot(d), *M = V + (size_t)P * TC * cmax(d), *PK = M + (size_t)P * TC * cmax(d);
-  const int uk = rn_ukr_ok();
+  const int uk = rn_ukr_ok(), dyn = dyn_on();
   const size_t ups = uk ? (size_t)al32(cout) * cin : 0;
+  int ctr = 0; /* next_pos */
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -1049,7 +1077,7 @@ void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const
     else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
     core(R, cin, cout, d->h, d->w, n, x, U, 1, y, 0, V, M, TC, t, nt, pre, stats ? &ep : NULL, ups,
-         PK + (size_t)t * pk_floats(d));
+         PK + (size_t)t * pk_floats(d), dyn ? &ctr : NULL);
     if (stats) {
 #pragma omp barrier
       part_reduce(d, n, T, ws, cout, stats, t, nt);
@@ -1079,15 +1107,17 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
   float *U = u_base(ws), *V = U + u_slot(d), *M = V + (size_t)P * TC * cmax(d), *PK = M + (size_t)P * TC * cmax(d);
   const size_t us = (size_t)cin * cout, vs = (size_t)TC * cin, es = (size_t)TC * cout;
   const rn_conv_pre *pre = bn ? bn->pre : NULL;
-  const int uk = rn_ukr_ok();
+  const int uk = rn_ukr_ok(), dyn = dyn_on();
   const size_t ups = uk ? (size_t)al32(cin) * cout : 0;
+  int ctr_dw = 0, ctr_dx = 0; /* next_pos */
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
     float *ap = PK + (size_t)t * pk_floats(d), *bp = ap + (size_t)al32(cmax(d)) * WKC;
     if (dw) { /* dU[xi] = sum over tiles E[xi]^T V[xi], each thread its own positions */
-      for (int64_t c0 = 0; c0 < NT; c0 += TC) {
+      int q = 0;
+      for (int64_t c0 = 0; c0 < NT; c0 += TC, q++) {
         const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
         const int64_t a = c0 + (int64_t)tc * t / nt, b = c0 + (int64_t)tc * (t + 1) / nt;
         for (int64_t id = a; id < b; id++) {
@@ -1102,7 +1132,7 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
           }
         }
 #pragma omp barrier
-        for (int xi = x0; xi < x1; xi++) {
+        for (int it = x0, xi; (xi = next_pos(dyn ? &ctr_dw : NULL, q, P, x1, &it)) >= 0;) {
           if (uk)
             dw_ukr(tc, cin, cout, M + xi * es, V + xi * vs, c0 ? 1.0f : 0.0f, U + xi * us, ap, bp);
           else
@@ -1121,7 +1151,8 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
       else if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 1);
       else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
-      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt, NULL, bn ? &ep : NULL, ups, bp);
+      core(R, cout, cin, H, W, n, dy, U, 0, dx, acc, V, M, TC, t, nt, NULL, bn ? &ep : NULL, ups, bp,
+           dyn ? &ctr_dx : NULL);
       if (bn) {
 #pragma omp barrier
         part_reduce(d, n, T, ws, cin, bn->sums, t, nt);
@@ -1137,6 +1168,7 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
 
 #else
 long rn_conv_wino_ukr_products(void) { return 0; }
+void rn_conv_set_wino_dynamic(int on) { (void)on; }
 void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                              int threads, double *stats, const rn_conv_pre *pre) {
   (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads, (void)stats, (void)pre;
