@@ -104,7 +104,8 @@ static int cmp_double(const void *a, const void *b) {
  * turn; medians and the median of the on/off ratios of neighbouring runs. */
 static void set_ab(int which, int on) {
   if (which == 1) rn_conv_set_dw1x1_inplace(on);
-  else rn_blas_set_ukr(on);
+  else if (which == 2) rn_blas_set_ukr(on);
+  else set_mode(on); /* 3: the GEMM path (off) against the production rules (on) */
 }
 static void ab_pass(const shape *s, int reps, int which) {
   rn_conv_desc d;
@@ -114,11 +115,14 @@ static void ab_pass(const shape *s, int reps, int which) {
     return;
   }
   const int n = s->batch;
+  set_mode(0);
+  size_t wsn = rn_conv_workspace(&d, n);
   set_mode(1);
+  if (rn_conv_workspace(&d, n) > wsn) wsn = rn_conv_workspace(&d, n);
   size_t nx = (size_t)n * d.h * d.w * d.cin, ny = (size_t)n * d.oh * d.ow * d.cout,
          nw = (size_t)d.cout * d.kh * d.kw * d.cin;
   float *x = buf(nx, 1), *w = buf(nw, 0.1f), *dy = buf(ny, 0.01f), *dw = buf(nw, 0), *y = buf(ny, 0),
-        *dx = buf(nx, 0), *ws = buf(rn_conv_workspace(&d, n), 0);
+        *dx = buf(nx, 0), *ws = buf(wsn, 0);
   double *t[2] = {rn_alloc(sizeof(double) * (size_t)reps), rn_alloc(sizeof(double) * (size_t)reps)};
   double *ratio = rn_alloc(sizeof(double) * (size_t)reps);
   static const char *names[3] = {"fwd", "dx", "dW"};
@@ -162,8 +166,10 @@ int main(int argc, char **argv) {
       ab = 1;
     } else if (!strcmp(argv[i], "--ab-ukr")) {
       ab = 2;
+    } else if (!strcmp(argv[i], "--ab-rules")) {
+      ab = 3;
     } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
+      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
              "GFLOP/s of the forward, dx and dW passes of one convolution shape: GEMM path (direct\n"
              "kernel off), the production rules, and the direct kernel wherever it applies;\n"
              "D/g/W after a figure = that pass ran direct / on the GEMM path / Winograd (rules only;\n"
@@ -173,7 +179,9 @@ int main(int argc, char **argv) {
              "path (rn_conv_set_dw1x1_inplace) off and on in turn, R times each: median ms and GF/s of\n"
              "each, and the median (range) of the on/off ratios of neighbouring runs.\n"
              "--ab-ukr: the same for the forward, dx and dW passes in turn with Winograd's products on\n"
-             "BLIS's micro-kernel, its kernels packed once per call (rn_blas_set_ukr) off and on.\n");
+             "BLIS's micro-kernel, its kernels packed once per call (rn_blas_set_ukr) off and on.\n"
+             "--ab-rules: the same with the GEMM path (im2col + BLIS; off) against the production\n"
+             "rules (direct kernels, Winograd; on).\n");
       return 0;
     } else {
       break;

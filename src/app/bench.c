@@ -71,7 +71,8 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
-         "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), and the\n"
+         "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps; 1 rank), then\n"
+         "a 2048^3 BLIS sgemm's GF/s measured after it (what a tuned GEMM reaches on the host now), and the\n"
          "whole step (median of --steps after --warmup): images/s, GFLOP/s (training FLOPs = 3 x\n"
          "forward), peak RSS, the FMA peak. --narrow/--ksplit turn the per-shape BLIS\n"
          "kernel choice and the K split of weight-gradient GEMMs off for comparison. Under mpirun with\n"
@@ -102,6 +103,25 @@ static void usage(void) {
          "products on BLIS's micro-kernel with the transformed kernels packed once per call (off = BLIS's\n"
          "driver, which packs them again for every chunk; RN_UKR=0). wino-dyn: Winograd's product\n"
          "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n");
+}
+
+/* The GEMM ceiling beside the FMA peak: the best of 3 BLIS sgemm calls of CEIL_N^3 (after one
+ * warm-up), square and large enough that packing and edges are a few percent: what an optimised
+ * GEMM reaches on this host right now (docs/PERF.md, "What limits"). */
+#define CEIL_N 2048
+static double gemm_ceiling(void) {
+  const size_t nn = (size_t)CEIL_N * CEIL_N;
+  float *a = rn_alloc(nn * sizeof(float)), *b = rn_alloc(nn * sizeof(float)), *c = rn_alloc(nn * sizeof(float));
+  for (size_t i = 0; i < nn; i++) a[i] = (float)(i % 7) * 0.125f, b[i] = (float)(i % 5) * 0.25f, c[i] = 0;
+  double best = 0;
+  for (int r = 0; r < 4; r++) {
+    const double t0 = rn_now();
+    rn_sgemm(0, 0, CEIL_N, CEIL_N, CEIL_N, 1.0f, a, CEIL_N, b, CEIL_N, 0.0f, c, CEIL_N);
+    const double g = 2.0 * CEIL_N * CEIL_N * (double)CEIL_N / (rn_now() - t0) * 1e-9;
+    if (r > 0 && g > best) best = g;
+  }
+  free(a), free(b), free(c);
+  return best;
 }
 
 int main(int argc, char **argv) {
@@ -321,6 +341,11 @@ int main(int argc, char **argv) {
                "(%.0f GF/s, %ld threads); at >= 70%%: %d forward, %d backward\n",
                nconv, cf_fl / cf_t * 1e-9, 100 * cf_fl / cf_t * 1e-9 / peak, cb_fl / cb_t * 1e-9,
                100 * cb_fl / cb_t * 1e-9 / peak, peak, threads, f70, b70);
+      const double gp = nconv && peak > 0 ? gemm_ceiling() : 0;
+      if (gp > 0)
+        printf("a large GEMM measured now (BLIS sgemm %dx%dx%d, the same threads): %.0f GF/s = %.0f%% of the FMA "
+               "peak; the convolutions ran at %.0f%% forward, %.0f%% backward of it\n",
+               CEIL_N, CEIL_N, CEIL_N, gp, 100 * gp / peak, 100 * cf_fl / cf_t * 1e-9 / gp, 100 * cb_fl / cb_t * 1e-9 / gp);
     }
     double ms = median(tstep, (int)steps), mf = median(tf, (int)steps), mb = median(tb, (int)steps),
            mcm = median(tc, (int)steps), mo = median(to, (int)steps);
