@@ -105,16 +105,17 @@ static void usage(void) {
          "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n");
 }
 
-/* The GEMM ceiling beside the FMA peak: the best of 3 BLIS sgemm calls of CEIL_N^3 (after one
- * warm-up), square and large enough that packing and edges are a few percent: what an optimised
- * GEMM reaches on this host right now (docs/PERF.md, "What limits"). */
+/* The GEMM ceiling beside the FMA peak: the best of 8 BLIS sgemm calls of CEIL_N^3 after one
+ * warm-up (best of 3 was moved by the host's sub-second slow spells: 157 against 224-242 GF/s),
+ * square and large enough that packing and edges are a few percent: what a tuned GEMM reaches on
+ * this host right now (docs/PERF.md, "What limits"). */
 #define CEIL_N 2048
 static double gemm_ceiling(void) {
   const size_t nn = (size_t)CEIL_N * CEIL_N;
   float *a = rn_alloc(nn * sizeof(float)), *b = rn_alloc(nn * sizeof(float)), *c = rn_alloc(nn * sizeof(float));
   for (size_t i = 0; i < nn; i++) a[i] = (float)(i % 7) * 0.125f, b[i] = (float)(i % 5) * 0.25f, c[i] = 0;
   double best = 0;
-  for (int r = 0; r < 4; r++) {
+  for (int r = 0; r < 9; r++) {
     const double t0 = rn_now();
     rn_sgemm(0, 0, CEIL_N, CEIL_N, CEIL_N, 1.0f, a, CEIL_N, b, CEIL_N, 0.0f, c, CEIL_N);
     const double g = 2.0 * CEIL_N * CEIL_N * (double)CEIL_N / (rn_now() - t0) * 1e-9;
