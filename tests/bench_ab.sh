@@ -2,7 +2,8 @@
 # unit: rn-bench --ab runs both settings of a switch in one process (each --steps times, the
 # settings alternating) and prints both medians and the paired ratio; an unknown switch is an
 # error that names the option and the value, before any model is built. The page-fault line is
-# printed. wino-bn runs its off setting on a second model planned with it off.
+# printed. wino-bn runs its off setting on a second model planned with it off. The per-layer
+# summary carries a large GEMM measured in the same run; rn-bench-conv --ab-rules pairs each pass.
 set -u
 BIN=$1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2
@@ -24,5 +25,26 @@ echo "$msg" | grep -q "option ab: unknown switch 'bogus'" || { echo "FAIL: messa
 # the step reports its page faults (the arena and workspaces are touched once, before the steps)
 echo "$out" | grep -Eq '^page faults per timed step \(minor, rank 0\): forward\+loss [0-9.]+, backward\+allreduce\+sgd [0-9.]+$' ||
   { echo "FAIL: no page-fault line in: $out"; fail=1; }
+# --layers 1: after the FMA peak, a large BLIS GEMM measured in the same run, and the convolutions'
+# share of it (positive figures)
+lay=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 2>&1) ||
+  { echo "FAIL: rn-bench --layers 1 exited $?: $lay"; fail=1; }
+gl=$(echo "$lay" | grep '^a large GEMM measured now')
+echo "$gl" | grep -Eq '^a large GEMM measured now \(BLIS sgemm 2048x2048x2048, the same threads\): [1-9][0-9]* GF/s = [1-9][0-9]*% of the FMA peak; the convolutions ran at [1-9][0-9]*% forward, [1-9][0-9]*% backward of it$' ||
+  { echo "FAIL: no or malformed GEMM ceiling line: '$gl'"; fail=1; }
+# rn-bench-conv --ab-rules: the GEMM path against the production rules, each pass paired
+ab=$("$BIN/rn-bench-conv" --threads 2 --reps 2 --ab-rules 64,64,3,1,8,4 64,128,1,1,8,4 2>&1) ||
+  { echo "FAIL: rn-bench-conv --ab-rules exited $?: $ab"; fail=1; }
+n=$(echo "$ab" | grep -Ec '\| (fwd|dx |dW ) \([DgW]\) off +[0-9.]+ ms +[0-9.]+ GF/s \| on +[0-9.]+ ms +[0-9.]+ GF/s \| on/off [0-9.]+ \([0-9.]+-[0-9.]+\) \| max \|on-off\| [0-9.e+-]+ of max \|off\| [0-9.e+-]+$')
+[ "$n" = 6 ] || { echo "FAIL: rn-bench-conv --ab-rules printed $n of 6 paired lines: $ab"; fail=1; }
+# every pass of the 3x3 runs on Winograd under the rules and on im2col + BLIS off: different
+# rounding, within float32's (a switch that did not switch would differ by exactly 0); the 1x1 at 8
+# wide is on the GEMM path under both: the same bits
+w3=$(echo "$ab" | grep -Ec '^  64->64   3x3 s1 @8   b4   \| (fwd|dx |dW ) \(W\) ')
+[ "$w3" = 3 ] || { echo "FAIL: $w3 of the 3x3's 3 passes on Winograd under the rules: $ab"; fail=1; }
+echo "$ab" | awk '/^  64->64   3x3/ { split($0, a, "max [|]on-off[|] "); split(a[2], b, " of max [|]off[|] ");
+  if (!(b[1] + 0 > 0 && b[1] + 0 < 1e-4 * (b[2] + 0))) { print "FAIL: 3x3 settings differ by " b[1] " of " b[2]; bad = 1 } }
+  /^  64->128  1x1/ { split($0, a, "max [|]on-off[|] "); split(a[2], b, " of "); if (b[1] + 0 != 0) { print "FAIL: 1x1 settings differ by " b[1]; bad = 1 } }
+  END { exit bad }' || fail=1
 [ $fail = 0 ] && echo "bench_ab: passed"
 exit $fail

@@ -12,6 +12,7 @@
  * path off and on (rn_conv_set_dw1x1_inplace), alternating off, on, on, off, ... R times each.
  * Usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip] [CIN,COUT,K,STRIDE,HW,BATCH ...]
  *        (default: the ResNet-20 and ResNet-50 convolution shapes) */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,7 +123,7 @@ static void ab_pass(const shape *s, int reps, int which) {
   size_t nx = (size_t)n * d.h * d.w * d.cin, ny = (size_t)n * d.oh * d.ow * d.cout,
          nw = (size_t)d.cout * d.kh * d.kw * d.cin;
   float *x = buf(nx, 1), *w = buf(nw, 0.1f), *dy = buf(ny, 0.01f), *dw = buf(nw, 0), *y = buf(ny, 0),
-        *dx = buf(nx, 0), *ws = buf(wsn, 0);
+        *dx = buf(nx, 0), *ws = buf(wsn, 0), *ref = buf(nx > ny ? (nx > nw ? nx : nw) : (ny > nw ? ny : nw), 0);
   double *t[2] = {rn_alloc(sizeof(double) * (size_t)reps), rn_alloc(sizeof(double) * (size_t)reps)};
   double *ratio = rn_alloc(sizeof(double) * (size_t)reps);
   static const char *names[3] = {"fwd", "dx", "dW"};
@@ -138,6 +139,24 @@ static void ab_pass(const shape *s, int reps, int which) {
         else rn_conv_backward(&d, n, x, w, dy, NULL, 0, dw, ws);
         t[on][r] = rn_now() - t0;
       }
+    /* the two settings' results compared: once more off, then on, from the same state (dW from
+     * zero: the pass adds into it) */
+    float *out = pass == 0 ? y : pass == 1 ? dx : dw;
+    const size_t no = pass == 0 ? ny : pass == 1 ? nx : nw;
+    double dmax = 0, amax = 0;
+    for (int k = 0; k < 2; k++) {
+      set_ab(which, k);
+      if (pass == 2) memset(dw, 0, nw * sizeof(float));
+      if (pass == 0) rn_conv_forward(&d, n, x, w, y, ws);
+      else if (pass == 1) rn_conv_backward(&d, n, x, w, dy, dx, 0, NULL, ws);
+      else rn_conv_backward(&d, n, x, w, dy, NULL, 0, dw, ws);
+      if (k == 0) memcpy(ref, out, no * sizeof(float));
+    }
+    for (size_t i = 0; i < no; i++) {
+      const double df = fabs((double)out[i] - ref[i]), a = fabs((double)ref[i]);
+      if (df > dmax) dmax = df;
+      if (a > amax) amax = a;
+    }
     set_ab(which, 1);
     for (int r = 0; r < reps; r++) ratio[r] = t[1][r] / t[0][r];
     for (int k = 0; k < 2; k++) qsort(t[k], (size_t)reps, sizeof(double), cmp_double);
@@ -146,13 +165,13 @@ static void ab_pass(const shape *s, int reps, int which) {
     const int direct = pass == 2 ? rn_conv_direct_bwd_ok(&d) : pass == 1 ? rn_conv_direct_dx_ok(&d) : rn_conv_direct_ok(&d);
     const char how = kind ? kind : direct ? 'D' : 'g';
     printf("%4d->%-4d %dx%d s%d @%-3d b%-3d | %-3s (%c) off %7.2f ms %6.1f GF/s | on %7.2f ms %6.1f GF/s | "
-           "on/off %.3f (%.3f-%.3f)\n",
+           "on/off %.3f (%.3f-%.3f) | max |on-off| %.2e of max |off| %.2e\n",
            s->cin, s->cout, s->k, s->k, s->stride, s->hw, n, names[pass], how, t[0][reps / 2] * 1e3,
            fl / t[0][reps / 2] / 1e9, t[1][reps / 2] * 1e3, fl / t[1][reps / 2] / 1e9, ratio[reps / 2], ratio[0],
-           ratio[reps - 1]);
+           ratio[reps - 1], dmax, amax);
     fflush(stdout);
   }
-  free(x), free(w), free(dy), free(dw), free(y), free(dx), free(ws), free(t[0]), free(t[1]), free(ratio);
+  free(x), free(w), free(dy), free(dw), free(y), free(dx), free(ws), free(ref), free(t[0]), free(t[1]), free(ratio);
 }
 
 int main(int argc, char **argv) {
@@ -177,7 +196,9 @@ int main(int argc, char **argv) {
              "repetitions (default 5). Default shapes: the ResNet-20 and ResNet-50 convolutions.\n"
              "--ab-dw-ip: instead, the dW pass (production rules) with the 1x1 dW kernel's in-place\n"
              "path (rn_conv_set_dw1x1_inplace) off and on in turn, R times each: median ms and GF/s of\n"
-             "each, and the median (range) of the on/off ratios of neighbouring runs.\n"
+             "each, the median (range) of the on/off ratios of neighbouring runs, and the largest\n"
+             "difference between the two settings' results (one more run of each) beside the largest\n"
+             "value.\n"
              "--ab-ukr: the same for the forward, dx and dW passes in turn with Winograd's products on\n"
              "BLIS's micro-kernel, its kernels packed once per call (rn_blas_set_ukr) off and on.\n"
              "--ab-rules: the same with the GEMM path (im2col + BLIS; off) against the production\n"
