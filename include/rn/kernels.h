@@ -59,8 +59,9 @@ int rn_ukr_ok(void);
 void rn_blas_set_ukr(int on);
 void rn_ukr(int m, int n, int k, const float *a, const float *b, float beta, float *c, long rs_c, long cs_c,
             const float *a_next, const float *b_next);
-/* The single-precision FMA peak of `threads` threads right now (GFLOP/s), measured in ~0.3 s by
- * register-only FMA chains (AVX-512, else AVX2; 0 without either). For benchmarks' "% of peak". */
+/* The single-precision FMA peak of `threads` threads right now (GFLOP/s): the best of 12
+ * repetitions of ~50 ms (~0.7 s) of register-only FMA chains (AVX-512, else AVX2; 0 without
+ * either). For benchmarks' "% of peak". */
 double rn_fma_peak_gflops(int threads);
 /* Naive references for tests: plain triple loop in double accumulation. */
 void rn_ref_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,

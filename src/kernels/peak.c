@@ -43,7 +43,10 @@ double rn_fma_peak_gflops(int threads) {
   if (threads < 1) threads = 1;
   long n = 1 << 20;
   double best = 0;
-  for (int rep = 0; rep < 6; rep++) {
+  /* until one repetition takes ~50 ms, then 12 more: the host's slow spells last up to a few
+   * hundred ms, and a peak measured inside one inflates every "% of peak" (3 repetitions of 50 ms
+   * once gave 234 GF/s, below a GEMM measured a second later) */
+  for (int rep = 0, timed = 0; timed < 12 && rep < 40; rep++) {
     volatile float sink = 0;
     double t0 = rn_now();
 #pragma omp parallel num_threads(threads)
@@ -55,7 +58,8 @@ double rn_fma_peak_gflops(int threads) {
     (void)sink;
     double g = (double)threads * n * 12 * VW * 2 / t * 1e-9;
     if (g > best) best = g;
-    if (t < 0.05) n *= 2; /* until one repetition takes ~50 ms */
+    if (t < 0.05) n *= 2;
+    else timed++;
   }
   return best;
 }
