@@ -3,7 +3,9 @@
 # settings alternating) and prints both medians and the paired ratio; an unknown switch is an
 # error that names the option and the value, before any model is built. The page-fault line is
 # printed. wino-bn runs its off setting on a second model planned with it off. The per-layer
-# summary carries a large GEMM measured in the same run; rn-bench-conv --ab-rules pairs each pass.
+# summary carries a large GEMM measured in the same run, and the replays in the backward: none with a
+# --recompute-mb budget above them all; --ab recompute-mb compares a budget with none (a second model).
+# rn-bench-conv --ab-rules pairs each pass.
 set -u
 BIN=$1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2
@@ -18,6 +20,17 @@ for sw in ksplit gemm-par wino wino-small wino-bn dw-il; do  # wino-bn: a second
   "$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab $sw 2>&1 | grep -q "^ab $sw: " ||
     { echo "FAIL: --ab $sw printed no A/B line"; fail=1; }
 done
+# recompute-mb: the budget's model against a second one planned without it; it needs a budget
+"$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --recompute-mb 1 --ab recompute-mb 2>&1 |
+  grep -q "^ab recompute-mb: " || { echo "FAIL: --ab recompute-mb printed no A/B line"; fail=1; }
+if msg=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab recompute-mb 2>&1); then
+  echo "FAIL: --ab recompute-mb without a budget accepted"; fail=1
+fi
+echo "$msg" | grep -q "give --recompute-mb MB > 0" || { echo "FAIL: --ab recompute-mb without a budget: $msg"; fail=1; }
+if msg=$("$BIN/rn-bench" --model cifar-resnet20 --recompute-mb -1 2>&1); then
+  echo "FAIL: --recompute-mb -1 accepted"; fail=1
+fi
+echo "$msg" | grep -q "option recompute-mb: '-1'" || { echo "FAIL: message does not name option and value: $msg"; fail=1; }
 if msg=$("$BIN/rn-bench" --model cifar-resnet20 --ab bogus 2>&1); then
   echo "FAIL: unknown switch accepted"; fail=1
 fi
@@ -29,6 +42,12 @@ echo "$out" | grep -Eq '^page faults per timed step \(minor, rank 0\): forward\+
 # share of it (positive figures)
 lay=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 2>&1) ||
   { echo "FAIL: rn-bench --layers 1 exited $?: $lay"; fail=1; }
+# the replays and the budget: some outputs replayed by default, none with a budget above them all
+echo "$lay" | grep -Eq '^recomputed in the backward \(in their layers. bwd ms above\): [1-9][0-9]* outputs, .*budget: \+0 MB\)$' ||
+  { echo "FAIL: no replays reported by default: $(echo "$lay" | grep '^recomputed')"; fail=1; }
+lay2=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --recompute-mb 1000 2>&1)
+echo "$lay2" | grep -Eq '^recomputed in the backward \(in their layers. bwd ms above\): 0 outputs, .*budget: \+1000 MB\)$' ||
+  { echo "FAIL: --recompute-mb 1000 still replays: $(echo "$lay2" | grep '^recomputed')"; fail=1; }
 gl=$(echo "$lay" | grep '^a large GEMM measured now')
 echo "$gl" | grep -Eq '^a large GEMM measured now \(BLIS sgemm 2048x2048x2048, the same threads\): [1-9][0-9]* GF/s = [1-9][0-9]*% of the FMA peak; the convolutions ran at [1-9][0-9]*% forward, [1-9][0-9]*% backward of it$' ||
   { echo "FAIL: no or malformed GEMM ceiling line: '$gl'"; fail=1; }

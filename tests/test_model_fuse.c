@@ -25,6 +25,7 @@
 #include "testutil.h"
 
 static int g_small_on; /* Winograd's small-channel path (rn_conv_set_wino_small) */
+static double g_budget_mb; /* recompute budget of the fused runs (rn_model_set_recompute_mb) */
 
 typedef struct {
   const char *tag, *arch;
@@ -106,9 +107,11 @@ static int run(const fcase *fc, int fuse, int recompute, run_out *o) {
   c.num_classes = fc->classes;
   c.sd_pl = fc->sd_pl;
   int prev = rn_model_set_fusion(fuse), prev_rc = rn_model_set_recompute(recompute);
+  double prev_mb = rn_model_set_recompute_mb(g_budget_mb);
   rn_status st = rn_model_build(&o->m, &c, fc->batch, &e);
   rn_model_set_fusion(prev);
   rn_model_set_recompute(prev_rc);
+  rn_model_set_recompute_mb(prev_mb);
   if (st) {
     CHECK(0, "%s: %s", fc->tag, e.msg);
     return 1;
@@ -320,6 +323,50 @@ static void run_case(const fcase *fc, int level) {
   free_out(&b);
 }
 
+/* Cases for budget_case: shortcut A (the option-A chains), projections, stochastic depth. */
+static const char *const budget_cases[] = {"cifar14 w16 stochastic depth", "resnet50 w16 64x64",
+                                           "resnet50 w16 64x64 stochastic depth"};
+
+/* Arena (touched floats) and replay count of the case at fusion level 3 with recompute on and
+ * budget mb, or with recompute off (mb < 0). */
+static void plan_of(const fcase *fc, double mb, size_t *arena, int *nrep) {
+  rn_model_config c;
+  rn_model_config_default(&c);
+  rn_model_config_arch(&c, fc->arch, NULL);
+  c.shortcut = (rn_shortcut)fc->shortcut, c.preact = fc->preact, c.width = fc->width;
+  c.in_h = c.in_w = fc->hw, c.num_classes = fc->classes, c.sd_pl = fc->sd_pl;
+  rn_model mc;
+  int prev = rn_model_set_fusion(3), prev_rc = rn_model_set_recompute(mb >= 0);
+  double prev_mb = rn_model_set_recompute_mb(mb >= 0 ? mb : 0);
+  *arena = 0, *nrep = -1;
+  if (!rn_model_build(&mc, &c, fc->batch, NULL)) {
+    *arena = mc.act_touch_floats, *nrep = mc.nreplay;
+    CHECK(mb <= 0 || mc.recompute_floats == (size_t)(mb * 1e6 / sizeof(float)), "%s: budget %g MB planned as %zu floats",
+          fc->tag, mb, mc.recompute_floats);
+    rn_model_free(&mc);
+  }
+  rn_model_set_fusion(prev), rn_model_set_recompute(prev_rc), rn_model_set_recompute_mb(prev_mb);
+}
+
+static void budget_case(const fcase *fc) {
+  size_t a0, an, ab, ah;
+  int r0, rn, rb, rh;
+  plan_of(fc, 0, &a0, &r0);
+  plan_of(fc, -1, &an, &rn);
+  const double half = (double)(an - a0) / 2 * sizeof(float) / 1e6;
+  plan_of(fc, half, &ab, &rb);
+  plan_of(fc, 1e6, &ah, &rh);
+  printf("%-36s budget: %d replays, arena %zu floats; +%.4f MB: %d, %zu; +1e6 MB: %d, %zu; none: %zu\n", fc->tag, r0, a0,
+         half, rb, ab, rh, ah, an);
+  CHECK(r0 >= 2 && rn == 0 && an > a0 && rb > 0 && rb < r0 && ab <= a0 + (size_t)(half * 1e6 / sizeof(float)) && rh == 0 &&
+            ah == an,
+        "%s: budget plans: %d replays in %zu floats; with +%.4f MB %d in %zu; with +1e6 MB %d in %zu; no recompute %zu",
+        fc->tag, r0, a0, half, rb, ab, rh, ah, an);
+  g_budget_mb = half; /* the same bits with part of the replays kept */
+  run_case(fc, 3);
+  g_budget_mb = 0;
+}
+
 /* kB of AnonHugePages in /proc/self/smaps over the mappings that overlap [a, b). */
 static long huge_kb(uintptr_t a, uintptr_t b) {
   FILE *f = fopen("/proc/self/smaps", "r");
@@ -395,5 +442,16 @@ int main(void) {
         "rn_model_set_fusion round trip");
   prev = rn_model_set_recompute(0);
   CHECK(rn_model_set_recompute(1) == 0 && rn_model_set_recompute(prev) == 1, "rn_model_set_recompute round trip");
+  /* A recompute budget between none and all (rn_model_set_recompute_mb): fewer replays, an arena
+   * within the budget above the smallest one, and again the same bits as the unfused model without
+   * recompute. */
+  for (size_t i = 0; i < sizeof budget_cases / sizeof budget_cases[0]; i++) {
+    size_t j = 0;
+    while (j < sizeof cases / sizeof cases[0] && strcmp(cases[j].tag, budget_cases[i])) j++;
+    CHECK(j < sizeof cases / sizeof cases[0], "budget case '%s' not found", budget_cases[i]);
+    if (j < sizeof cases / sizeof cases[0]) budget_case(&cases[j]);
+  }
+  double pmb = rn_model_set_recompute_mb(5);
+  CHECK(rn_model_set_recompute_mb(0) == 5 && rn_model_set_recompute_mb(pmb) == 0, "rn_model_set_recompute_mb round trip");
   return tu_done("test_model_fuse");
 }

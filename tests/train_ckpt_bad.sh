@@ -5,7 +5,7 @@
 # - an explicit --resume of a garbage file (and of a missing file) fails with an error naming the
 #   file, and the checkpoints already in the out dir stay intact (same bytes, same latest);
 # - bad options (unknown option, unknown preset, batch not divisible by the rank count, a missing
-#   data dir, an unknown model, a non-numeric value) exit 2 (or 1 for the data dir) with a message
+#   data dir, an unknown model, a non-numeric value, a negative --recompute-mb) exit 2 (or 1 for the data dir) with a message
 #   naming the option/value.
 source "$(dirname "$0")/train_common.sh"
 make_data "$DATA"
@@ -87,5 +87,6 @@ expect_fail batch-split "2" "batch.*15" --batch 15 --steps 2 --val-split "" --ou
 expect_fail missing-data "1 2" "$WORK/missing" "${B[@]}" --steps 2 --data "$WORK/missing" --out "$WORK/bad"
 expect_fail unknown-model "2" "resnet7" "${B[@]}" --steps 2 --model resnet7 --out "$WORK/bad"
 expect_fail bad-number "2" "lr.*abc|abc.*lr" "${B[@]}" --steps 2 --lr abc --out "$WORK/bad"
+expect_fail bad-recompute-mb "2" "recompute-mb.*-5" "${B[@]}" --steps 2 --recompute-mb -5 --out "$WORK/bad"
 no_leftover
 finish

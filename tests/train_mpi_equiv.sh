@@ -4,7 +4,8 @@
 # with --overlap 1 and 0 (and the communication thread) and small buckets (--bucket-mb 0.01: many buckets). Tolerance TOL = 1e-5 relative (measured ~3e-7; float32
 # summation order differs). Negative control: the same comparison with --bn-eval 0 (batch statistics
 # per rank) must exceed TOL, so the comparison can fail. Also: --recompute 0 (every activation kept)
-# gives the same bits as the default (BN/add outputs recomputed in the backward).
+# gives the same bits as the default (BN/add outputs recomputed in the backward), and so does a
+# --recompute-mb budget that keeps some of them.
 source "$(dirname "$0")/train_common.sh"
 TOL=1e-5
 K=8
@@ -32,6 +33,12 @@ nrep=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward).*/\1/p' "$WOR
 [ -n "$nrep" ] && [ "$nrep" -gt 0 ] || fail "recompute: no replayed outputs reported: $(grep -m1 'memory per rank' "$WORK/nref.log")"
 grep -q "0 outputs recomputed in the backward: --recompute 0" "$WORK/nrc.log" || fail "--recompute 0: $(grep -m1 'memory per rank' "$WORK/nrc.log")"
 same_ckpt "$(latest_ckpt "$WORK/nrc")" "$(latest_ckpt "$WORK/nref")" "--recompute 0 vs 1 ($nrep outputs recomputed)"
+# A recompute budget keeps part of the replayed outputs (here 4 KB: 1 of the 4): the same bits again.
+train_ok 1 "$WORK/nrb.log" "${EQ[@]}" --bn-eval 0 --recompute-mb 0.004 --out "$WORK/nrb"
+nrb=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward; --recompute-mb 0.004: the rest kept).*/\1/p' "$WORK/nrb.log")
+[ -n "$nrb" ] && [ "$nrb" -gt 0 ] && [ "$nrb" -lt "$nrep" ] ||
+  fail "--recompute-mb 0.004: not fewer replays than $nrep: $(grep -m1 'memory per rank' "$WORK/nrb.log")"
+same_ckpt "$(latest_ckpt "$WORK/nrb")" "$(latest_ckpt "$WORK/nref")" "--recompute-mb 0.004 ($nrb of $nrep outputs recomputed) vs 0"
 train_ok 2 "$WORK/nctl.log" "${EQ[@]}" --bn-eval 0 --out "$WORK/nctl"
 if "$PY" "$SRC/tests/train_compare.py" "$(latest_ckpt "$WORK/nctl")" "$(latest_ckpt "$WORK/nref")" $TOL >"$WORK/nctl.txt"; then
   fail "negative control: with --bn-eval 0 P=2 matched 1 rank within $TOL ($(cat "$WORK/nctl.txt")): the comparison cannot tell"

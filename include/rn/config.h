@@ -19,6 +19,7 @@
   X("bn-eval", bn_eval, B, "0", "BN uses running statistics also in training (equivalence tests)")     \
   X("sync-bn", sync_bn, B, "0", "synchronised BN: batch statistics over the global batch (all ranks)")  \
   X("recompute", recompute, B, "1", "recompute BN/add/ReLU outputs in backward where it lowers peak memory (same results)") \
+  X("recompute-mb", recompute_mb, F, "0", "with recompute: MB per rank the activations may grow to replay less, costliest replays kept first") \
   X("data", data, S, "datasets/fashion-mnist", "data set directory (HDF5 shards)")                    \
   X("train-split", train_split, S, "train", "training split name")                                     \
   X("val-split", val_split, S, "test", "validation split name (empty: no validation)")                 \

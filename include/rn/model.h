@@ -154,6 +154,8 @@ typedef struct {
   int *replay, nreplay;      /* the replayed nodes, by rp_at descending, then node index ascending */
   int recompute;             /* 1 (default): tensors whose recompute lowers the arena's peak are replayed
                                 in the backward instead of kept (RN_RECOMPUTE=0 at build: none) */
+  size_t recompute_floats;   /* with recompute: how far the arena may grow above its smallest planned
+                                peak to keep the costliest replays (rn_model_set_recompute_mb; 0 = none) */
   unsigned char *param_done; /* [nparams] backward: the param's gradient is final (grad-ready order) */
   int report_next;           /* backward: highest param not yet reported ready */
   size_t report_end;         /*   and the end of its range */
@@ -180,6 +182,14 @@ int rn_model_set_fusion(int on);
  * environment variable RN_RECOMPUTE (read once; "0" = off, anything else or unset = on). Returns
  * the previous setting. */
 int rn_model_set_recompute(int on);
+/* Recompute budget (applies to models built afterwards, with recompute on): the activation arena may
+ * grow by up to mb megabytes (1e6 bytes) above the smallest peak the planner finds, to keep outputs
+ * instead of replaying them: the costliest replays first (traffic per element, then size). 0 = the
+ * smallest peak; a budget at least the difference to no recompute keeps them all. Models with
+ * more than 256 candidate outputs (cifar-resnet1202) replay all of them, as with 0. -1 = the
+ * default, which is the environment variable RN_RECOMPUTE_MB (read once; unset: 0). The same
+ * results at every budget. Returns the previous setting. */
+double rn_model_set_recompute_mb(double mb);
 /* The gradient of a fused BN+add's branch-BN input written over that input (applies to models built
  * afterwards): 1 = where the fused node is the input's last reader in the backward, its dx pass
  * writes the gradient in place over the (dead) convolution output, so the gradient needs no cold

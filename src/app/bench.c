@@ -69,7 +69,8 @@ static double max_of(const double *v, long n) {
 static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
-         "                [--bucket-mb MB] [--overlap 0|1|2] [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn]\n"
+         "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
+         "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -83,11 +84,13 @@ static void usage(void) {
          "Environment: RN_RECOMPUTE=0 keeps every activation the backward needs instead of recomputing\n"
          "the cheap elementwise ones (BN, BN+add, ReLU) in the backward where that lowers the peak\n"
          "memory (the default; --layers 1 prints their time); RN_FUSE, RN_CONV_* switches: docs/PERF.md.\n"
+         "--recompute-mb MB: the activation arena may grow by up to MB above its smallest plan to keep the\n"
+         "costliest of those outputs instead (rn-train's --recompute-mb; default RN_RECOMPUTE_MB or 0).\n"
          "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting);\n"
          "with --layers 1 also both settings' per-layer medians: totals and the 12 layers that moved most\n"
-         "(not for wino-bn and dx-over-x, whose off setting is a second model).\n"
+         "(not for wino-bn, dx-over-x and recompute-mb, whose off setting is a second model).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
          "lazy BNs), wino-small (Winograd's small-channel path for layers of at most 64 channels; off =\n"
@@ -103,7 +106,9 @@ static void usage(void) {
          "prefetches the next chunk (off = packs every chunk; RN_CONV_DW1X1_IP=0). ukr: Winograd's\n"
          "products on BLIS's micro-kernel with the transformed kernels packed once per call (off = BLIS's\n"
          "driver, which packs them again for every chunk; RN_UKR=0). wino-dyn: Winograd's product\n"
-         "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n");
+         "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n"
+         "recompute-mb: the --recompute-mb budget (given, > 0; off = a second model planned with 0, as\n"
+         "wino-bn; the peak RSS printed is then both models').\n");
 }
 
 /* The GEMM ceiling beside the FMA peak: the best of 8 BLIS sgemm calls of CEIL_N^3 after one
@@ -136,7 +141,7 @@ int main(int argc, char **argv) {
   const char *model = "resnet50", *arch = NULL, *ab = NULL;
   long batch = 32, threads = 0, size = 0, channels = 3, classes = 0, steps = 10, warmup = 3, layers = 1;
   long narrow = 1, ksplit = 1, overlap = 1;
-  double bucket_mb = 25;
+  double bucket_mb = 25, recompute_mb = -1; /* -1: RN_RECOMPUTE_MB or 0 */
   rn_status st = RN_OK;
   for (int i = 1; i < argc && !st; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -167,12 +172,17 @@ int main(int argc, char **argv) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
-          strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn"))
+          strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr, wino-dyn)",
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
+    else if (!strcmp(a, "--recompute-mb")) {
+      st = rn_parse_double("option recompute-mb", v, &recompute_mb, &e);
+      if (!st && !(recompute_mb >= 0 && recompute_mb <= 1e9))
+        st = rn_err_set(&e, RN_EINVAL, "option recompute-mb: '%s' is not a size in MB (0 to 1e9)", v);
+    }
     else st = rn_err_set(&e, RN_EINVAL, "unknown option '%s' (see --help)", a);
   }
   if (threads == 0) {
@@ -186,7 +196,10 @@ int main(int argc, char **argv) {
   if (!st) st = rn_model_config_arch(&mc, model, &e);
   rn_model m, m0; /* m0: --ab wino-bn's or dx-over-x's off setting, a second model planned with it off */
   memset(&m, 0, sizeof m), memset(&m0, 0, sizeof m0);
-  const int two = ab && (!strcmp(ab, "wino-bn") || !strcmp(ab, "dx-over-x"));
+  const int two = ab && (!strcmp(ab, "wino-bn") || !strcmp(ab, "dx-over-x") || !strcmp(ab, "recompute-mb"));
+  if (!st && recompute_mb >= 0) rn_model_set_recompute_mb(recompute_mb);
+  if (!st && two && !strcmp(ab, "recompute-mb") && !(recompute_mb > 0))
+    st = rn_err_set(&e, RN_EINVAL, "option ab: recompute-mb compares --recompute-mb 0 with a budget: give --recompute-mb MB > 0");
   if (!st) {
     mc.in_channels = (int)channels;
     mc.in_h = mc.in_w = (int)(size ? size : mc.cifar ? 32 : 224);
@@ -195,6 +208,10 @@ int main(int argc, char **argv) {
       rn_conv_set_wino_bn(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
       rn_conv_set_wino_bn(1);
+    } else if (two && !strcmp(ab, "recompute-mb")) {
+      rn_model_set_recompute_mb(0);
+      st = rn_model_build(&m0, &mc, (int)batch, &e);
+      rn_model_set_recompute_mb(recompute_mb);
     } else if (two) {
       const int prev = rn_model_set_dx_over_input(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
@@ -341,7 +358,8 @@ int main(int argc, char **argv) {
       printf("\nconv+fc %.1f ms, other layers (bn, relu, add, pool, shortcut) %.1f ms = %.1f%% of the layer time\n",
              conv_t * 1e3, other_t * 1e3, 100 * other_t / (conv_t + other_t));
       printf("recomputed in the backward (in their layers' bwd ms above): %d outputs, %.1f ms = %.1f%% of the layer "
-             "time (RN_RECOMPUTE=0: none)\n", m.nreplay, m.prof_replay / S * 1e3, 100 * m.prof_replay / S / (conv_t + other_t));
+             "time (RN_RECOMPUTE=0: none; --recompute-mb budget: +%.0f MB)\n", m.nreplay, m.prof_replay / S * 1e3, 100 * m.prof_replay / S / (conv_t + other_t),
+             (double)m.recompute_floats * sizeof(float) / 1e6);
       printf("time by kind (forward + backward):");
       for (int q = 0; q < nkinds; q++)
         printf("%s %s %.1f ms (%.1f%%)", q ? "," : "", kinds[q], kind_t[q] * 1e3, 100 * kind_t[q] / (conv_t + other_t));

@@ -57,6 +57,25 @@ int rn_model_set_recompute(int on) {
   g_recompute = on < 0 ? -1 : on > 0;
   return prev;
 }
+/* Recompute budget: MB the arena may grow above the planned peak to keep the costliest replays
+ * (-1 = not decided yet: environment RN_RECOMPUTE_MB, read once; default 0). */
+static double g_recompute_mb = -1;
+double rn_model_set_recompute_mb(double mb) {
+  double prev = g_recompute_mb;
+  g_recompute_mb = mb < 0 || !(mb == mb) ? -1 : mb;
+  return prev;
+}
+static double recompute_mb(void) {
+  static double env = -1;
+  if (g_recompute_mb >= 0) return g_recompute_mb;
+  if (env < 0) {
+    const char *s = getenv("RN_RECOMPUTE_MB");
+    char *end = NULL;
+    double v = s && *s ? strtod(s, &end) : 0;
+    env = s && *s && end && !*end && v >= 0 ? v : 0;
+  }
+  return env;
+}
 static int recompute_on(void) {
   static int env = -1;
   if (g_recompute >= 0) return g_recompute;
@@ -1004,6 +1023,45 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
     const size_t without = place_items(it, act_intervals(m, &g, it, item_of), 4);
     g.merge = with <= without;
   }
+  /* With a budget (rn_model_set_recompute_mb): keep more, the costliest replays first, while the
+   * arena stays within the budget above the plan so far (which is the arena without a budget). A
+   * replay's cost per byte it keeps is its traffic per element: each member reads its inputs and
+   * writes its output (BN+add+ReLU: 3, BN: 2); among equals the largest first (they stream from
+   * memory, where smaller ones may replay in cache). A kept group leaves the forward in-place
+   * chains (fpar) it is part of. */
+  if (m->recompute_floats && ncand && ncand <= 256) {
+    const size_t cap = place_items(it, act_intervals(m, &g, it, item_of), 4) + m->recompute_floats;
+    int *cost = malloc((size_t)G * sizeof(int)), *fsave = malloc((size_t)G * sizeof(int)), nt = 0;
+    RN_ASSERT(cost && fsave);
+    for (int q = 0; q < G; q++) {
+      cost[q] = 0;
+      if (g.rc[q]) tord[nt++] = q;
+      for (int j = g.mstart[q]; j < g.mstart[q + 1]; j++) {
+        const rn_node *d = &m->nodes[producer[g.members[j]]];
+        cost[q] += 2 + (d->in2 >= 0) + (d->pre_bn >= 0);
+      }
+    }
+    for (int i = 1; i < nt; i++) { /* cost, then size, descending; then group index */
+      int q = tord[i], j = i;
+      for (; j > 0 && (cost[tord[j - 1]] < cost[q] || (cost[tord[j - 1]] == cost[q] && g.size[tord[j - 1]] < g.size[q]));
+           j--)
+        tord[j] = tord[j - 1];
+      tord[j] = q;
+    }
+    for (int i = 0; i < nt; i++) {
+      const int q = tord[i];
+      memcpy(fsave, g.fpar, (size_t)G * sizeof(int));
+      g.rc[q] = 0, g.fpar[q] = -1;
+      for (int h = 0; h < G; h++)
+        if (g.fpar[h] == q) g.fpar[h] = -1;
+      if (place_items(it, act_intervals(m, &g, it, item_of), 1) <= cap ||
+          place_items(it, act_intervals(m, &g, it, item_of), 4) <= cap)
+        continue;
+      g.rc[q] = 1;
+      memcpy(g.fpar, fsave, (size_t)G * sizeof(int));
+    }
+    free(cost), free(fsave);
+  }
   int n = act_intervals(m, &g, it, item_of);
   size_t off = place_items(it, n, 4);
   /* Verify: items live at the same time never share memory. */
@@ -1291,6 +1349,7 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
   }
   mark_lazy(m);
   m->recompute = recompute_on();
+  m->recompute_floats = m->recompute ? (size_t)(recompute_mb() * 1e6 / sizeof(float)) : 0;
   plan(m);
   m->param = rn_alloc(m->ntotal * sizeof(float));
   m->grad = rn_alloc(m->ntrain * sizeof(float));
@@ -1534,10 +1593,13 @@ void rn_model_summary(const rn_model *m, FILE *f) {
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));
   fprintf(f, "  trainable parameters: %s (%.2fM)\n", cnt, (double)rn_model_param_count(m) / 1e6);
+  char rbud[64] = "";
+  if (m->recompute_floats)
+    snprintf(rbud, sizeof rbud, " (budget +%.1f MB)", (double)m->recompute_floats * sizeof(float) / 1e6);
   fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations and their gradients %.1f MB (one "
-          "liveness-planned arena; %d outputs recomputed in the backward; +%.1f MB of lazy BN outputs, used only with "
+          "liveness-planned arena; %d outputs recomputed in the backward%s; +%.1f MB of lazy BN outputs, used only with "
           "BN in eval mode during training; the gradients alone peak at %.1f MB), saved %.1f MB, workspace %.1f MB\n",
-          m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_touch_floats * 4 / 1e6, m->nreplay,
+          m->batch, (double)m->ntotal * 4 / 1e6, (double)m->act_touch_floats * 4 / 1e6, m->nreplay, rbud,
           (double)(m->act_floats - m->act_touch_floats) * 4 / 1e6, (double)m->dact_floats * 4 / 1e6,
           (double)m->save_floats * 4 / 1e6, (double)m->ws_floats * 4 / 1e6);
 }

@@ -366,9 +366,14 @@ int rn_train_main(int argc, char **argv) {
   mc.num_classes = r->train_ds.meta.classes;
   int plan_batch = r->local_batch;
   if (r->val_ld && rn_loader_batch_capacity(r->val_ld) > plan_batch) plan_batch = rn_loader_batch_capacity(r->val_ld);
+  if (!(c->recompute_mb >= 0 && c->recompute_mb <= 1e9))
+    return fail(r, (rn_err_set(&e, RN_EINVAL, "option recompute-mb: %g is not a size in MB (0 to 1e9)", c->recompute_mb), &e),
+                RN_EXIT_USAGE);
   int prev_rc = rn_model_set_recompute((int)c->recompute);
+  double prev_rmb = rn_model_set_recompute_mb(c->recompute_mb);
   st = rn_model_build(&r->m, &mc, plan_batch, &e);
   rn_model_set_recompute(prev_rc);
+  rn_model_set_recompute_mb(prev_rmb);
   if (st) return fail(r, &e, RN_EXIT_USAGE);
   rn_model_init(&r->m, (uint64_t)c->seed);
   r->m.bn_eval_in_train = c->bn_eval;
@@ -382,14 +387,17 @@ int rn_train_main(int argc, char **argv) {
   r->steps_per_epoch = rn_loader_steps_per_epoch(r->train_ld);
   r->total_steps = c->steps > 0 ? c->steps : (int64_t)ceil(c->epochs * (double)r->steps_per_epoch);
   if (rank0) {
+    char rmb[64];
+    snprintf(rmb, sizeof rmb, "; --recompute-mb %g: the rest kept", c->recompute_mb);
     printf("resnet-mpi: %d rank%s x %d thread%s; global batch %d (%d per rank)\n", r->d.size, r->d.size > 1 ? "s" : "",
            r->threads, r->threads > 1 ? "s" : "", r->global_batch, r->local_batch);
     printf("model %s: %zu parameters; data %s: %lld train / %lld val images %dx%dx%d, %d classes\n", c->model,
            rn_model_param_count(&r->m), c->data, (long long)r->train_ds.n, (long long)(r->have_val ? r->val_ds.n : 0),
            oh, ow, oc, mc.num_classes);
     printf("memory per rank: parameters %.1f MB (+gradients, momentum), activations and their gradients %.1f MB "
-           "(%d outputs recomputed in the backward%s)\n", (double)r->m.ntotal * 4 / 1e6,
-           (double)r->m.act_touch_floats * 4 / 1e6, r->m.nreplay, c->recompute ? "" : ": --recompute 0");
+           "(%d outputs recomputed in the backward%s%s)\n", (double)r->m.ntotal * 4 / 1e6,
+           (double)r->m.act_touch_floats * 4 / 1e6, r->m.nreplay, c->recompute ? "" : ": --recompute 0",
+           c->recompute && c->recompute_mb > 0 ? rmb : "");
     printf("schedule: %lld steps (%lld per epoch), peak lr %g\nconfiguration:\n%s", (long long)r->total_steps,
            (long long)r->steps_per_epoch, rn_sched_peak_lr(&r->sched), r->cfg_text);
     fflush(stdout);
