@@ -9,7 +9,8 @@
 #   default: resnet50 32, cifar-resnet20 128, cifar-resnet56 128, all with 2 threads, R = 3.
 # Environment: STEPS/WARMUP override the step counts (default 10/3 for CIFAR, 3/1 for ImageNet
 # models); TORCH_PY (default /usr/bin/python3); TCMALLOC (default Debian's libtcmalloc_minimal.so.4,
-# preloaded for PyTorch ONLY: glibc malloc costs PyTorch ~40% here).
+# preloaded for PyTorch ONLY: glibc malloc costs PyTorch ~40% here); RN_RECOMPUTE_MB (read by
+# rn-bench: the recompute budget, rn-train's --recompute-mb; default 0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 R=3
@@ -18,7 +19,7 @@ while getopts "r:b:" o; do
   case $o in
     r) R=$OPTARG ;;
     b) build=$OPTARG ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,13p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
