@@ -329,7 +329,7 @@ static const char *const budget_cases[] = {"cifar14 w16 stochastic depth", "resn
 
 /* Arena (touched floats) and replay count of the case at fusion level 3 with recompute on and
  * budget mb, or with recompute off (mb < 0). */
-static void plan_of(const fcase *fc, double mb, size_t *arena, int *nrep) {
+static void plan_of(const fcase *fc, double mb, size_t *arena, int *nrep, double *all_mb) {
   rn_model_config c;
   rn_model_config_default(&c);
   rn_model_config_arch(&c, fc->arch, NULL);
@@ -340,7 +340,7 @@ static void plan_of(const fcase *fc, double mb, size_t *arena, int *nrep) {
   double prev_mb = rn_model_set_recompute_mb(mb >= 0 ? mb : 0);
   *arena = 0, *nrep = -1;
   if (!rn_model_build(&mc, &c, fc->batch, NULL)) {
-    *arena = mc.act_touch_floats, *nrep = mc.nreplay;
+    *arena = mc.act_touch_floats, *nrep = mc.nreplay, *all_mb = rn_model_recompute_all_mb(&mc);
     CHECK(mb <= 0 || mc.recompute_floats == (size_t)(mb * 1e6 / sizeof(float)), "%s: budget %g MB planned as %zu floats",
           fc->tag, mb, mc.recompute_floats);
     rn_model_free(&mc);
@@ -349,13 +349,18 @@ static void plan_of(const fcase *fc, double mb, size_t *arena, int *nrep) {
 }
 
 static void budget_case(const fcase *fc) {
-  size_t a0, an, ab, ah;
-  int r0, rn, rb, rh;
-  plan_of(fc, 0, &a0, &r0);
-  plan_of(fc, -1, &an, &rn);
+  size_t a0, an, ab, ah, aa;
+  int r0, rn, rb, rh, ra;
+  double all, x;
+  plan_of(fc, 0, &a0, &r0, &all);
+  plan_of(fc, -1, &an, &rn, &x);
   const double half = (double)(an - a0) / 2 * sizeof(float) / 1e6;
-  plan_of(fc, half, &ab, &rb);
-  plan_of(fc, 1e6, &ah, &rh);
+  plan_of(fc, half, &ab, &rb, &x);
+  plan_of(fc, 1e6, &ah, &rh, &x);
+  plan_of(fc, all, &aa, &ra, &x); /* the budget the plan reports for keeping them all */
+  CHECK(all > 0 && all < (double)(an - a0) * sizeof(float) / 1e6 + 0.1 && ra == 0 && aa == an,
+        "%s: the reported all-kept budget %.1f MB (no recompute: +%zu floats) left %d replays in %zu floats", fc->tag, all,
+        an - a0, ra, aa);
   printf("%-36s budget: %d replays, arena %zu floats; +%.4f MB: %d, %zu; +1e6 MB: %d, %zu; none: %zu\n", fc->tag, r0, a0,
          half, rb, ab, rh, ah, an);
   CHECK(r0 >= 2 && rn == 0 && an > a0 && rb > 0 && rb < r0 && ab <= a0 + (size_t)(half * 1e6 / sizeof(float)) && rh == 0 &&

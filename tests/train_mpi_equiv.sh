@@ -29,16 +29,23 @@ done
 train_ok 1 "$WORK/nref.log" "${EQ[@]}" --bn-eval 0 --out "$WORK/nref"
 # Recompute (the default) replays BN/add outputs in the backward: the same bits as keeping them.
 train_ok 1 "$WORK/nrc.log" "${EQ[@]}" --bn-eval 0 --recompute 0 --out "$WORK/nrc"
-nrep=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward).*/\1/p' "$WORK/nref.log")
+nrep=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward[;)].*/\1/p' "$WORK/nref.log")
 [ -n "$nrep" ] && [ "$nrep" -gt 0 ] || fail "recompute: no replayed outputs reported: $(grep -m1 'memory per rank' "$WORK/nref.log")"
 grep -q "0 outputs recomputed in the backward: --recompute 0" "$WORK/nrc.log" || fail "--recompute 0: $(grep -m1 'memory per rank' "$WORK/nrc.log")"
 same_ckpt "$(latest_ckpt "$WORK/nrc")" "$(latest_ckpt "$WORK/nref")" "--recompute 0 vs 1 ($nrep outputs recomputed)"
 # A recompute budget keeps part of the replayed outputs (here 4 KB: 1 of the 4): the same bits again.
 train_ok 1 "$WORK/nrb.log" "${EQ[@]}" --bn-eval 0 --recompute-mb 0.004 --out "$WORK/nrb"
-nrb=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward; --recompute-mb 0.004: the rest kept).*/\1/p' "$WORK/nrb.log")
+nrb=$(sed -n 's/.*(\([0-9]*\) outputs recomputed in the backward; --recompute-mb 0.004: the rest kept[;)].*/\1/p' "$WORK/nrb.log")
 [ -n "$nrb" ] && [ "$nrb" -gt 0 ] && [ "$nrb" -lt "$nrep" ] ||
   fail "--recompute-mb 0.004: not fewer replays than $nrep: $(grep -m1 'memory per rank' "$WORK/nrb.log")"
 same_ckpt "$(latest_ckpt "$WORK/nrb")" "$(latest_ckpt "$WORK/nref")" "--recompute-mb 0.004 ($nrb of $nrep outputs recomputed) vs 0"
+# The start-up line names the budget that keeps them all; with it nothing is replayed.
+all=$(sed -n 's/.*; --recompute-mb \([0-9.]*\) keeps them all).*/\1/p' "$WORK/nref.log")
+[ -n "$all" ] || fail "no budget that keeps them all in: $(grep -m1 'memory per rank' "$WORK/nref.log")"
+train_ok 1 "$WORK/nra.log" "${EQ[@]}" --bn-eval 0 --recompute-mb "${all:-1}" --out "$WORK/nra"
+grep -q "(0 outputs recomputed in the backward; --recompute-mb ${all:-1}: all kept)" "$WORK/nra.log" ||
+  fail "--recompute-mb $all: $(grep -m1 'memory per rank' "$WORK/nra.log")"
+same_ckpt "$(latest_ckpt "$WORK/nra")" "$(latest_ckpt "$WORK/nref")" "--recompute-mb $all (all kept) vs 0"
 train_ok 2 "$WORK/nctl.log" "${EQ[@]}" --bn-eval 0 --out "$WORK/nctl"
 if "$PY" "$SRC/tests/train_compare.py" "$(latest_ckpt "$WORK/nctl")" "$(latest_ckpt "$WORK/nref")" $TOL >"$WORK/nctl.txt"; then
   fail "negative control: with --bn-eval 0 P=2 matched 1 rank within $TOL ($(cat "$WORK/nctl.txt")): the comparison cannot tell"

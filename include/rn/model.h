@@ -156,6 +156,8 @@ typedef struct {
                                 in the backward instead of kept (RN_RECOMPUTE=0 at build: none) */
   size_t recompute_floats;   /* with recompute: how far the arena may grow above its smallest planned
                                 peak to keep the costliest replays (rn_model_set_recompute_mb; 0 = none) */
+  size_t recompute_all_floats; /* the budget (in floats) with which every output is kept (0: nothing is
+                                replayed, or over 256 candidates, where budgets do not apply) */
   unsigned char *param_done; /* [nparams] backward: the param's gradient is final (grad-ready order) */
   int report_next;           /* backward: highest param not yet reported ready */
   size_t report_end;         /*   and the end of its range */
@@ -190,6 +192,9 @@ int rn_model_set_recompute(int on);
  * default, which is the environment variable RN_RECOMPUTE_MB (read once; unset: 0). The same
  * results at every budget. Returns the previous setting. */
 double rn_model_set_recompute_mb(double mb);
+/* The smallest budget (MB, rounded up to 0.1) that keeps every output m replays (0: none replayed, or
+ * too many candidates for budgets). */
+double rn_model_recompute_all_mb(const rn_model *m);
 /* The gradient of a fused BN+add's branch-BN input written over that input (applies to models built
  * afterwards): 1 = where the fused node is the input's last reader in the backward, its dx pass
  * writes the gradient in place over the (dead) convolution output, so the gradient needs no cold

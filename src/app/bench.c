@@ -85,7 +85,8 @@ static void usage(void) {
          "the cheap elementwise ones (BN, BN+add, ReLU) in the backward where that lowers the peak\n"
          "memory (the default; --layers 1 prints their time); RN_FUSE, RN_CONV_* switches: docs/PERF.md.\n"
          "--recompute-mb MB: the activation arena may grow by up to MB above its smallest plan to keep the\n"
-         "costliest of those outputs instead (rn-train's --recompute-mb; default RN_RECOMPUTE_MB or 0).\n"
+         "costliest of those outputs instead (rn-train's --recompute-mb; default RN_RECOMPUTE_MB or 0);\n"
+         "--layers 1 prints the budget in use and the one that keeps them all.\n"
          "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting);\n"
@@ -358,8 +359,8 @@ int main(int argc, char **argv) {
       printf("\nconv+fc %.1f ms, other layers (bn, relu, add, pool, shortcut) %.1f ms = %.1f%% of the layer time\n",
              conv_t * 1e3, other_t * 1e3, 100 * other_t / (conv_t + other_t));
       printf("recomputed in the backward (in their layers' bwd ms above): %d outputs, %.1f ms = %.1f%% of the layer "
-             "time (RN_RECOMPUTE=0: none; --recompute-mb budget: +%.0f MB)\n", m.nreplay, m.prof_replay / S * 1e3, 100 * m.prof_replay / S / (conv_t + other_t),
-             (double)m.recompute_floats * sizeof(float) / 1e6);
+             "time (RN_RECOMPUTE=0: none; --recompute-mb budget: +%.0f MB; all kept with +%.1f MB)\n", m.nreplay, m.prof_replay / S * 1e3, 100 * m.prof_replay / S / (conv_t + other_t),
+             (double)m.recompute_floats * sizeof(float) / 1e6, m.nreplay ? rn_model_recompute_all_mb(&m) : 0.0);
       printf("time by kind (forward + backward):");
       for (int q = 0; q < nkinds; q++)
         printf("%s %s %.1f ms (%.1f%%)", q ? "," : "", kinds[q], kind_t[q] * 1e3, 100 * kind_t[q] / (conv_t + other_t));

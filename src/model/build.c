@@ -76,6 +76,10 @@ static double recompute_mb(void) {
   }
   return env;
 }
+double rn_model_recompute_all_mb(const rn_model *m) {
+  /* rounded up to 0.1 MB, so that the figure printed is itself a budget that keeps them all */
+  return ceil((double)m->recompute_all_floats * sizeof(float) / 1e5) / 10;
+}
 static int recompute_on(void) {
   static int env = -1;
   if (g_recompute >= 0) return g_recompute;
@@ -1029,8 +1033,9 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
    * writes its output (BN+add+ReLU: 3, BN: 2); among equals the largest first (they stream from
    * memory, where smaller ones may replay in cache). A kept group leaves the forward in-place
    * chains (fpar) it is part of. */
+  const size_t base = ncand && ncand <= 256 ? place_items(it, act_intervals(m, &g, it, item_of), 4) : 0;
   if (m->recompute_floats && ncand && ncand <= 256) {
-    const size_t cap = place_items(it, act_intervals(m, &g, it, item_of), 4) + m->recompute_floats;
+    const size_t cap = base + m->recompute_floats;
     int *cost = malloc((size_t)G * sizeof(int)), *fsave = malloc((size_t)G * sizeof(int)), nt = 0;
     RN_ASSERT(cost && fsave);
     for (int q = 0; q < G; q++) {
@@ -1061,6 +1066,18 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
       memcpy(g.fpar, fsave, (size_t)G * sizeof(int));
     }
     free(cost), free(fsave);
+  }
+  /* The budget that keeps every output (reported at start-up): the arena with none replayed. */
+  m->recompute_all_floats = 0;
+  if (ncand && ncand <= 256) {
+    int *rsave = malloc((size_t)G * sizeof(int)), *fsave = malloc((size_t)G * sizeof(int)), any = 0;
+    RN_ASSERT(rsave && fsave);
+    memcpy(rsave, g.rc, (size_t)G * sizeof(int)), memcpy(fsave, g.fpar, (size_t)G * sizeof(int));
+    for (int q = 0; q < G; q++) any |= g.rc[q], g.rc[q] = 0, g.fpar[q] = -1;
+    const size_t all = any ? place_items(it, act_intervals(m, &g, it, item_of), 4) : base;
+    m->recompute_all_floats = all > base ? all - base : 0;
+    memcpy(g.rc, rsave, (size_t)G * sizeof(int)), memcpy(g.fpar, fsave, (size_t)G * sizeof(int));
+    free(rsave), free(fsave);
   }
   int n = act_intervals(m, &g, it, item_of);
   size_t off = place_items(it, n, 4);
@@ -1593,9 +1610,12 @@ void rn_model_summary(const rn_model *m, FILE *f) {
   char cnt[32];
   fmt_count(cnt, sizeof cnt, rn_model_param_count(m));
   fprintf(f, "  trainable parameters: %s (%.2fM)\n", cnt, (double)rn_model_param_count(m) / 1e6);
-  char rbud[64] = "";
+  char rbud[128] = "";
   if (m->recompute_floats)
     snprintf(rbud, sizeof rbud, " (budget +%.1f MB)", (double)m->recompute_floats * sizeof(float) / 1e6);
+  if (m->nreplay && m->recompute_all_floats)
+    snprintf(rbud + strlen(rbud), sizeof rbud - strlen(rbud), ", all kept with a budget of %.1f MB",
+             rn_model_recompute_all_mb(m));
   fprintf(f, "  memory for batch %d: params %.1f MB (+grad, momentum), activations and their gradients %.1f MB (one "
           "liveness-planned arena; %d outputs recomputed in the backward%s; +%.1f MB of lazy BN outputs, used only with "
           "BN in eval mode during training; the gradients alone peak at %.1f MB), saved %.1f MB, workspace %.1f MB\n",

@@ -387,8 +387,13 @@ int rn_train_main(int argc, char **argv) {
   r->steps_per_epoch = rn_loader_steps_per_epoch(r->train_ld);
   r->total_steps = c->steps > 0 ? c->steps : (int64_t)ceil(c->epochs * (double)r->steps_per_epoch);
   if (rank0) {
-    char rmb[64];
-    snprintf(rmb, sizeof rmb, "; --recompute-mb %g: the rest kept", c->recompute_mb);
+    /* the recompute budget in use, and the one that keeps every output (memory for time) */
+    char rmb[128] = "";
+    int q = 0;
+    if (c->recompute && c->recompute_mb > 0)
+      q = snprintf(rmb, sizeof rmb, "; --recompute-mb %g: %s", c->recompute_mb, r->m.nreplay ? "the rest kept" : "all kept");
+    if (r->m.nreplay && r->m.recompute_all_floats)
+      snprintf(rmb + q, sizeof rmb - (size_t)q, "; --recompute-mb %.1f keeps them all", rn_model_recompute_all_mb(&r->m));
     printf("resnet-mpi: %d rank%s x %d thread%s; global batch %d (%d per rank)\n", r->d.size, r->d.size > 1 ? "s" : "",
            r->threads, r->threads > 1 ? "s" : "", r->global_batch, r->local_batch);
     printf("model %s: %zu parameters; data %s: %lld train / %lld val images %dx%dx%d, %d classes\n", c->model,
@@ -397,7 +402,7 @@ int rn_train_main(int argc, char **argv) {
     printf("memory per rank: parameters %.1f MB (+gradients, momentum), activations and their gradients %.1f MB "
            "(%d outputs recomputed in the backward%s%s)\n", (double)r->m.ntotal * 4 / 1e6,
            (double)r->m.act_touch_floats * 4 / 1e6, r->m.nreplay, c->recompute ? "" : ": --recompute 0",
-           c->recompute && c->recompute_mb > 0 ? rmb : "");
+           rmb);
     printf("schedule: %lld steps (%lld per epoch), peak lr %g\nconfiguration:\n%s", (long long)r->total_steps,
            (long long)r->steps_per_epoch, rn_sched_peak_lr(&r->sched), r->cfg_text);
     fflush(stdout);
