@@ -1040,8 +1040,9 @@ static void plan_act(rn_model *m, const int *nuse, const int *producer, const in
     RN_ASSERT(cost && fsave);
     for (int q = 0; q < G; q++) {
       cost[q] = 0;
-      if (g.rc[q]) tord[nt++] = q;
-      for (int j = g.mstart[q]; j < g.mstart[q + 1]; j++) {
+      if (!g.rc[q]) continue;
+      tord[nt++] = q;
+      for (int j = g.mstart[q]; j < g.mstart[q + 1]; j++) { /* replayed: every member has a producer */
         const rn_node *d = &m->nodes[producer[g.members[j]]];
         cost[q] += 2 + (d->in2 >= 0) + (d->pre_bn >= 0);
       }
