@@ -21,8 +21,11 @@ for sw in ksplit gemm-par wino wino-small wino-bn dw-il; do  # wino-bn: a second
     { echo "FAIL: --ab $sw printed no A/B line"; fail=1; }
 done
 # recompute-mb: the budget's model against a second one planned without it; it needs a budget
-"$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --recompute-mb 1 --ab recompute-mb 2>&1 |
-  grep -q "^ab recompute-mb: " || { echo "FAIL: --ab recompute-mb printed no A/B line"; fail=1; }
+# (with --layers 1 both models' per-layer medians: their layers are the same)
+rab=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --recompute-mb 1 --ab recompute-mb 2>&1)
+echo "$rab" | grep -q "^ab recompute-mb: " || { echo "FAIL: --ab recompute-mb printed no A/B line: $rab"; fail=1; }
+echo "$rab" | grep -Eq "^ab recompute-mb per layer \(medians over each setting's steps, ms\): conv\+fc [0-9.]+ -> [0-9.]+ \([0-9.]+\), other layers [0-9.]+ -> [0-9.]+ \([0-9.]+\)$" ||
+  { echo "FAIL: --ab recompute-mb --layers 1 printed no per-layer A/B line: $rab"; fail=1; }
 if msg=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab recompute-mb 2>&1); then
   echo "FAIL: --ab recompute-mb without a budget accepted"; fail=1
 fi

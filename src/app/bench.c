@@ -91,7 +91,8 @@ static void usage(void) {
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting);\n"
          "with --layers 1 also both settings' per-layer medians: totals and the 12 layers that moved most\n"
-         "(not for wino-bn, dx-over-x and recompute-mb, whose off setting is a second model).\n"
+         "(for wino-bn, dx-over-x and recompute-mb, whose off setting is a second model, where its\n"
+         "layers are the same).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
          "lazy BNs), wino-small (Winograd's small-channel path for layers of at most 64 channels; off =\n"
@@ -237,9 +238,12 @@ int main(int argc, char **argv) {
   int32_t *labels = rn_alloc(sizeof(int32_t) * (size_t)n);
   for (int i = 0; i < n; i++) labels[i] = (int32_t)rn_rng_below(&r, (uint64_t)mc.num_classes);
   double *fw = rn_alloc(sizeof(double) * (size_t)m.nnodes), *bw = rn_alloc(sizeof(double) * (size_t)m.nnodes);
-  /* --ab with --layers 1 (one model): both settings' per-layer times of every timed step (medians
-   * below: a step slowed by the host would move a sum) */
-  const int ab_layers = ab && layers && !two;
+  /* --ab with --layers 1: both settings' per-layer times of every timed step (medians below: a step
+   * slowed by the host would move a sum); with a second model, where its nodes are the first's */
+  int same_nodes = !two || m0.nnodes == m.nnodes;
+  for (int k = 0; two && same_nodes && k < m.nnodes; k++)
+    same_nodes = m0.nodes[k].op == m.nodes[k].op && !strcmp(m0.nodes[k].name, m.nodes[k].name);
+  const int ab_layers = ab && layers && same_nodes;
   const size_t nn = (size_t)m.nnodes;
   double *fws = ab_layers ? rn_alloc(sizeof(double) * nn) : NULL, *bws = ab_layers ? rn_alloc(sizeof(double) * nn) : NULL;
   double *lay[2] = {NULL, NULL}; /* [arm][step][node]: forward + backward ms */
@@ -269,6 +273,7 @@ int main(int argc, char **argv) {
       memset(fws, 0, sizeof(double) * nn), memset(bws, 0, sizeof(double) * nn);
       m.prof_fwd = fws, m.prof_bwd = bws;
     }
+    if (two) m0.prof_fwd = timed && ab_layers ? fws : NULL, m0.prof_bwd = timed && ab_layers ? bws : NULL;
     struct rusage r0, r1, r2;
     getrusage(RUSAGE_SELF, &r0);
     double t0 = rn_now();
