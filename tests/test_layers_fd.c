@@ -392,6 +392,61 @@ static void test_maxpool_pre(int c, int h, int w, int n) {
   free(dx0), free(dx1), free(a0), free(a1);
 }
 
+/* The backward (a gather: each input element written once) against the scatter it replaced,
+ * memset(dx, 0) unless acc, then dx[argmax[o]] += (masked) dy[o] for o ascending: bitwise, on
+ * inputs with many ties (values in {-1, 0, 1}: one pixel the argmax of up to 4
+ * windows, the order of the additions visible), gradients with -0.0, +-0.0 and NaN in the acc base,
+ * masked and plain, odd shapes and the 16-channel vector path with a scalar tail. */
+static void scatter_ref(const rn_pool_desc *d, int n, const int32_t *a, const float *dy, const float *y, float *dx,
+                        int acc) {
+  const size_t in = (size_t)d->h * d->w * d->c, out = (size_t)d->oh * d->ow * d->c;
+  for (int i = 0; i < n; i++) {
+    float *di = dx + (size_t)i * in;
+    if (!acc) memset(di, 0, in * sizeof(float));
+    for (size_t o = 0; o < out; o++) {
+      const size_t q = (size_t)i * out + o;
+      di[a[q]] += y ? (y[q] > 0.0f ? dy[q] : 0.0f) : dy[q];
+    }
+  }
+}
+static void test_maxpool_gather(int c, int h, int w, int k, int s, int p, int n) {
+  rn_pool_desc d;
+  rn_err e;
+  RN_ASSERT(rn_pool_desc_init(&d, c, h, w, k, s, p, &e) == RN_OK);
+  size_t nx = (size_t)n * h * w * c, ny = (size_t)n * d.oh * d.ow * c;
+  float *x = randf(nx, 71, -1, 1), *r = randf(ny, 72, -1, 1), *base = randf(nx, 73, -1, 1);
+  float *y = nanbuf(ny), *dx0 = nanbuf(nx), *dx1 = nanbuf(nx);
+  int32_t *a = malloc(ny * 4);
+  for (size_t i = 0; i < nx; i++) x[i] = x[i] < -0.3f ? 0.0f : floorf(x[i] * 1.5f); /* ties: {-1, 0, 1} */
+  for (size_t i = 0; i < ny; i += 7) r[i] = -0.0f;
+  for (size_t i = 3; i < nx; i += 11) base[i] = i % 2 ? -0.0f : 0.0f;
+  base[nx / 2] = NAN;
+  rn_maxpool_forward(&d, n, x, y, a);
+  size_t shared = 0; /* inputs that are the argmax of more than one window */
+  {
+    unsigned char *cnt = calloc(nx, 1);
+    for (size_t o = 0; o < ny; o++) {
+      size_t i = o / ((size_t)d.oh * d.ow * c), q = i * h * w * c + (size_t)a[o];
+      shared += ++cnt[q] == 2;
+    }
+    free(cnt);
+  }
+  for (int masked = 0; masked < 2; masked++)
+    for (int acc = 0; acc < 2; acc++) {
+      if (acc) memcpy(dx0, base, nx * 4), memcpy(dx1, base, nx * 4);
+      else for (size_t i = 0; i < nx; i++) dx0[i] = dx1[i] = NAN;
+      scatter_ref(&d, n, a, r, masked ? y : NULL, dx0, acc);
+      if (masked) rn_maxpool_backward_masked(&d, n, a, r, y, dx1, acc);
+      else rn_maxpool_backward(&d, n, a, r, dx1, acc);
+      CHECK(!memcmp(dx0, dx1, nx * 4), "maxpool backward c=%d %dx%d k%d/s%d/p%d masked %d acc %d: not the scatter's bits",
+            c, h, w, k, s, p, masked, acc);
+    }
+  CHECK(shared > 0 || k <= s, "maxpool gather test c=%d %dx%d: no input is the argmax of two overlapping windows", c, h, w);
+  printf("  maxpool backward c=%-3d %dx%d k%d/s%d/p%d n=%d: gather = scatter bitwise (%zu shared argmax)\n", c, h, w,
+         k, s, p, n, shared);
+  free(x), free(r), free(base), free(y), free(dx0), free(dx1), free(a);
+}
+
 /* Ties keep the first pixel of the window (row-major), as PyTorch; padding is never chosen. */
 static void test_maxpool_ties(int c) {
   rn_pool_desc d;
@@ -937,6 +992,10 @@ int main(int argc, char **argv) {
   test_maxpool(32, 7, 8, 3, 2, 1, 2, -3, -1);
   test_maxpool_pre(5, 9, 9, 2), test_maxpool_pre(32, 12, 11, 3);
   test_maxpool_ties(2), test_maxpool_ties(16);
+  test_maxpool_gather(5, 9, 9, 3, 2, 1, 2), test_maxpool_gather(16, 12, 11, 3, 2, 1, 2);
+  test_maxpool_gather(64, 14, 14, 3, 2, 1, 2), test_maxpool_gather(37, 8, 9, 3, 1, 1, 2);
+  test_maxpool_gather(32, 9, 7, 2, 2, 0, 1), test_maxpool_gather(19, 10, 10, 3, 3, 0, 1);
+  test_maxpool_gather(48, 11, 11, 3, 2, 0, 2);
   test_avgpool();
   test_linear(5, 33, 10);
   test_linear(1, 7, 3);
