@@ -1,9 +1,11 @@
 #!/bin/bash
 # Side-by-side training-step benchmark: our rn-bench and PyTorch (scripts/bench_torch.py) on the
 # same model, batch and thread count, run ALTERNATELY R times (so both see the same machine load),
-# then medians side by side, the ratio, peak RSS of both, the FMA peak measured in our runs and
-# both programs' share of it, the load average before each run, and our per-layer table from the
-# last rn-bench run.
+# then medians side by side, the ratio of the medians, the paired ratio (the median of the R
+# per-run ratios ours/torch, each pair run back to back, with their range: it cancels the host's
+# slow drifts, which the ratio of medians does not when the host changes phase mid-series), peak
+# RSS of both, the FMA peak measured in our runs and both programs' share of it, the load average
+# before each run, and our per-layer table from the last rn-bench run.
 #
 # Usage: scripts/bench_vs_torch.sh [-r R] [-b BUILD_DIR] [MODEL BATCH [THREADS]]
 #   default: resnet50 32, cifar-resnet20 128, cifar-resnet56 128, all with 2 threads, R = 3.
@@ -19,7 +21,7 @@ while getopts "r:b:" o; do
   case $o in
     r) R=$OPTARG ;;
     b) build=$OPTARG ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -42,8 +44,8 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 summary=$tmp/summary
-printf "%-16s %5s %3s | %12s %12s %7s | %10s %10s | %9s %9s %9s | %s\n" model batch thr "ours img/s" "torch img/s" ratio \
-  "ours RSS" "torch RSS" "FMA peak" "ours %pk" "torch %pk" "load (1-min avg before each run)" >"$summary"
+printf "%-16s %5s %3s | %12s %12s %7s %20s | %10s %10s | %9s %9s %9s | %s\n" model batch thr "ours img/s" "torch img/s" ratio \
+  "paired (range)" "ours RSS" "torch RSS" "FMA peak" "ours %pk" "torch %pk" "load (1-min avg before each run)" >"$summary"
 for wl in "${workloads[@]}"; do
   read -r model batch thr <<<"$wl"
   case $model in
@@ -66,17 +68,25 @@ for wl in "${workloads[@]}"; do
   oi=$(field img_s <"$tmp/ours" | median); ti=$(field img_s <"$tmp/torch" | median)
   orss=$(field peak_rss_mb <"$tmp/ours" | sort -g | tail -1); trss=$(field peak_rss_mb <"$tmp/torch" | sort -g | tail -1)
   ratio=$(awk -v a="$oi" -v b="$ti" 'BEGIN {printf "%.2f", a / b}')
+  # run i of ours against run i of PyTorch (run right after it); from the step times (4 decimals;
+  # the same batch, so torch's step / ours = ours img/s / torch's)
+  field img_s <"$tmp/ours" >"$tmp/oi"; field img_s <"$tmp/torch" >"$tmp/ti"
+  paste -d' ' <(field median_step_s <"$tmp/ours") <(field median_step_s <"$tmp/torch") |
+    awk '{printf "%.4f\n", $2 / $1}' >"$tmp/pr"
+  pr=$(median <"$tmp/pr"); prmin=$(sort -g "$tmp/pr" | head -1); prmax=$(sort -g "$tmp/pr" | tail -1)
+  paired=$(awk -v m="$pr" -v a="$prmin" -v b="$prmax" 'BEGIN {printf "%.2fx (%.2f-%.2f)", m, a, b}')
   # share of the FMA peak measured by rn-bench in each of its runs (median), for both programs
   # (the training FLOPs per image are the same model's: ours GFLOP/s / ours img/s)
   pk=$(field fma_peak_gflops <"$tmp/ours" | median); og=$(field gflops <"$tmp/ours" | median)
   osh=$(awk -v g="$og" -v p="$pk" 'BEGIN {printf("%.0f%%", (p > 0) ? 100 * g / p : 0)}')
   tsh=$(awk -v g="$og" -v a="$oi" -v b="$ti" -v p="$pk" 'BEGIN {printf("%.0f%%", (p > 0) ? 100 * g / a * b / p : 0)}')
-  echo "== $model batch $batch threads $thr: per-run img/s ours: $(field img_s <"$tmp/ours" | tr '\n' ' ')torch: $(field img_s <"$tmp/torch" | tr '\n' ' ')"
+  echo "== $model batch $batch threads $thr: per-run img/s ours: $(tr '\n' ' ' <"$tmp/oi")torch: $(tr '\n' ' ' <"$tmp/ti")ratios: $(awk '{printf "%.2f ", $1}' "$tmp/pr")"
   echo "== our per-layer table (last run):"
   sed -n '/^layer /,$p' "$tmp/last_ours.txt"
   echo
-  printf "%-16s %5s %3s | %12s %12s %7s | %7s MB %7s MB | %9s %9s %9s |%s\n" "$model" "$batch" "$thr" "$oi" "$ti" "${ratio}x" \
-    "$orss" "$trss" "$pk" "$osh" "$tsh" "$loads" >>"$summary"
+  printf "%-16s %5s %3s | %12s %12s %7s %20s | %7s MB %7s MB | %9s %9s %9s |%s\n" "$model" "$batch" "$thr" "$oi" "$ti" "${ratio}x" \
+    "$paired" "$orss" "$trss" "$pk" "$osh" "$tsh" "$loads" >>"$summary"
 done
-echo "== side by side (medians of $R alternating runs each; training step = forward, loss, backward, SGD)"
+echo "== side by side (medians of $R alternating runs each, ratio = ours/torch of the medians, paired = median of the"
+echo "   $R per-run ratios and their range; training step = forward, loss, backward, SGD)"
 cat "$summary"
