@@ -224,6 +224,33 @@ static void pre_case(int cin, int cout, int k, int p, int h, int w, int n, int r
   free(dw0), free(dw1), free(st0), free(st1);
 }
 
+/* The forward's images claimed one unit at a time by the threads (rn_conv_set_direct_dynamic) or
+ * in static shares: output and per-image statistics bitwise the same, with a lazy BN (pre) or
+ * without; n not a multiple of the thread count or of the images swept together (conv_images: a
+ * unit is a group there, and the static shares cut groups short at a thread's end). */
+static void dyn_case(int cin, int cout, int k, int p, int s, int h, int w, int n, int use_pre, uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, k, k, s, p, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * d.oh * d.ow * cout, nw = (size_t)cout * k * k * cin;
+  size_t ns = (size_t)n * 2 * cout;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *sc = randf(cin, seed + 3), *sh = randf(cin, seed + 4);
+  float *y0 = nanbuf(ny), *y1 = nanbuf(ny), *ws = nanbuf(rn_conv_workspace(&d, n));
+  double *st0 = malloc(ns * sizeof(double)), *st1 = malloc(ns * sizeof(double));
+  rn_conv_pre pre = {sc, sh, 1};
+  rn_conv_set_direct_dynamic(0);
+  int g0 = use_pre ? rn_conv_forward_pre(&d, n, x, wt, y0, ws, st0, &pre) : rn_conv_forward_stats(&d, n, x, wt, y0, ws, st0);
+  rn_conv_set_direct_dynamic(1);
+  int g1 = use_pre ? rn_conv_forward_pre(&d, n, x, wt, y1, ws, st1, &pre) : rn_conv_forward_stats(&d, n, x, wt, y1, ws, st1);
+  CHECK(g0 && g1 && !memcmp(y0, y1, ny * 4) && !memcmp(st0, st1, ns * sizeof(double)),
+        "dynamic images k=%d s=%d cin=%d cout=%d %dx%d n=%d pre=%d: output or statistics differ from static shares",
+        k, s, cin, cout, h, w, n, use_pre);
+  free(x), free(wt), free(sc), free(sh), free(y0), free(y1), free(ws), free(st0), free(st1);
+}
+
 /* The 1x1 backward in bands of dW then dx (rn_conv_set_dw_interleave, item 39): against the
  * interleave off (dW over all of a thread's images first), dx and the BN sums of the BN before (a
  * lazy one, pre, or a stored output as mask) must be bitwise the same and dW within TOL, for
@@ -410,7 +437,12 @@ int main(void) {
     ip_case(64, 64, 9, 11, 3, 0, 80), ip_case(112, 96, 5, 13, 2, 0, 81), ip_case(96, 512, 7, 9, 2, 0, 82);
     ip_case(512, 64, 4, 7, 3, 0, 83), ip_case(64, 256, 9, 9, 2, 1, 84), ip_case(48, 16, 5, 13, 3, 0, 85);
     ip_case(16, 528, 5, 7, 2, 0, 86), ip_case(528, 16, 7, 5, 2, 0, 87);
-    cases += 47;
+    /* Images claimed dynamically against static shares (groups of several images: 256->128 @7,
+     * 128->256 @14; one at a time: the rest; odd n) */
+    dyn_case(256, 128, 3, 1, 1, 7, 7, 9, 0, 90), dyn_case(128, 256, 3, 1, 1, 14, 14, 5, 1, 91);
+    dyn_case(64, 256, 1, 0, 1, 14, 14, 5, 1, 92), dyn_case(32, 32, 3, 1, 2, 15, 17, 3, 0, 93);
+    dyn_case(16, 16, 3, 1, 1, 32, 32, 7, 1, 94), dyn_case(256, 64, 1, 0, 1, 7, 7, 1, 0, 95);
+    cases += 53;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);

@@ -134,6 +134,10 @@ size_t rn_conv_direct_workspace(const rn_conv_desc *d, int n, int threads);
  * squares (double) of output channel c, computed from the final output values in the epilogue. */
 void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                             int threads, double *stats);
+/* The direct forward's images: claimed one unit (an image, or a group of images swept together) at
+ * a time by the threads (default), or static shares (RN_DIRECT_DYN=0 or
+ * rn_conv_set_direct_dynamic(0), A/B). The same bits either way. */
+void rn_conv_set_direct_dynamic(int on);
 void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                                 int threads, double *stats, const rn_conv_pre *pre);
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

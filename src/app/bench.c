@@ -53,6 +53,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "dw-ip")) rn_conv_set_dw1x1_inplace(on);
   else if (!strcmp(sw, "ukr")) rn_blas_set_ukr(on);
   else if (!strcmp(sw, "wino-dyn")) rn_conv_set_wino_dynamic(on);
+  else if (!strcmp(sw, "direct-dyn")) rn_conv_set_direct_dynamic(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -70,7 +71,8 @@ static void usage(void) {
   printf("usage: rn-bench [--model NAME] [--batch N] [--threads T] [--size S] [--channels C] [--classes K]\n"
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
-         "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb]\n"
+         "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
+         "                      direct-dyn]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -109,6 +111,8 @@ static void usage(void) {
          "products on BLIS's micro-kernel with the transformed kernels packed once per call (off = BLIS's\n"
          "driver, which packs them again for every chunk; RN_UKR=0). wino-dyn: Winograd's product\n"
          "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n"
+         "direct-dyn: the direct forward's images claimed one unit at a time by the threads (off =\n"
+         "static shares; RN_DIRECT_DYN=0).\n"
          "recompute-mb: the --recompute-mb budget (given, > 0; off = a second model planned with 0, as\n"
          "wino-bn; the peak RSS printed is then both models').\n");
 }
@@ -174,10 +178,11 @@ int main(int argc, char **argv) {
       ab = v;
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
-          strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb"))
+          strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
+          strcmp(v, "direct-dyn"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb)",
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else if (!strcmp(a, "--recompute-mb")) {

@@ -691,6 +691,24 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
   rn_conv_direct_forward_pre(d, n, x, w, y, ws, threads, stats, NULL);
 }
 
+/* The forward's images: static shares, or (RN_DIRECT_DYN, default on) claimed one unit at a time
+ * from a counter shared by the region, so that a thread the host slows takes fewer. */
+static int g_direct_dyn = -1;
+void rn_conv_set_direct_dynamic(int on) { g_direct_dyn = on != 0; }
+static int direct_dyn(void) {
+  if (g_direct_dyn < 0) {
+    const char *e = getenv("RN_DIRECT_DYN");
+    g_direct_dyn = !(e && e[0] == '0');
+  }
+  return g_direct_dyn;
+}
+static int dclaim(int *ctr, int end) {
+  int v = __atomic_load_n(ctr, __ATOMIC_RELAXED);
+  while (v < end)
+    if (__atomic_compare_exchange_n(ctr, &v, v + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return v;
+  return -1;
+}
+
 void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                                 int threads, double *stats, const rn_conv_pre *pre) {
   const int C = d->cin, Co = d->cout, kh = d->kh, kw = d->kw, K = kh * kw * C;
@@ -704,6 +722,8 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
   const int streaming = one && g_stream > 0 && (size_t)n * d->oh * d->ow * Co * sizeof(float) > ((size_t)g_stream << 20) &&
                  ((uintptr_t)y & 63) == 0;
   const int G = conv_images(d, kh, kw, C, Co);
+  int ctr = 0; /* dynamic: the next unit of G images (or image) to claim */
+  const int dyn = direct_dyn();
 #pragma omp parallel num_threads(T)
   {
     int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -717,8 +737,13 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
       }
 #pragma omp barrier
     float *xp = pads + (size_t)t * dw_group(d) * pf;
-    const int i1 = n * (t + 1) / nt;
-    for (int i = n * t / nt; G > 1 && i < i1; i += G) { /* several images per sweep */
+    /* static: this thread's images [n t / nt, n (t + 1) / nt); dynamic: units of G images claimed
+     * one at a time (every image's output and statistics are its own: the same bits) */
+    const int nu = (n + G - 1) / G;
+    int i1 = n * (t + 1) / nt, u = dyn ? dclaim(&ctr, nu) : 0;
+    for (int i = dyn ? (u < 0 ? n : u * G) : n * t / nt; G > 1 && i < (dyn ? n : i1);
+         i = dyn ? ((u = dclaim(&ctr, nu)) < 0 ? n : u * G) : i + G) { /* several images per sweep */
+      if (dyn) i1 = i + G < n ? i + G : n;
       const int g = i + G <= i1 ? G : i1 - i;
       const size_t xin = (size_t)d->h * d->w * C, yin = (size_t)d->oh * d->ow * Co;
       for (int j = 0; j < g; j++) {
@@ -730,7 +755,8 @@ void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, co
                   (size_t)d->ow * Co);
       t_stats = NULL;
     }
-    for (int i = n * t / nt; G == 1 && i < i1; i++) {
+    for (int i = dyn ? (u < 0 ? n : u) : n * t / nt; G == 1 && i < (dyn ? n : i1);
+         i = dyn ? ((u = dclaim(&ctr, n)) < 0 ? n : u) : i + 1) {
       const float *xi = x + (size_t)i * d->h * d->w * C;
       if (!one) pad_image_pre(xi, d->h, d->w, C, d->pad, d->pad, xp, pre);
       float *yi = y + (size_t)i * d->oh * d->ow * Co;
