@@ -730,6 +730,39 @@ static void test_add_fused_bitwise(size_t n, float scale) {
  * (and rn_add_backward, then the BN backward): output (also over the shortcut input), saved and
  * running statistics, the statistics handed over by a convolution, the shortcut gradient (=, +=,
  * and written over dy), dx (=, +=), dgamma, dbeta; every scale kind, with and without the ReLU. */
+/* Streaming stores for the BN+add output (rn_bn_set_add_stream_mb): bitwise the plain stores, over
+ * a fresh output and in place over the shortcut, with the shortcut's lazy BN, scales 1/0/0.7, with
+ * and without ReLU; a 64-byte-aligned output above the size (streamed), a misaligned one and
+ * channels not a multiple of 16 (plain stores either way). */
+static void test_bn_add_stream(int m, int c, float scale, int relu, int spre, int threads) {
+  rn_blas_set_threads(threads);
+  const size_t n = (size_t)m * c, bytes = ((n + 32) * 4 + 63) & ~(size_t)63;
+  rn_bn_desc d = {c, 0.1f, 1e-5f, relu};
+  float *x = randf(n, 401, -1.5f, 1.5f), *s = randf(n, 402, -1, 1), *sc = randf(c, 403, -1.5f, 1.5f);
+  float *sh = randf(c, 404, -0.5f, 0.5f), *ssc = randf(c, 405, -1, 1), *ssh = randf(c, 406, -1, 1);
+  rn_conv_pre sp = {ssc, ssh, 0};
+  float *ref = aligned_alloc(64, bytes), *y = aligned_alloc(64, bytes);
+  int ok = 1;
+  for (int v = 0; v < 4; v++) { /* fresh aligned, in place aligned, fresh misaligned, in place misaligned */
+    const int inplace = v & 1, off = v >= 2 ? 4 : 0;
+    float *r = ref + off, *o = y + off;
+    for (int on = 0; on < 2; on++) {
+      float *dst = on ? o : r;
+      if (inplace) memcpy(dst, s, n * 4);
+      else for (size_t i = 0; i < n; i++) dst[i] = NAN;
+      rn_bn_set_add_stream_mb(on ? 1 : 0);
+      rn_bn_add_apply(&d, m, x, sc, sh, inplace ? dst : s, scale, dst, spre ? &sp : NULL);
+    }
+    ok &= same_bits(r, o, n);
+  }
+  rn_bn_set_add_stream_mb(-1);
+  size_t zeros = 0;
+  for (size_t i = 0; i < n; i++) zeros += ref[i + 4] == 0.0f;
+  CHECK(ok && (!relu || zeros > n / 10), "BN+add streaming stores m=%d c=%d scale=%g relu=%d spre=%d threads=%d: differ from "
+        "plain stores", m, c, scale, relu, spre, threads);
+  free(x), free(s), free(sc), free(sh), free(ssc), free(ssh), free(ref), free(y);
+}
+
 static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale, int relu) {
   rn_blas_set_threads(threads);
   size_t n = (size_t)m * c;
@@ -1027,6 +1060,8 @@ int main(int argc, char **argv) {
         test_bn_add_bitwise(1500, 40, 0, t, scales[i], relu); /* 8/16-channel blocks + a partial one */
         test_bn_add_bitwise(1500, 40, 1, t, scales[i], relu);
         test_bn_add_bitwise(40, 517, 0, t, scales[i], relu); /* a 512-channel block, then 5 */
+        test_bn_add_stream(20000, 32, scales[i], relu, i & 1, t); /* 2.6 MB: above the 1 MB set */
+        test_bn_add_stream(9000, 40, scales[i], relu, 0, t);      /* channels not a multiple of 16 */
       }
   test_shortcut(4, 8, 7, 7, 2, 2);
   test_shortcut(5, 8, 6, 5, 1, 2);

@@ -372,6 +372,62 @@ static void budget_case(const fcase *fc) {
   g_budget_mb = 0;
 }
 
+/* Streaming stores for the BN+add outputs (rn_bn_set_add_stream_mb): ResNet-50 at 96 x 96, b4,
+ * whose layer-1 block outputs (2.4 MB) exceed the 1 MB set here, forward and replays: two training
+ * steps with an SGD update in between, bitwise the plain stores (loss, gradients, parameters and
+ * running statistics). */
+static void add_stream_case(void) {
+  rn_model_config c;
+  rn_err e = {0};
+  rn_model_config_default(&c);
+  rn_model_config_arch(&c, "resnet50", NULL);
+  c.in_h = c.in_w = 96, c.num_classes = 5;
+  const int batch = 4;
+  float *g[2], *st[2];
+  double loss[2][2];
+  size_t big = 0;
+  for (int v = 0; v < 2; v++) {
+    rn_model m;
+    if (rn_model_build(&m, &c, batch, &e)) {
+      CHECK(0, "add stream: %s", e.msg);
+      return;
+    }
+    for (int k = 0; k < m.nnodes; k++) {
+      const rn_node *d = &m.nodes[k];
+      const rn_tensor *t = &m.tensors[d->out];
+      if (v == 0 && d->op == RN_OP_ADD && d->bn_add && (size_t)batch * t->h * t->w * t->c * 4 > ((size_t)1 << 20)) big++;
+    }
+    rn_model_init(&m, 5);
+    rn_rng r = rn_rng_make(rn_key(4, 4, 4, 4));
+    int32_t labels[4];
+    for (int i = 0; i < batch; i++) labels[i] = (int32_t)rn_rng_below(&r, 5);
+    const size_t nin = (size_t)batch * 96 * 96 * 3;
+    float *x = rn_model_input(&m);
+    for (size_t i = 0; i < nin; i++) x[i] = rn_rng_normal(&r);
+    rn_bn_set_add_stream_mb(v ? 1 : 0);
+    rn_model_zero_grad(&m);
+    for (int s = 0; s < 2; s++) {
+      rn_model_forward(&m, batch, 1);
+      loss[v][s] = rn_model_loss(&m, batch, labels, 0.0f, NULL, NULL);
+      rn_model_backward(&m, batch, NULL, NULL);
+      if (s == 0) rn_sgd_step(&m, 0.05f, 0.9f, 1e-4f, 0);
+    }
+    rn_bn_set_add_stream_mb(-1);
+    g[v] = malloc(m.ntrain * sizeof(float)), st[v] = malloc(m.ntotal * sizeof(float));
+    memcpy(g[v], m.grad, m.ntrain * sizeof(float)), memcpy(st[v], m.param, m.ntotal * sizeof(float));
+    if (v == 1) {
+      CHECK(big >= 3 && !memcmp(loss[0], loss[1], sizeof loss[0]) && !memcmp(g[0], g[1], m.ntrain * sizeof(float)) &&
+                !memcmp(st[0], st[1], m.ntotal * sizeof(float)),
+            "add stream: %zu BN+add outputs above 1 MB; streamed and plain stores differ (loss %.9g %.9g)", big, loss[0][1],
+            loss[1][1]);
+      printf("add stream resnet50 96x96 b4: %zu BN+add outputs above 1 MB streamed, bitwise the plain stores (loss %.6f)\n",
+             big, loss[1][1]);
+    }
+    rn_model_free(&m);
+  }
+  free(g[0]), free(g[1]), free(st[0]), free(st[1]);
+}
+
 /* kB of AnonHugePages in /proc/self/smaps over the mappings that overlap [a, b). */
 static long huge_kb(uintptr_t a, uintptr_t b) {
   FILE *f = fopen("/proc/self/smaps", "r");
@@ -456,6 +512,7 @@ int main(void) {
     CHECK(j < sizeof cases / sizeof cases[0], "budget case '%s' not found", budget_cases[i]);
     if (j < sizeof cases / sizeof cases[0]) budget_case(&cases[j]);
   }
+  add_stream_case();
   double pmb = rn_model_set_recompute_mb(5);
   CHECK(rn_model_set_recompute_mb(0) == 5 && rn_model_set_recompute_mb(pmb) == 0, "rn_model_set_recompute_mb round trip");
   return tu_done("test_model_fuse");

@@ -220,6 +220,11 @@ void rn_bn_forward_train_coef(const rn_bn_desc *d, int64_t m, const float *x, co
 /* y = [relu](x * sc + sh) with the coefficients of rn_bn_forward_train_coef: the bits of
  * rn_bn_forward_train's output (the model's backward recomputes BN outputs with it). y may alias x. */
 void rn_bn_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, float *y);
+/* Streaming stores for a fused BN+add's output (forward and replay) above mb MB (default 16: the
+ * block outputs of ResNet-50's layers 1-3 at b32; 0 = never; -1 restores the default or the
+ * environment variable RN_ADD_STREAM_MB, read at first use). Only 64-byte-aligned outputs of
+ * 16-channel multiples (the model's arena); the same bits. */
+void rn_bn_set_add_stream_mb(int mb);
 /* Eval: running statistics. */
 /* The eval forward's float coefficients: y = [relu](x * sc + sh) (rn_conv_pre applies them). */
 void rn_bn_eval_coef(const rn_bn_desc *d, const float *gamma, const float *beta, const float *run_mean,

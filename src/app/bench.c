@@ -40,6 +40,12 @@ static int ab_stream_mb(void) {
   return v && *v ? atoi(v) : 16;
 }
 
+/* --ab add-stream's on setting: RN_ADD_STREAM_MB or the default 16 MB */
+static int ab_add_stream_mb(void) {
+  const char *v = getenv("RN_ADD_STREAM_MB");
+  return v && *v && atoi(v) > 0 ? atoi(v) : 16;
+}
+
 /* --ab: one setting (0 = off, 1 = on) of a run-time switch; narrow/ksplit keep the other's value */
 static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   if (!strcmp(sw, "narrow")) rn_blas_set_tuning(on, ksplit);
@@ -54,6 +60,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "ukr")) rn_blas_set_ukr(on);
   else if (!strcmp(sw, "wino-dyn")) rn_conv_set_wino_dynamic(on);
   else if (!strcmp(sw, "direct-dyn")) rn_conv_set_direct_dynamic(on);
+  else if (!strcmp(sw, "add-stream")) rn_bn_set_add_stream_mb(on ? ab_add_stream_mb() : 0);
 }
 
 static double min_of(const double *v, long n) {
@@ -72,7 +79,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
          "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
-         "                      direct-dyn]\n"
+         "                      direct-dyn|add-stream]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -112,7 +119,8 @@ static void usage(void) {
          "driver, which packs them again for every chunk; RN_UKR=0). wino-dyn: Winograd's product\n"
          "positions claimed one at a time by the threads (off = static shares; RN_WINO_DYN=0).\n"
          "direct-dyn: the direct forward's images claimed one unit at a time by the threads (off =\n"
-         "static shares; RN_DIRECT_DYN=0).\n"
+         "static shares; RN_DIRECT_DYN=0). add-stream: streaming stores for fused BN+add outputs above\n"
+         "16 MB (RN_ADD_STREAM_MB sets the size; off = plain stores).\n"
          "recompute-mb: the --recompute-mb budget (given, > 0; off = a second model planned with 0, as\n"
          "wino-bn; the peak RSS printed is then both models').\n");
 }
@@ -179,10 +187,10 @@ int main(int argc, char **argv) {
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
           strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
-          strcmp(v, "direct-dyn"))
+          strcmp(v, "direct-dyn") && strcmp(v, "add-stream"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn)",
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else if (!strcmp(a, "--recompute-mb")) {

@@ -18,6 +18,8 @@
  * vectors (masked for the last, partial block); the portable fallback does the same arithmetic in
  * scalar code (deterministic as well, not bitwise equal to the AVX-512 build). */
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -580,7 +582,7 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
                                                                  const float *sh, const float *sr, float scale,
                                                                  float *yr, const int relu, const int mode,
                                                                  const float *ssc, const float *ssh,
-                                                                 const int spre) {
+                                                                 const int spre, const int nt) {
 #if defined(__AVX512F__)
   const __m512 vs = _mm512_set1_ps(scale);
   for (int j = 0; j < c; j += 16) {
@@ -593,9 +595,11 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
       v = mode == 0 ? _mm512_add_ps(v, z) : _mm512_fmadd_ps(vs, z, v);
     }
     if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-    store16(yr + j, k, v);
+    if (nt) _mm512_stream_ps(yr + j, v); /* (c % 16 == 0, y 64-byte aligned: add_stream_ok) */
+    else store16(yr + j, k, v);
   }
 #else
+  (void)nt;
   for (int j = 0; j < c; j++) {
     float v = spre ? fmaf(sr[j], ssc[j], ssh[j]) : sr[j];
     if (mode != 1) {
@@ -609,14 +613,46 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
 
 #define AFFINE_ADD_LOOP(RELU, MODE, SP)                                                                        \
   do {                                                                                                         \
-    _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++)                \
-        affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU, MODE,  \
-                       ssc, ssh, SP);                                                                          \
+    if (nts) {                                                                                                 \
+      _Pragma("omp parallel num_threads(T)") {                                                                 \
+        _Pragma("omp for schedule(static) nowait") for (int64_t i = 0; i < m; i++)                             \
+            affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU,    \
+                           MODE, ssc, ssh, SP, 1);                                                             \
+        _mm_sfence(); /* the streamed rows are visible to every thread after the region */                    \
+      }                                                                                                        \
+    } else {                                                                                                   \
+      _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++)              \
+          affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU,      \
+                         MODE, ssc, ssh, SP, 0);                                                               \
+    }                                                                                                          \
   } while (0)
+
+/* Streaming stores for the BN+add output above ADD_STREAM_MB (RN_ADD_STREAM_MB=N: above N MB, 0 =
+ * never; rn_bn_set_add_stream_mb, rn-bench --ab add-stream): y is written without being read for
+ * ownership first. ResNet-50 b32 (twenty-second round, --ab add-stream, 4 runs of 8-12 pairs): the
+ * non-conv layers 0.905-0.941 of their time with them, the convolutions (conv1 then reads the
+ * block output from memory) 0.932-0.990 in the three runs without a drift of the host. */
+#define ADD_STREAM_MB 16
+static int g_add_stream_mb = -1;
+void rn_bn_set_add_stream_mb(int mb) { g_add_stream_mb = mb < 0 ? -1 : mb; }
+static int add_stream_ok(int c, int64_t m, const float *y) {
+  if (g_add_stream_mb < 0) {
+    const char *v = getenv("RN_ADD_STREAM_MB");
+    g_add_stream_mb = v && *v ? atoi(v) : ADD_STREAM_MB;
+    if (g_add_stream_mb < 0) g_add_stream_mb = 0;
+  }
+#if defined(__AVX512F__)
+  return g_add_stream_mb > 0 && c % 16 == 0 && !((uintptr_t)y & 63) &&
+         (size_t)m * c * sizeof(float) > ((size_t)g_add_stream_mb << 20);
+#else
+  (void)c, (void)m, (void)y;
+  return 0;
+#endif
+}
 
 static void affine_add_sp(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
                           float scale, int relu, float *y, const float *ssc, const float *ssh, const int sp) {
-  const int T = nthreads_for(m * c), mode = scale_mode(scale);
+  const int T = nthreads_for(m * c), mode = scale_mode(scale), nts = add_stream_ok(c, m, y);
   if (relu) {
     if (mode == 0) AFFINE_ADD_LOOP(1, 0, sp);
     else if (mode == 1) AFFINE_ADD_LOOP(1, 1, sp);
