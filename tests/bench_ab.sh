@@ -5,6 +5,7 @@
 # printed. wino-bn runs its off setting on a second model planned with it off. The per-layer
 # summary carries a large GEMM measured in the same run, and the replays in the backward: none with a
 # --recompute-mb budget above them all; --ab recompute-mb compares a budget with none (a second model).
+# With --layers 1, a two-model switch also sums the nodes the plans treat differently.
 # rn-bench-conv --ab-rules pairs each pass.
 set -u
 BIN=$1
@@ -16,10 +17,15 @@ line=$(echo "$out" | grep '^ab narrow: ')
 [ -n "$line" ] || { echo "FAIL: no 'ab narrow:' line in: $out"; fail=1; }
 echo "$line" | grep -Eq 'off median_step_s [0-9.]+, on median_step_s [0-9.]+, on/off [0-9.]+ \(median of 3 paired ratios, from [0-9.]+ to [0-9.]+\)' ||
   { echo "FAIL: malformed A/B line: $line"; fail=1; }
-for sw in ksplit gemm-par wino wino-small wino-bn dw-il direct-dyn add-stream; do  # wino-bn: a second model, planned with it off
+for sw in ksplit gemm-par wino wino-small wino-bn dw-il direct-dyn add-stream wino-pre; do  # wino-bn, wino-pre: a second model, planned with it off
   "$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab $sw 2>&1 | grep -q "^ab $sw: " ||
     { echo "FAIL: --ab $sw printed no A/B line"; fail=1; }
 done
+# wino-bn with --layers 1: the nodes the two plans treat differently (ResNet-20's 18 lazy BNs and
+# their Winograd readers), summed per setting
+wab=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --ab wino-bn 2>&1)
+echo "$wab" | grep -Eq "^ab wino-bn nodes planned differently \(lazy BN or its reader\): 18, [0-9.]+ -> [0-9.]+ ms \([0-9.]+\)$" ||
+  { echo "FAIL: --ab wino-bn --layers 1 printed no 'nodes planned differently' line for 18 nodes: $wab"; fail=1; }
 # recompute-mb: the budget's model against a second one planned without it; it needs a budget
 # (with --layers 1 both models' per-layer medians: their layers are the same)
 rab=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --recompute-mb 1 --ab recompute-mb 2>&1)

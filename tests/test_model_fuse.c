@@ -9,7 +9,8 @@
  * plain nets, stochastic depth (a step with dropped and kept branches) and BN with running
  * statistics in training. Also: the fused graph has no ReLU node left, the per-kind names, the
  * parameter list is untouched (checkpoints do not see the fusion), replays are elementwise nodes,
- * and the touched arena is smaller with recompute. */
+ * and the touched arena is smaller with recompute. Also: streaming stores for the block outputs,
+ * and the Winograd layers' lazy BNs beyond the direct kernel's width rules (wino_pre_case). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -428,6 +429,89 @@ static void add_stream_case(void) {
   free(g[0]), free(g[1]), free(st[0]), free(st[1]);
 }
 
+/* A Winograd layer reads its BN's output lazily also where the direct kernel's width rules would
+ * put its dW on the GEMM (rn_conv_set_wino_pre_any; ResNet-50's 256@14 and 512@7, here at 96x96
+ * layers 2-4's 12-, 6- and 3-wide 3x3 layers). Runs of ResNet-50 96x96 b4, the default plan
+ * (those BNs lazy) against one planned with the switch off (stored): with Winograd on, two
+ * training steps bitwise the same (loss, gradients, parameters with BN statistics); with Winograd
+ * switched off at run time and every pass direct (all-widths mode), the same; and with Winograd
+ * off under the width rules, where the lazy BNs' readers must run dW on the direct kernel anyway
+ * (the stored plan's run it on the GEMM), one step's gradients within rounding. */
+static void wino_pre_case(void) {
+  rn_model_config c;
+  rn_err e = {0};
+  rn_model_config_default(&c);
+  rn_model_config_arch(&c, "resnet50", NULL);
+  c.in_h = c.in_w = 96, c.num_classes = 5;
+  const int batch = 4;
+  float *g[6], *st[6];
+  double loss[6][2];
+  int nlazy[6];
+  size_t ntrain = 0, ntotal = 0;
+  for (int v = 0; v < 6; v++) {
+    rn_model m;
+    rn_conv_set_wino_pre_any(!(v & 1)); /* v even: lazy (the default); odd: stored */
+    const int st_ = rn_model_build(&m, &c, batch, &e);
+    rn_conv_set_wino_pre_any(1);
+    if (st_) {
+      CHECK(0, "wino pre: %s", e.msg);
+      return;
+    }
+    nlazy[v] = 0;
+    for (int k = 0; k < m.nnodes; k++) nlazy[v] += m.nodes[k].lazy == 1;
+    rn_model_init(&m, 5);
+    rn_rng r = rn_rng_make(rn_key(5, 5, 5, 5));
+    int32_t labels[4];
+    for (int i = 0; i < batch; i++) labels[i] = (int32_t)rn_rng_below(&r, 5);
+    const size_t nin = (size_t)batch * 96 * 96 * 3;
+    float *x = rn_model_input(&m);
+    for (size_t i = 0; i < nin; i++) x[i] = rn_rng_normal(&r);
+    if (v >= 2) rn_conv_set_wino(0);
+    if (v == 2 || v == 3) rn_conv_set_direct_all_widths(1);
+    rn_model_zero_grad(&m);
+    loss[v][1] = 0;
+    for (int s = 0; s < (v >= 4 ? 1 : 2); s++) {
+      rn_model_forward(&m, batch, 1);
+      loss[v][s] = rn_model_loss(&m, batch, labels, 0.0f, NULL, NULL);
+      rn_model_backward(&m, batch, NULL, NULL);
+      if (s == 0 && v < 4) rn_sgd_step(&m, 0.05f, 0.9f, 1e-4f, 0);
+    }
+    rn_conv_set_wino(1), rn_conv_set_direct_all_widths(0);
+    ntrain = m.ntrain, ntotal = m.ntotal;
+    g[v] = malloc(m.ntrain * sizeof(float)), st[v] = malloc(m.ntotal * sizeof(float));
+    memcpy(g[v], m.grad, m.ntrain * sizeof(float)), memcpy(st[v], m.param, m.ntotal * sizeof(float));
+    rn_model_free(&m);
+  }
+  /* layer2.1-2.3, layer3.1-3.5 and layer4.1-4.2's bn1 (12-, 6- and 3-wide Winograd readers) */
+  CHECK(nlazy[0] == nlazy[2] && nlazy[0] == nlazy[4] && nlazy[1] == nlazy[3] && nlazy[1] == nlazy[5] &&
+            nlazy[0] >= nlazy[1] + 10,
+        "wino pre: lazy BNs %d (default plan) against %d (switch off): expected 10 more", nlazy[0], nlazy[1]);
+  for (int v = 0; v < 4; v += 2)
+    CHECK(!memcmp(loss[v], loss[v + 1], sizeof loss[v]) && !memcmp(g[v], g[v + 1], ntrain * sizeof(float)) &&
+              !memcmp(st[v], st[v + 1], ntotal * sizeof(float)),
+          "wino pre (%s): the lazy plan differs from the stored one (loss %.9g %.9g)",
+          v ? "Winograd off, all passes direct" : "Winograd on", loss[v][1], loss[v + 1][1]);
+  /* the first forward: Winograd's and the direct kernel's rounding only (the step after it amplifies) */
+  CHECK(fabs(loss[0][0] - loss[2][0]) < 1e-4 * fabs(loss[2][0]), "wino pre: Winograd and direct losses %.9g %.9g",
+        loss[0][0], loss[2][0]);
+  /* relative L2 distance of the gradients: ~6e-3 here between two plans that differ only in
+   * rounding (the stored plan all direct against the width rules: 6.0e-3; this pair 6.7e-3), as
+   * batch-4 BN over 3x3 images and ReLU / max-pool decisions carry it */
+  double d2 = 0, n2 = 0;
+  for (size_t i = 0; i < ntrain; i++) {
+    const double dd = (double)g[4][i] - g[5][i];
+    d2 += dd * dd, n2 += (double)g[5][i] * g[5][i];
+  }
+  const double rel = sqrt(d2 / n2);
+  CHECK(fabs(loss[4][0] - loss[5][0]) < 1e-5 * fabs(loss[5][0]) && rel < 2e-2,
+        "wino pre (Winograd off, width rules): losses %.9g %.9g, gradients %.3g apart (relative L2)", loss[4][0],
+        loss[5][0], rel);
+  printf("wino pre resnet50 96x96 b4: %d lazy BNs (%d with the switch off), bitwise the stored plan with Winograd "
+         "(loss %.6f) and with every pass direct (loss %.6f); by the width rules gradients %.2g apart\n",
+         nlazy[0], nlazy[1], loss[0][1], loss[2][1], rel);
+  for (int v = 0; v < 6; v++) free(g[v]), free(st[v]);
+}
+
 /* kB of AnonHugePages in /proc/self/smaps over the mappings that overlap [a, b). */
 static long huge_kb(uintptr_t a, uintptr_t b) {
   FILE *f = fopen("/proc/self/smaps", "r");
@@ -513,6 +597,7 @@ int main(void) {
     if (j < sizeof cases / sizeof cases[0]) budget_case(&cases[j]);
   }
   add_stream_case();
+  wino_pre_case();
   double pmb = rn_model_set_recompute_mb(5);
   CHECK(rn_model_set_recompute_mb(0) == 5 && rn_model_set_recompute_mb(pmb) == 0, "rn_model_set_recompute_mb round trip");
   return tu_done("test_model_fuse");

@@ -45,8 +45,12 @@ struct rn_conv_pre {
 };
 /* The shape takes the direct kernel in all three passes (forward, dx, dW), with a padded copy
  * (k x k), or (1x1, stride 1) a copy of bands of lines forward and the dW kernel's packing; or it
- * runs on Winograd (with rn_conv_wino_bn on) and the direct kernel could take it. */
+ * runs on Winograd (with rn_conv_wino_bn on) and the direct kernel could take it, whatever its
+ * width rules (with rn_conv_wino_pre_any on, the default; off: where its rules take all passes;
+ * RN_WINO_PRE_ANY=0). A planned reader runs all passes direct when Winograd is switched off. */
 int rn_conv_pre_ok(const rn_conv_desc *d);
+void rn_conv_set_wino_pre_any(int on);
+int rn_conv_wino_pre_any(void);
 /* rn_conv_forward_stats with pre (rn_conv_pre_ok(d) required). */
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                         double *stats, const rn_conv_pre *pre);
@@ -120,6 +124,7 @@ int rn_conv_direct_ok(const rn_conv_desc *d);    /* forward uses it: shape, swit
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d); /* backward dW uses it (stricter width rule) */
 int rn_conv_direct_dx_ok(const rn_conv_desc *d);  /* backward dx uses it */
 int rn_conv_direct_pre_ok(const rn_conv_desc *d); /* all passes direct, and can read a lazy BN (rn_conv_pre) */
+int rn_conv_direct_pre_any(const rn_conv_desc *d); /* the same whatever the width rules (every width is correct) */
 /* Largest cin/cout the direct path takes (default: no limit; benchmarks' A/B). Set before planning. */
 void rn_conv_set_direct_max_channels(int c);
 /* Width rules (measured, see conv_direct.c): forward takes widths that are multiples of 8, 24+,

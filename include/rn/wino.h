@@ -75,7 +75,8 @@ void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const
  * (applied in dW's input transform, and the mask is taken from it). The partial sums of each
  * thread's tiles are added in thread order: deterministic for a given thread count. */
 /* The layer API (src/layers/conv.c) uses the prologue and epilogues above: a lazy BN is planned
- * before a Winograd convolution (rn_conv_pre_ok, where the direct kernel could take it too),
+ * before a Winograd convolution (rn_conv_pre_ok, where the direct kernel could take all its passes
+ * too, whatever its width rules: rn_conv_wino_pre_any),
  * rn_conv_forward_stats fills the statistics and rn_conv_backward_bn the BN sums. Off (0; the
  * environment variable RN_WINO_BN=0, or rn_conv_set_wino_bn): as before them, the BN before a
  * Winograd convolution is stored and makes its own passes (rn-bench --ab wino-bn; a lazy BN

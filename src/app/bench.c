@@ -79,7 +79,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
          "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
-         "                      direct-dyn|add-stream]\n"
+         "                      direct-dyn|add-stream|wino-pre]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -100,7 +100,7 @@ static void usage(void) {
          "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
          "median step and the median of the on/off ratios of neighbouring steps (--steps per setting);\n"
          "with --layers 1 also both settings' per-layer medians: totals and the 12 layers that moved most\n"
-         "(for wino-bn, dx-over-x and recompute-mb, whose off setting is a second model, where its\n"
+         "(for wino-bn, dx-over-x, wino-pre and recompute-mb, whose off setting is a second model, where its\n"
          "layers are the same).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
@@ -122,7 +122,10 @@ static void usage(void) {
          "static shares; RN_DIRECT_DYN=0). add-stream: streaming stores for fused BN+add outputs above\n"
          "16 MB (RN_ADD_STREAM_MB sets the size; off = plain stores).\n"
          "recompute-mb: the --recompute-mb budget (given, > 0; off = a second model planned with 0, as\n"
-         "wino-bn; the peak RSS printed is then both models').\n");
+         "wino-bn; the peak RSS printed is then both models').\n"
+         "wino-pre: a Winograd layer reads its BN's output lazily also where the direct kernel's width\n"
+         "rules would put its dW on the GEMM (ResNet-50's 256@14 and 512@7: no BN+ReLU pass, no replay;\n"
+         "off = a second model planned with RN_WINO_PRE_ANY=0, where those BN outputs are stored, as wino-bn).\n");
 }
 
 /* The GEMM ceiling beside the FMA peak: the best of 8 BLIS sgemm calls of CEIL_N^3 after one
@@ -187,10 +190,10 @@ int main(int argc, char **argv) {
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
           strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
-          strcmp(v, "direct-dyn") && strcmp(v, "add-stream"))
+          strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream)",
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else if (!strcmp(a, "--recompute-mb")) {
@@ -209,9 +212,11 @@ int main(int argc, char **argv) {
   rn_model_config mc;
   rn_model_config_default(&mc);
   if (!st) st = rn_model_config_arch(&mc, model, &e);
-  rn_model m, m0; /* m0: --ab wino-bn's or dx-over-x's off setting, a second model planned with it off */
+  rn_model m, m0; /* m0: --ab wino-bn's, dx-over-x's, wino-pre's or recompute-mb's off setting, a second
+                   * model planned with it off */
   memset(&m, 0, sizeof m), memset(&m0, 0, sizeof m0);
-  const int two = ab && (!strcmp(ab, "wino-bn") || !strcmp(ab, "dx-over-x") || !strcmp(ab, "recompute-mb"));
+  const int two = ab && (!strcmp(ab, "wino-bn") || !strcmp(ab, "dx-over-x") || !strcmp(ab, "recompute-mb") ||
+                         !strcmp(ab, "wino-pre"));
   if (!st && recompute_mb >= 0) rn_model_set_recompute_mb(recompute_mb);
   if (!st && two && !strcmp(ab, "recompute-mb") && !(recompute_mb > 0))
     st = rn_err_set(&e, RN_EINVAL, "option ab: recompute-mb compares --recompute-mb 0 with a budget: give --recompute-mb MB > 0");
@@ -223,6 +228,10 @@ int main(int argc, char **argv) {
       rn_conv_set_wino_bn(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
       rn_conv_set_wino_bn(1);
+    } else if (two && !strcmp(ab, "wino-pre")) {
+      rn_conv_set_wino_pre_any(0);
+      st = rn_model_build(&m0, &mc, (int)batch, &e);
+      rn_conv_set_wino_pre_any(1);
     } else if (two && !strcmp(ab, "recompute-mb")) {
       rn_model_set_recompute_mb(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
@@ -445,6 +454,16 @@ int main(int argc, char **argv) {
         printf("ab %s per layer (medians over each setting's steps, ms): conv+fc %.1f -> %.1f (%.3f), other layers "
                "%.1f -> %.1f (%.3f)\n", ab, tot[0][0] * 1e3, tot[1][0] * 1e3, tot[1][0] / tot[0][0], tot[0][1] * 1e3,
                tot[1][1] * 1e3, tot[1][1] / tot[0][1]);
+        if (two) { /* the nodes the two plans treat differently: lazy or stored BN, its reader */
+          double sd[2] = {0, 0};
+          int nd = 0;
+          for (size_t k = 0; k < nn; k++)
+            if (m0.nodes[k].lazy != m.nodes[k].lazy || m0.nodes[k].pre_bn != m.nodes[k].pre_bn)
+              nd++, sd[0] += med[0][k], sd[1] += med[1][k];
+          if (nd)
+            printf("ab %s nodes planned differently (lazy BN or its reader): %d, %.1f -> %.1f ms (%.3f)\n", ab, nd,
+                   sd[0] * 1e3, sd[1] * 1e3, sd[1] / sd[0]);
+        }
         printf("%-34s %-11s %12s %12s %7s\n", "largest changes", "op", "off fwd+bwd", "on fwd+bwd", "on/off");
         for (size_t q = 0; q < nn && q < 12; q++) {
           const int k = idx[q];

@@ -57,8 +57,10 @@ void rn_conv_set_direct_max_channels(int c) { g_direct_max_c = c; }
  * 24+. Other widths (e.g. 13: 8+4+1 tiles) are slower than GEMM. */
 static int g_all_widths;
 void rn_conv_set_direct_all_widths(int on) { g_all_widths = on != 0; }
-static int fwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24 || w == 14 || w == 7; }
-static int bwd_width(int w) { return g_all_widths || w % 8 == 0 || w >= 24; }
+/* The width rules choose the faster path; every width is correct (all = 1: all-widths mode, or a
+ * lazy BN's reader whose Winograd path is switched off, rn_conv_direct_pre_any) */
+static int fwd_width_a(int w, int all) { return all || w % 8 == 0 || w >= 24 || w == 14 || w == 7; }
+static int bwd_width_a(int w, int all) { return all || w % 8 == 0 || w >= 24; }
 
 static int g_direct_1x1 = -1; /* -1: read RN_CONV_DIRECT_1X1 (and RN_CONV_STREAM) at first use */
 static int g_stream = 16;     /* streaming stores for 1x1 outputs above this many MB (0: off; RN_CONV_STREAM=0
@@ -125,20 +127,21 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
  * With RN_CONV_DW1X1=0 the generic dW tile takes stride 1 on lines >= 28 wide (64->256@56 150/90,
  * 256->64@56 128/104, 512->128@28 176/120). dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
  * takes every part direct. */
-int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
+static int bwd_ok(const rn_conv_desc *d, int all) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
   /* the CIFAR stem with up to 3 channels: dW only (dw_stem; rn-bench-conv, 2 threads, 3->16@32
    * b128: GEMM 46 GF/s) */
   if (d->cin % 16) return stem(d) && d->cin <= 3 && d->pad == 1;
-  if (g_all_widths) return 1;
+  if (all) return 1;
   /* stride 2 (no direct dx): dW direct for 3x3 up to 128 input channels (rn-bench-conv, 2 threads,
    * GF/s direct/GEMM: 16->32@32 228/153, 32->64@16 253/147, 128->128@56 248/231; 256->256@28
    * 225/271 and the 1x1 ones 147/211 stay on the GEMM, where im2col serves dW and dx in one pass). */
   if (is_1x1(d) && use_dw1x1()) return d->ow >= (d->stride == 1 ? 14 : 28);
   if (d->stride != 1) return !is_1x1(d) && d->kw == 3 && d->cin <= 128;
   if (is_1x1(d)) return d->ow >= 28;
-  return bwd_width(d->ow) && bwd_width(d->w);
+  return bwd_width_a(d->ow, all) && bwd_width_a(d->w, all);
 }
+int rn_conv_direct_bwd_ok(const rn_conv_desc *d) { return bwd_ok(d, g_all_widths); }
 /* 1x1 stride 2 (the projection shortcuts): the 1x1 forward kernel on dy gives dx at the even
  * pixels of the even lines (a dense image in the thread's pad buffer), spread2 writes it with the
  * zeros in between; for output lines >= 28 wide (rn-bench-conv, 2 threads, GF/s direct/GEMM +
@@ -168,29 +171,35 @@ static int dx_par(const rn_conv_desc *d) {
  * 129/115) while their dW stays on the GEMM (direct 96-106/120, 81/129). 1x1: direct on lines
  * >= 14 wide (rn-bench-conv on a quiet machine, 2 threads: 64->256@56 184/150, 128->512@28
  * 293/198, 256->1024@14 292/276, 1024->256@14 315/306); 7-wide 285/302 stays on the GEMM. */
-int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
+static int dx_ok(const rn_conv_desc *d, int all) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d) || d->cin % 16) return 0;
   if (d->stride != 1 && !(is_1x1(d) && dx_s2()) && !dx_par(d)) return 0;
-  if (g_all_widths) return 1;
+  if (all) return 1;
   /* dx_par: every 3x3 stride-2 layer but those with 7-wide classes (rn-bench-conv, 2 threads, GF/s
    * parity / GEMM + col2im: 16->32@32 b128 190/115, 32->64@16 262/211, 128->128@56 298/238,
    * 256->256@28 345/275; 512->512@14 274/303 stays on the GEMM) */
   if (d->stride != 1 && !is_1x1(d)) return d->w >= 16;
   if (is_1x1(d)) return d->ow >= (d->stride == 1 ? 14 : 28);
-  return fwd_width(d->w) && fwd_width(d->ow);
+  return fwd_width_a(d->w, all) && fwd_width_a(d->ow, all);
 }
-int rn_conv_direct_ok(const rn_conv_desc *d) {
+int rn_conv_direct_dx_ok(const rn_conv_desc *d) { return dx_ok(d, g_all_widths); }
+static int fwd_ok(const rn_conv_desc *d, int all) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
-  if (is_1x1(d)) return g_all_widths || d->ow >= 14;
-  return fwd_width(d->ow);
+  if (is_1x1(d)) return all || d->ow >= 14;
+  return fwd_width_a(d->ow, all);
 }
+int rn_conv_direct_ok(const rn_conv_desc *d) { return fwd_ok(d, g_all_widths); }
 /* A convolution can read a lazy BN's output (rn_conv_pre): all three passes direct, 16-channel
  * multiples; 1x1 only at stride 1 with its own dW kernel (conv_dw1x1.c applies the BN in its
  * packing, the forward in bands: pre1_lines). */
-int rn_conv_direct_pre_ok(const rn_conv_desc *d) {
-  if (d->cin % 16 || !rn_conv_direct_ok(d) || !rn_conv_direct_bwd_ok(d) || !rn_conv_direct_dx_ok(d)) return 0;
+static int pre_ok(const rn_conv_desc *d, int all) {
+  if (d->cin % 16 || !fwd_ok(d, all) || !bwd_ok(d, all) || !dx_ok(d, all)) return 0;
   return !is_1x1(d) || (d->stride == 1 && d->pad == 0 && use_dw1x1());
 }
+int rn_conv_direct_pre_ok(const rn_conv_desc *d) { return pre_ok(d, g_all_widths); }
+/* The same whatever the width rules: the direct kernel can take all passes of d reading a lazy BN
+ * (a Winograd layer's fallback when Winograd is switched off at run time, rn_conv_pre_ok). */
+int rn_conv_direct_pre_any(const rn_conv_desc *d) { return pre_ok(d, 1); }
 
 static size_t al16(size_t v) { return (v + 15) & ~(size_t)15; }
 
@@ -1117,6 +1126,10 @@ int rn_conv_direct_bwd_ok(const rn_conv_desc *d) {
   return 0;
 }
 int rn_conv_direct_pre_ok(const rn_conv_desc *d) {
+  (void)d;
+  return 0;
+}
+int rn_conv_direct_pre_any(const rn_conv_desc *d) {
   (void)d;
   return 0;
 }

@@ -122,15 +122,34 @@ size_t rn_conv_workspace(const rn_conv_desc *d, int n) {
   return a;
 }
 
-/* Winograd applies a lazy BN in its input transforms; a shape qualifies where the direct kernel
- * could take all three passes too (so rn-bench --ab wino can switch Winograd off on the same plan). */
-int rn_conv_pre_ok(const rn_conv_desc *d) {
-  return (!rn_conv_wino_ok(d) || rn_conv_wino_bn()) && rn_conv_direct_pre_ok(d);
+/* Winograd applies a lazy BN in its input transforms. A Winograd shape qualifies where the direct
+ * kernel can take all three passes too, whatever its width rules (rn_conv_direct_pre_any), so
+ * that rn-bench --ab wino can switch Winograd off on the same plan: the direct kernel then runs
+ * every pass of it, also where its rules would put dW on the GEMM (ResNet-50's 256@14 and 512@7;
+ * slower, the same results). With rn_conv_set_wino_pre_any(0) (RN_WINO_PRE_ANY=0, rn-bench --ab
+ * wino-pre) only where the rules take all passes direct, as before: layers 3-4 of ResNet-50 then
+ * store their bn1 outputs, run a BN+ReLU pass over them and replay it in the backward. */
+static int g_pre_any = -1;
+void rn_conv_set_wino_pre_any(int on) { g_pre_any = on != 0; }
+int rn_conv_wino_pre_any(void) {
+  if (g_pre_any < 0) {
+    const char *e = getenv("RN_WINO_PRE_ANY");
+    g_pre_any = !(e && e[0] == '0');
+  }
+  return g_pre_any;
 }
+int rn_conv_pre_ok(const rn_conv_desc *d) {
+  if (rn_conv_wino_ok(d))
+    return rn_conv_wino_bn() && (rn_conv_wino_pre_any() ? rn_conv_direct_pre_any(d) : rn_conv_direct_pre_ok(d));
+  return rn_conv_direct_pre_ok(d);
+}
+/* A lazy BN's reader planned by rn_conv_pre_ok runs, whatever the switches now: on Winograd, or
+ * every pass on the direct kernel. */
+static int pre_runs(const rn_conv_desc *d) { return rn_conv_wino_ok(d) || rn_conv_direct_pre_any(d); }
 
 int rn_conv_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                         double *stats, const rn_conv_pre *pre) {
-  RN_ASSERT(n >= 1 && ws != NULL && rn_conv_pre_ok(d));
+  RN_ASSERT(n >= 1 && ws != NULL && pre_runs(d));
   if (rn_conv_wino_ok(d)) rn_conv_wino_forward_ep(d, n, x, w, y, ws, conv_threads(), stats, pre);
   else rn_conv_direct_forward_pre(d, n, x, w, y, ws, conv_threads(), stats, pre);
   return stats != NULL;
@@ -304,8 +323,10 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
   }
   if (!dw && !dx) return 0;
   RN_ASSERT(ws != NULL);
-  /* an input that was never stored: both passes must be direct (rn_conv_pre_ok) */
-  RN_ASSERT(!bn || !bn->pre || (rn_conv_pre_ok(d) && dw && dx));
+  /* an input that was never stored: Winograd, or both passes direct (rn_conv_pre_ok), also where
+   * the direct kernel's width rules would put dW on the GEMM (pre: Winograd switched off) */
+  const int pre = bn && bn->pre;
+  RN_ASSERT(!pre || (pre_runs(d) && dw && dx));
   if (rn_conv_wino_ok(d)) { /* the BN sums in dx's output transform */
     if (bn && !bn->pre && !rn_conv_wino_bn()) bn = NULL;
     rn_conv_wino_backward_bn(d, n, x, w, dy, dx, acc, dw, ws, conv_threads(), bn);
@@ -318,9 +339,9 @@ int rn_conv_backward_bn(const rn_conv_desc *d, int n, const float *x, const floa
     if (!dx) return 0;
     dw = NULL;
   }
-  if (dw && rn_conv_direct_bwd_ok(d)) {
+  if (dw && (rn_conv_direct_bwd_ok(d) || pre)) {
     /* Direct dW (and dx when the direct kernel takes it); otherwise dx below. */
-    int ddx = dx && rn_conv_direct_dx_ok(d);
+    int ddx = dx && (rn_conv_direct_dx_ok(d) || pre);
     rn_conv_direct_backward_bn(d, n, x, w, dy, ddx ? dx : NULL, acc, dw, ws, conv_threads(), ddx ? bn : NULL);
     if (ddx || !dx) return ddx && bn;
     dw = NULL;
