@@ -239,9 +239,15 @@ static void dispatch(void) {
   CHECK(rn_conv_wino_ok(&c64l) && rn_conv_wino_tile(&c64l) == 2, "64 channels at 56x56: not taken with F(2,3)");
   CHECK(rn_conv_wino_tile(&c64s) == 4, "64 channels at 8x8: not F(4,3)");
   CHECK(rn_conv_wino_ok(&c32s), "32 channels: not taken by the small-channel path");
-  CHECK(rn_conv_pre_ok(&d) == rn_conv_direct_pre_ok(&d) && rn_conv_pre_ok(&c32s) == rn_conv_direct_pre_ok(&c32s) &&
-            rn_conv_pre_ok(&c32s),
-        "a lazy BN before a Winograd convolution: not planned where the direct kernel could take it");
+  /* planned wherever the direct kernel can take all passes, whatever its width rules (128@7: its
+   * rules put dW on the GEMM); with rn_conv_set_wino_pre_any(0) only where its rules take them */
+  CHECK(rn_conv_pre_ok(&d) && rn_conv_direct_pre_any(&d) && !rn_conv_direct_pre_ok(&d) && rn_conv_pre_ok(&c32s) &&
+            rn_conv_pre_ok(&c32s) == rn_conv_direct_pre_any(&c32s),
+        "a lazy BN before a Winograd convolution: not planned where the direct kernel can take it");
+  rn_conv_set_wino_pre_any(0);
+  CHECK(!rn_conv_pre_ok(&d) && rn_conv_pre_ok(&c32s) == rn_conv_direct_pre_ok(&c32s),
+        "wino pre-any off: a lazy BN before a Winograd convolution not by the direct kernel's width rules");
+  rn_conv_set_wino_pre_any(1);
   /* small path off: the earlier rule (128+, or 64+ on at most 16x16), and a workspace planned with
    * it on serves the chunked path that then takes 64@8 (rn-bench --ab wino-small) */
   const size_t w64on = rn_conv_wino_workspace(&c64s, 128, 2);
