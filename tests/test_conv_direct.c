@@ -251,6 +251,65 @@ static void dyn_case(int cin, int cout, int k, int p, int s, int h, int w, int n
   free(x), free(wt), free(sc), free(sh), free(y0), free(y1), free(ws), free(st0), free(st1);
 }
 
+/* 7 x 4 tiles for 1x1 stride-1 passes over 1024k input channels on 14k-wide lines
+ * (rn_conv_set_tile74, item 50) against 14 x 2: the forward's output (also over a lazy BN's output,
+ * pre) and the dx (the forward kernel over dy's 1024k channels, with the BN sums of a mask) bitwise
+ * the same; the statistics and BN sums, added per 7 pixels instead of 14, within 1e-12 (relative to
+ * the sum of magnitudes). cout 80: one 4-block group and a 1-block tail; 112: a 3-block tail (14 x 2
+ * and 14 x 1 tiles); 272 (> 1 MB of weights: four blocks per sweep): four groups and a tail. */
+static double sums_rel(const double *a, const double *b, size_t n) {
+  double md = 0, mb = 1e-30;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
+    md = fmax(md, fabs(a[i] - b[i])), mb = fmax(mb, fabs(b[i]));
+  }
+  return md / mb;
+}
+static void t74_case(int cin, int cout, int h, int w, int n, int use_pre, uint64_t seed) {
+  rn_conv_desc d;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, 1, 1, 1, 0, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * cin;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *sc = randf(cin, seed + 3), *sh = randf(cin, seed + 4);
+  float *y0 = nanbuf(ny), *y1 = nanbuf(ny), *ws = nanbuf(rn_conv_workspace(&d, n));
+  double *st0 = malloc((size_t)n * 2 * cout * sizeof(double)), *st1 = malloc((size_t)n * 2 * cout * sizeof(double));
+  rn_conv_pre pre = {sc, sh, 1};
+  CHECK(rn_conv_tile74_passes(&d) & 1, "tile74 %d->%d %dx%d: the forward does not take 7 x 4 tiles", cin, cout, h, w);
+  rn_conv_set_tile74(0);
+  CHECK(!rn_conv_tile74_passes(&d), "tile74 %d->%d: switched off, still applies", cin, cout);
+  int g0 = use_pre ? rn_conv_forward_pre(&d, n, x, wt, y0, ws, st0, &pre) : rn_conv_forward_stats(&d, n, x, wt, y0, ws, st0);
+  rn_conv_set_tile74(1);
+  int g1 = use_pre ? rn_conv_forward_pre(&d, n, x, wt, y1, ws, st1, &pre) : rn_conv_forward_stats(&d, n, x, wt, y1, ws, st1);
+  double es = sums_rel(st1, st0, (size_t)n * 2 * cout);
+  CHECK(g0 && g1 && !memcmp(y0, y1, ny * 4) && es < 1e-12,
+        "tile74 forward %d->%d %dx%d n=%d pre=%d: output differs from 14 x 2 tiles, or statistics rel err %.3g", cin,
+        cout, h, w, n, use_pre, es);
+  /* dx of the transposed shape: dy has cin (1024k) channels, dx cout */
+  rn_conv_desc t;
+  if (rn_conv_desc_init(&t, cout, cin, 1, 1, 1, 0, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  float *mask = randf(ny, seed + 5), *xb = randf(ny, seed + 6), *dx0 = nanbuf(ny), *dx1 = nanbuf(ny);
+  float *wst = nanbuf(rn_conv_workspace(&t, n));
+  double *bs0 = malloc((size_t)n * 2 * cout * sizeof(double)), *bs1 = malloc((size_t)n * 2 * cout * sizeof(double));
+  rn_bn_sums b0 = {mask, xb, bs0, 1.0f, 1, NULL}, b1 = {mask, xb, bs1, 1.0f, 1, NULL};
+  CHECK(rn_conv_tile74_passes(&t) == 2, "tile74 %d->%d %dx%d: the dx does not take 7 x 4 tiles (%d)", cout, cin, h,
+        w, rn_conv_tile74_passes(&t));
+  rn_conv_set_tile74(0);
+  int h0 = rn_conv_backward_bn(&t, n, y0, wt, x, dx0, 0, NULL, wst, &b0);
+  rn_conv_set_tile74(1);
+  int h1 = rn_conv_backward_bn(&t, n, y0, wt, x, dx1, 0, NULL, wst, &b1);
+  double eb = sums_rel(bs1, bs0, (size_t)n * 2 * cout);
+  CHECK(h0 && h1 && !memcmp(dx0, dx1, ny * 4) && eb < 1e-12,
+        "tile74 dx %d->%d %dx%d n=%d: dx differs from 14 x 2 tiles, or BN sums rel err %.3g", cout, cin, h, w, n, eb);
+  free(x), free(wt), free(sc), free(sh), free(y0), free(y1), free(ws), free(st0), free(st1);
+  free(mask), free(xb), free(dx0), free(dx1), free(wst), free(bs0), free(bs1);
+}
+
 /* The 1x1 backward in bands of dW then dx (rn_conv_set_dw_interleave, item 39): against the
  * interleave off (dW over all of a thread's images first), dx and the BN sums of the BN before (a
  * lazy one, pre, or a stored output as mask) must be bitwise the same and dW within TOL, for
@@ -442,7 +501,11 @@ int main(void) {
     dyn_case(256, 128, 3, 1, 1, 7, 7, 9, 0, 90), dyn_case(128, 256, 3, 1, 1, 14, 14, 5, 1, 91);
     dyn_case(64, 256, 1, 0, 1, 14, 14, 5, 1, 92), dyn_case(32, 32, 3, 1, 2, 15, 17, 3, 0, 93);
     dyn_case(16, 16, 3, 1, 1, 32, 32, 7, 1, 94), dyn_case(256, 64, 1, 0, 1, 7, 7, 1, 0, 95);
-    cases += 53;
+    /* 1024 input channels on 14- and 28-wide lines: 7 x 4 tiles (item 50) forward, and in the dx
+     * of 80->1024 (dy of 1024 channels); > 1 MB of weights (1024->272: four blocks per sweep). */
+    one(1024, 80, 1, 0, 14, 14, 2, 96), one(80, 1024, 1, 0, 3, 28, 2, 97), one(1024, 272, 1, 0, 2, 14, 1, 98);
+    t74_case(1024, 80, 14, 14, 3, 0, 99), t74_case(1024, 112, 4, 28, 2, 1, 100), t74_case(2048, 272, 2, 14, 2, 0, 101);
+    cases += 59;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
@@ -567,6 +630,20 @@ int main(void) {
     il_case(128, 512, 28, 28, 2, 1, 0, 82), il_case(64, 256, 14, 14, 5, 1, 1, 83);
     il_case(32, 48, 17, 30, 3, 0, 0, 84);
     cases += 5;
+  }
+  /* Item 50 under the production rules: ResNet-50's layer3 conv1 and layer4.0.conv1 forward and
+   * layer3's conv3 dx take 7 x 4 tiles; stride 2, 7-wide lines and 512 channels do not (the width
+   * rules are on since the checks above). */
+  {
+    static const int t74[][5] = {{1024, 256, 1, 14, 1}, {1024, 512, 1, 14, 1}, {256, 1024, 1, 14, 2}, {512, 1024, 2, 28, 0},
+                                 {2048, 512, 1, 7, 0},   {512, 128, 1, 28, 0},   {512, 2048, 1, 7, 0},   {256, 1024, 1, 56, 2}};
+    for (int i = 0; i < (int)(sizeof t74 / sizeof *t74); i++) {
+      rn_conv_desc q;
+      CHECK(rn_conv_desc_init(&q, t74[i][0], t74[i][1], 1, 1, t74[i][2], 0, t74[i][3], t74[i][3], &e) == RN_OK &&
+                rn_conv_tile74_passes(&q) == t74[i][4],
+            "tile74 passes of %d->%d s%d @%d: %d, expected %d", t74[i][0], t74[i][1], t74[i][2], t74[i][3],
+            rn_conv_tile74_passes(&q), t74[i][4]);
+    }
   }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):
    * same accuracy checks on both thread counts. */

@@ -143,6 +143,12 @@ void rn_conv_direct_forward(const rn_conv_desc *d, int n, const float *x, const 
  * a time by the threads (default), or static shares (RN_DIRECT_DYN=0 or
  * rn_conv_set_direct_dynamic(0), A/B). The same bits either way. */
 void rn_conv_set_direct_dynamic(int on);
+/* 1x1 stride-1 passes over 1024k input channels on 14k-wide lines: 7 x 4 tiles (default; their
+ * input lines do not evict each other in L1) or 14 x 2 (RN_CONV_T74=0 or rn_conv_set_tile74(0),
+ * A/B). The same output bits either way. */
+void rn_conv_set_tile74(int on);
+/* The passes of d that take those 7 x 4 tiles now: 1 = forward, 2 = dx (0: none). */
+int rn_conv_tile74_passes(const rn_conv_desc *d);
 void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                                 int threads, double *stats, const rn_conv_pre *pre);
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -61,6 +61,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "wino-dyn")) rn_conv_set_wino_dynamic(on);
   else if (!strcmp(sw, "direct-dyn")) rn_conv_set_direct_dynamic(on);
   else if (!strcmp(sw, "add-stream")) rn_bn_set_add_stream_mb(on ? ab_add_stream_mb() : 0);
+  else if (!strcmp(sw, "tile74")) rn_conv_set_tile74(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -79,7 +80,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
          "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
-         "                      direct-dyn|add-stream|wino-pre]\n"
+         "                      direct-dyn|add-stream|wino-pre|tile74]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -125,7 +126,10 @@ static void usage(void) {
          "wino-bn; the peak RSS printed is then both models').\n"
          "wino-pre: a Winograd layer reads its BN's output lazily also where the direct kernel's width\n"
          "rules would put its dW on the GEMM (ResNet-50's 256@14 and 512@7: no BN+ReLU pass, no replay;\n"
-         "off = a second model planned with RN_WINO_PRE_ANY=0, where those BN outputs are stored, as wino-bn).\n");
+         "off = a second model planned with RN_WINO_PRE_ANY=0, where those BN outputs are stored, as wino-bn).\n"
+         "tile74: 7 x 4 tiles for the 1x1 stride-1 passes over 1024k input channels on 14k-wide lines\n"
+         "(ResNet-50's layer3 conv1 and layer4.0.conv1 forward, layer3's conv3 dx; off = 14 x 2 tiles, whose\n"
+         "14 input lines, 4 KB apart, evict each other in L1; RN_CONV_T74=0).\n");
 }
 
 /* The GEMM ceiling beside the FMA peak: the best of 8 BLIS sgemm calls of CEIL_N^3 after one
@@ -190,10 +194,12 @@ int main(int argc, char **argv) {
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
           strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
-          strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre"))
+          strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre") &&
+          strcmp(v, "tile74"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre)",
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre, "
+                        "tile74)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else if (!strcmp(a, "--recompute-mb")) {
@@ -463,6 +469,19 @@ int main(int argc, char **argv) {
           if (nd)
             printf("ab %s nodes planned differently (lazy BN or its reader): %d, %.1f -> %.1f ms (%.3f)\n", ab, nd,
                    sd[0] * 1e3, sd[1] * 1e3, sd[1] / sd[0]);
+        }
+        if (!strcmp(ab, "tile74")) { /* the convolutions that take the 7 x 4 tiles, against the others */
+          double sd[2][2] = {{0, 0}, {0, 0}}; /* [other/applies][off/on] */
+          int nd = 0;
+          rn_conv_set_tile74(1);
+          for (size_t k = 0; k < nn; k++) {
+            if (m.nodes[k].op != RN_OP_CONV) continue;
+            const int in = rn_conv_tile74_passes(&m.nodes[k].u.conv) != 0;
+            nd += in, sd[in][0] += med[0][k], sd[in][1] += med[1][k];
+          }
+          printf("ab tile74 convolutions it applies to: %d, %.1f -> %.1f ms (%.3f); the other convolutions %.1f -> "
+                 "%.1f ms (%.3f)\n", nd, sd[1][0] * 1e3, sd[1][1] * 1e3, nd ? sd[1][1] / sd[1][0] : 1.0,
+                 sd[0][0] * 1e3, sd[0][1] * 1e3, sd[0][0] > 0 ? sd[0][1] / sd[0][0] : 1.0);
         }
         printf("%-34s %-11s %12s %12s %7s\n", "largest changes", "op", "off fwd+bwd", "on fwd+bwd", "on/off");
         for (size_t q = 0; q < nn && q < 12; q++) {

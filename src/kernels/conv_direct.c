@@ -506,6 +506,32 @@ AI void conv_line3_c(const float *xp, int wp, const int C, const int S, int kh, 
 static int g_tile3 = -1;   /* RN_CONV_TILE3=0 turns the 3-wide kernel off (A/B) */
 static int g_tile3_s2 = 1; /* stride 2 too, up to 64 channels (RN_CONV_TILE3_S2=0: off, A/B) */
 static int g_tile2 = 1;    /* the same for 2-wide kernels (RN_CONV_TILE2=0: off, A/B) */
+/* 7 x 4 tiles instead of 14 x 2 on the 14k-wide lines of a 1x1 stride-1 pass whose input has a
+ * multiple of 1024 channels (ResNet-50: layer3's conv1 and layer4.0.conv1 forward, the dx of
+ * layer3's conv3, dy of 1024 channels): its pixels are 4 KB apart, so the 14 input lines a 14-pixel
+ * tile broadcasts from fall into one set of the 12-way L1 cache and evict each other on every
+ * 16-channel step; 7 of them fit. The same FMA chains per output (bitwise the same output; the
+ * statistics and BN sums are added per 7 pixels instead of 14: the same doubles up to their
+ * rounding). Paired in one process (scratch program, b32, 2 threads, 15-25 pairs per run):
+ * 1024->256@14 forward 1.03-1.11x, the dx of 256->1024@14 1.05-1.16x, 1024->512@14 forward
+ * 1.05-1.07x; at 1008 or 1040 input channels the 14 x 2 tiles ran 1.09-1.20x faster than at 1024.
+ * At stride 2 (512->1024@28, rows 4 KB apart too) no gain (0.98-0.99): left on 14 x 2. RN_CONV_T74=0
+ * or rn_conv_set_tile74(0): 14 x 2 everywhere (A/B, rn-bench --ab tile74). */
+static int g_t74 = -1;
+void rn_conv_set_tile74(int on) { g_t74 = on != 0; }
+static int t74_line(int C, int S, int kh, int kw, int ow) {
+  if (g_t74 < 0) {
+    const char *v = getenv("RN_CONV_T74");
+    g_t74 = !(v && v[0] == '0');
+  }
+  return g_t74 && ow % 14 == 0 && kh == 1 && kw == 1 && S == 1 && C % 1024 == 0;
+}
+int rn_conv_tile74_passes(const rn_conv_desc *d) {
+  if (!is_1x1(d) || d->stride != 1 || !rn_conv_direct_shape(d)) return 0;
+  const int f = d->cout >= 64 && t74_line(d->cin, 1, 1, 1, d->ow) && rn_conv_direct_ok(d);
+  const int x = d->cin >= 64 && t74_line(d->cout, 1, 1, 1, d->w) && rn_conv_direct_dx_ok(d);
+  return f | x << 1;
+}
 static int use_tile3(void) {
   if (g_tile3 < 0) {
     const char *v = getenv("RN_CONV_TILE3");
@@ -538,6 +564,10 @@ AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, i
     return;
   }
   int cb = cb_begin;
+  if (t74_line(C, S, kh, kw, ow)) { /* 7 x 4 tiles (above); a tail of 1-3 blocks as below */
+    for (; cb + 4 <= ncb; cb += 4)
+      for (int ox = 0; ox < ow; ox += 7) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 7, 4);
+  }
   if (ow % 14 == 0) { /* 14, 28, 56 (ResNet-50): 14 pixels x 2 channel blocks, no tails */
     for (; cb + 2 <= ncb; cb += 2)
       for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 2);
@@ -604,7 +634,7 @@ static void epi_set(const img_epi *e, int j) {
 AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, const int S, int kh, int kw,
                      const float *wt, int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0,
                      int ps, size_t ls) {
-  const int ncb = Co / 16, grp = ow == 7 && g == 1 ? 4 : 2;
+  const int ncb = Co / 16, grp = (ow == 7 && g == 1) || t74_line(C, S, kh, kw, ow) ? 4 : 2;
   if ((size_t)kh * kw * C * Co * sizeof(float) <= ((size_t)1 << 20)) {
     for (int j = 0; j < g; j++) {
       if (e) epi_set(e, j0 + j);
@@ -1117,6 +1147,12 @@ void rn_conv_set_direct_max_channels(int c) { (void)c; }
 void rn_conv_set_direct_all_widths(int on) { (void)on; }
 void rn_conv_set_direct_1x1(int on) { (void)on; }
 void rn_conv_set_dw_interleave(int kb) { (void)kb; }
+void rn_conv_set_direct_dynamic(int on) { (void)on; }
+void rn_conv_set_tile74(int on) { (void)on; }
+int rn_conv_tile74_passes(const rn_conv_desc *d) {
+  (void)d;
+  return 0;
+}
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) {
   (void)d;
   return 0;
