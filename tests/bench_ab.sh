@@ -17,7 +17,7 @@ line=$(echo "$out" | grep '^ab narrow: ')
 [ -n "$line" ] || { echo "FAIL: no 'ab narrow:' line in: $out"; fail=1; }
 echo "$line" | grep -Eq 'off median_step_s [0-9.]+, on median_step_s [0-9.]+, on/off [0-9.]+ \(median of 3 paired ratios, from [0-9.]+ to [0-9.]+\)' ||
   { echo "FAIL: malformed A/B line: $line"; fail=1; }
-for sw in ksplit gemm-par wino wino-small wino-bn dw-il direct-dyn add-stream wino-pre tile74; do  # wino-bn, wino-pre: a second model, planned with it off
+for sw in ksplit gemm-par wino wino-small wino-bn dw-il direct-dyn add-stream wino-pre tile74 sweep1; do  # wino-bn, wino-pre: a second model, planned with it off
   "$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab $sw 2>&1 | grep -q "^ab $sw: " ||
     { echo "FAIL: --ab $sw printed no A/B line"; fail=1; }
 done
@@ -26,6 +26,11 @@ done
 wab=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --ab wino-bn 2>&1)
 echo "$wab" | grep -Eq "^ab wino-bn nodes planned differently \(lazy BN or its reader\): 18, [0-9.]+ -> [0-9.]+ ms \([0-9.]+\)$" ||
   { echo "FAIL: --ab wino-bn --layers 1 printed no 'nodes planned differently' line for 18 nodes: $wab"; fail=1; }
+# sweep1 with --layers 1: the convolutions it applies to against the others (none in ResNet-20:
+# its convolutions have at most 64 channels)
+sab=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --ab sweep1 2>&1)
+echo "$sab" | grep -Eq "^ab sweep1 convolutions it applies to: 0, 0\.0 -> 0\.0 ms \(1\.000\); the other convolutions [0-9.]+ -> [0-9.]+ ms \([0-9.]+\)$" ||
+  { echo "FAIL: --ab sweep1 --layers 1 printed no 'convolutions it applies to' line for 0 convolutions: $sab"; fail=1; }
 # recompute-mb: the budget's model against a second one planned without it; it needs a budget
 # (with --layers 1 both models' per-layer medians: their layers are the same)
 rab=$("$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 1 --recompute-mb 1 --ab recompute-mb 2>&1)

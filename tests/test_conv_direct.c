@@ -277,6 +277,7 @@ static void t74_case(int cin, int cout, int h, int w, int n, int use_pre, uint64
   float *y0 = nanbuf(ny), *y1 = nanbuf(ny), *ws = nanbuf(rn_conv_workspace(&d, n));
   double *st0 = malloc((size_t)n * 2 * cout * sizeof(double)), *st1 = malloc((size_t)n * 2 * cout * sizeof(double));
   rn_conv_pre pre = {sc, sh, 1};
+  rn_conv_set_sweep1(0); /* its line-by-line tiles, not the plane sweep (sweep_case) */
   CHECK(rn_conv_tile74_passes(&d) & 1, "tile74 %d->%d %dx%d: the forward does not take 7 x 4 tiles", cin, cout, h, w);
   rn_conv_set_tile74(0);
   CHECK(!rn_conv_tile74_passes(&d), "tile74 %d->%d: switched off, still applies", cin, cout);
@@ -306,6 +307,59 @@ static void t74_case(int cin, int cout, int h, int w, int n, int use_pre, uint64
   double eb = sums_rel(bs1, bs0, (size_t)n * 2 * cout);
   CHECK(h0 && h1 && !memcmp(dx0, dx1, ny * 4) && eb < 1e-12,
         "tile74 dx %d->%d %dx%d n=%d: dx differs from 14 x 2 tiles, or BN sums rel err %.3g", cout, cin, h, w, n, eb);
+  rn_conv_set_sweep1(1);
+  free(x), free(wt), free(sc), free(sh), free(y0), free(y1), free(ws), free(st0), free(st1);
+  free(mask), free(xb), free(dx0), free(dx1), free(wst), free(bs0), free(bs1);
+}
+
+/* The plane sweep of 1x1 stride-1 passes over >= 512 input channels (rn_conv_set_sweep1, item 51)
+ * against line by line: the forward's output (also over a lazy BN's output, pre) and the dx (over
+ * dy's >= 512 channels, with the BN sums of a mask; acc: added into a dx that holds values) bitwise
+ * the same, the statistics and BN sums within 1e-12. Output channel blocks 3 (7 x 2 and 7 x 1
+ * tiles), 5 (a group of four and 7 x 1), 6 (four and 7 x 2); 7-pixel tiles within 7-, 14- and
+ * 28-wide lines, and over bands of lines (pre: pre1_lines). */
+static void sweep_case(int cin, int cout, int h, int w, int n, int use_pre, int acc, uint64_t seed) {
+  rn_conv_desc d, t;
+  rn_err e;
+  if (rn_conv_desc_init(&d, cin, cout, 1, 1, 1, 0, h, w, &e) || rn_conv_desc_init(&t, cout, cin, 1, 1, 1, 0, h, w, &e)) {
+    CHECK(0, "desc: %s", e.msg);
+    return;
+  }
+  size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)cout * cin;
+  float *x = randf(nx, seed), *wt = randf(nw, seed + 1), *sc = randf(cin, seed + 3), *sh = randf(cin, seed + 4);
+  float *y0 = nanbuf(ny), *y1 = nanbuf(ny), *ws = nanbuf(rn_conv_workspace(&d, n));
+  double *st0 = malloc((size_t)n * 2 * cout * sizeof(double)), *st1 = malloc((size_t)n * 2 * cout * sizeof(double));
+  rn_conv_pre pre = {sc, sh, 1};
+  CHECK(rn_conv_sweep1_passes(&d) == 1 && rn_conv_sweep1_passes(&t) == 2,
+        "sweep1 %d->%d %dx%d: passes %d and (transposed) %d, expected 1 and 2", cin, cout, h, w,
+        rn_conv_sweep1_passes(&d), rn_conv_sweep1_passes(&t));
+  rn_conv_set_sweep1(0);
+  CHECK(!rn_conv_sweep1_passes(&d) && !rn_conv_sweep1_passes(&t), "sweep1 %d->%d: switched off, still applies", cin,
+        cout);
+  int g0 = use_pre ? rn_conv_forward_pre(&d, n, x, wt, y0, ws, st0, &pre) : rn_conv_forward_stats(&d, n, x, wt, y0, ws, st0);
+  rn_conv_set_sweep1(1);
+  int g1 = use_pre ? rn_conv_forward_pre(&d, n, x, wt, y1, ws, st1, &pre) : rn_conv_forward_stats(&d, n, x, wt, y1, ws, st1);
+  double es = sums_rel(st1, st0, (size_t)n * 2 * cout);
+  CHECK(g0 && g1 && !memcmp(y0, y1, ny * 4) && es < 1e-12,
+        "sweep1 forward %d->%d %dx%d n=%d pre=%d: output differs from line by line, or statistics rel err %.3g", cin,
+        cout, h, w, n, use_pre, es);
+  /* dx of the transposed shape: dy (y0) has cin (>= 512) channels, dx cout */
+  float *mask = randf(ny, seed + 5), *xb = randf(ny, seed + 6), *dx0 = acc ? randf(ny, seed + 7) : nanbuf(ny);
+  float *dx1 = nanbuf(ny), *wst = nanbuf(rn_conv_workspace(&t, n));
+  memcpy(dx1, dx0, ny * 4);
+  double *bs0 = malloc((size_t)n * 2 * cout * sizeof(double)), *bs1 = malloc((size_t)n * 2 * cout * sizeof(double));
+  rn_bn_sums b0 = {mask, xb, bs0, 1.0f, 1, NULL}, b1 = {mask, xb, bs1, 1.0f, 1, NULL};
+  int h0 = 1, h1 = 1;
+  rn_conv_set_sweep1(0);
+  if (acc) rn_conv_backward(&t, n, y0, wt, x, dx0, 1, NULL, wst);
+  else h0 = rn_conv_backward_bn(&t, n, y0, wt, x, dx0, 0, NULL, wst, &b0);
+  rn_conv_set_sweep1(1);
+  if (acc) rn_conv_backward(&t, n, y0, wt, x, dx1, 1, NULL, wst);
+  else h1 = rn_conv_backward_bn(&t, n, y0, wt, x, dx1, 0, NULL, wst, &b1);
+  double eb = acc ? 0 : sums_rel(bs1, bs0, (size_t)n * 2 * cout);
+  CHECK(h0 && h1 && !memcmp(dx0, dx1, ny * 4) && eb < 1e-12,
+        "sweep1 dx %d->%d %dx%d n=%d acc=%d: dx differs from line by line, or BN sums rel err %.3g", cout, cin, h, w, n,
+        acc, eb);
   free(x), free(wt), free(sc), free(sh), free(y0), free(y1), free(ws), free(st0), free(st1);
   free(mask), free(xb), free(dx0), free(dx1), free(wst), free(bs0), free(bs1);
 }
@@ -503,9 +557,16 @@ int main(void) {
     dyn_case(16, 16, 3, 1, 1, 32, 32, 7, 1, 94), dyn_case(256, 64, 1, 0, 1, 7, 7, 1, 0, 95);
     /* 1024 input channels on 14- and 28-wide lines: 7 x 4 tiles (item 50) forward, and in the dx
      * of 80->1024 (dy of 1024 channels); > 1 MB of weights (1024->272: four blocks per sweep). */
+    rn_conv_set_sweep1(0); /* (the plane sweep, item 51, takes these shapes: line by line here) */
     one(1024, 80, 1, 0, 14, 14, 2, 96), one(80, 1024, 1, 0, 3, 28, 2, 97), one(1024, 272, 1, 0, 2, 14, 1, 98);
+    rn_conv_set_sweep1(1);
     t74_case(1024, 80, 14, 14, 3, 0, 99), t74_case(1024, 112, 4, 28, 2, 1, 100), t74_case(2048, 272, 2, 14, 2, 0, 101);
-    cases += 59;
+    /* The plane sweep (item 51): 512-2048 input channels, forward and the dx over dy of as many
+     * channels; 3, 5 and 6 output-channel blocks; 7-, 14- and 28-wide lines. */
+    one(512, 48, 1, 0, 7, 7, 3, 102), one(80, 1024, 1, 0, 3, 28, 2, 103), one(2048, 96, 1, 0, 2, 14, 2, 104);
+    sweep_case(512, 48, 7, 7, 3, 0, 0, 105), sweep_case(1024, 80, 4, 28, 2, 1, 0, 106);
+    sweep_case(2048, 96, 14, 14, 2, 0, 1, 107), sweep_case(512, 80, 5, 14, 3, 1, 1, 108);
+    cases += 66;
   }
   /* Disabled: the GEMM path serves the same shape. */
   rn_conv_set_direct(0);
@@ -635,14 +696,33 @@ int main(void) {
    * layer3's conv3 dx take 7 x 4 tiles; stride 2, 7-wide lines and 512 channels do not (the width
    * rules are on since the checks above). */
   {
+    /* (with the plane sweep on, it takes every one of these 7 x 4 passes: none is left) */
+    rn_conv_desc q;
+    CHECK(rn_conv_desc_init(&q, 1024, 256, 1, 1, 1, 0, 14, 14, &e) == RN_OK && !rn_conv_tile74_passes(&q) &&
+              !rn_conv_desc_init(&q, 256, 1024, 1, 1, 1, 0, 14, 14, &e) && !rn_conv_tile74_passes(&q),
+          "tile74 passes of 1024->256 or 256->1024 @14 where the plane sweep takes them");
+    rn_conv_set_sweep1(0);
     static const int t74[][5] = {{1024, 256, 1, 14, 1}, {1024, 512, 1, 14, 1}, {256, 1024, 1, 14, 2}, {512, 1024, 2, 28, 0},
                                  {2048, 512, 1, 7, 0},   {512, 128, 1, 28, 0},   {512, 2048, 1, 7, 0},   {256, 1024, 1, 56, 2}};
     for (int i = 0; i < (int)(sizeof t74 / sizeof *t74); i++) {
-      rn_conv_desc q;
       CHECK(rn_conv_desc_init(&q, t74[i][0], t74[i][1], 1, 1, t74[i][2], 0, t74[i][3], t74[i][3], &e) == RN_OK &&
                 rn_conv_tile74_passes(&q) == t74[i][4],
             "tile74 passes of %d->%d s%d @%d: %d, expected %d", t74[i][0], t74[i][1], t74[i][2], t74[i][3],
             rn_conv_tile74_passes(&q), t74[i][4]);
+    }
+    rn_conv_set_sweep1(1);
+    /* Item 51 under the production rules: the plane sweep takes the forward of the conv1s that
+     * shrink >= 512 channels and the dx of the conv3s (dy of >= 512 channels) at 28 and 14 wide;
+     * not layer 4's 7-wide 1x1s (GEMM path), stride 2, 256 channels, or planes > 2 MB. */
+    static const int sw[][5] = {{1024, 256, 1, 14, 1}, {256, 1024, 1, 14, 2}, {512, 128, 1, 28, 1}, {128, 512, 1, 28, 2},
+                                {512, 256, 1, 28, 1},   {1024, 512, 1, 14, 3}, {512, 1024, 1, 14, 3}, {2048, 512, 1, 7, 0},
+                                {512, 2048, 1, 7, 0},   {512, 1024, 2, 28, 0}, {256, 64, 1, 56, 0},   {64, 256, 1, 56, 0},
+                                {1024, 256, 1, 28, 0},  {496, 128, 1, 28, 0}};
+    for (int i = 0; i < (int)(sizeof sw / sizeof *sw); i++) {
+      CHECK(rn_conv_desc_init(&q, sw[i][0], sw[i][1], 1, 1, sw[i][2], 0, sw[i][3], sw[i][3], &e) == RN_OK &&
+                rn_conv_sweep1_passes(&q) == sw[i][4],
+            "sweep1 passes of %d->%d s%d @%d: %d, expected %d", sw[i][0], sw[i][1], sw[i][2], sw[i][3],
+            rn_conv_sweep1_passes(&q), sw[i][4]);
     }
   }
   /* The production rules mix paths within one layer (direct forward, GEMM dW, direct dx, ...):

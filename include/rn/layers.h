@@ -147,8 +147,15 @@ void rn_conv_set_direct_dynamic(int on);
  * input lines do not evict each other in L1) or 14 x 2 (RN_CONV_T74=0 or rn_conv_set_tile74(0),
  * A/B). The same output bits either way. */
 void rn_conv_set_tile74(int on);
-/* The passes of d that take those 7 x 4 tiles now: 1 = forward, 2 = dx (0: none). */
+/* The passes of d that take those 7 x 4 tiles now (not those the plane sweep below takes):
+ * 1 = forward, 2 = dx (0: none). */
 int rn_conv_tile74_passes(const rn_conv_desc *d);
+/* 1x1 stride-1 passes over >= 512 input channels whose input plane is <= 2 MB: one group of four
+ * output-channel blocks at a time over all pixels of the plane in 7-pixel tiles (default), or line
+ * by line over all blocks (RN_CONV_SWEEP1=0 or rn_conv_set_sweep1(0), A/B). The same output bits
+ * either way. rn_conv_sweep1_passes: the passes of d it takes now (1 = forward, 2 = dx). */
+void rn_conv_set_sweep1(int on);
+int rn_conv_sweep1_passes(const rn_conv_desc *d);
 void rn_conv_direct_forward_pre(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                                 int threads, double *stats, const rn_conv_pre *pre);
 void rn_conv_direct_backward(const rn_conv_desc *d, int n, const float *x, const float *w, const float *dy,

@@ -62,6 +62,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "direct-dyn")) rn_conv_set_direct_dynamic(on);
   else if (!strcmp(sw, "add-stream")) rn_bn_set_add_stream_mb(on ? ab_add_stream_mb() : 0);
   else if (!strcmp(sw, "tile74")) rn_conv_set_tile74(on);
+  else if (!strcmp(sw, "sweep1")) rn_conv_set_sweep1(on);
 }
 
 static double min_of(const double *v, long n) {
@@ -80,7 +81,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
          "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
-         "                      direct-dyn|add-stream|wino-pre|tile74]\n"
+         "                      direct-dyn|add-stream|wino-pre|tile74|sweep1]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -129,7 +130,12 @@ static void usage(void) {
          "off = a second model planned with RN_WINO_PRE_ANY=0, where those BN outputs are stored, as wino-bn).\n"
          "tile74: 7 x 4 tiles for the 1x1 stride-1 passes over 1024k input channels on 14k-wide lines\n"
          "(ResNet-50's layer3 conv1 and layer4.0.conv1 forward, layer3's conv3 dx; off = 14 x 2 tiles, whose\n"
-         "14 input lines, 4 KB apart, evict each other in L1; RN_CONV_T74=0).\n");
+         "14 input lines, 4 KB apart, evict each other in L1; RN_CONV_T74=0).\n"
+         "sweep1: the 1x1 stride-1 passes over >= 512 input channels whose input plane is <= 2 MB (ResNet-50's\n"
+         "shrinking conv1s forward and its conv3s' dx in layers 2-4) sweep one group of four channel blocks at\n"
+         "a time over the whole plane in 7-pixel tiles (off = line by line over all blocks; RN_CONV_SWEEP1=0).\n"
+         "With --layers 1, tile74 and sweep1 also print the time of the convolutions they apply to against\n"
+         "the others'.\n");
 }
 
 /* The GEMM ceiling beside the FMA peak: the best of 8 BLIS sgemm calls of CEIL_N^3 after one
@@ -195,11 +201,11 @@ int main(int argc, char **argv) {
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
           strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
           strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre") &&
-          strcmp(v, "tile74"))
+          strcmp(v, "tile74") && strcmp(v, "sweep1"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
                         "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre, "
-                        "tile74)",
+                        "tile74, sweep1)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else if (!strcmp(a, "--recompute-mb")) {
@@ -470,17 +476,18 @@ int main(int argc, char **argv) {
             printf("ab %s nodes planned differently (lazy BN or its reader): %d, %.1f -> %.1f ms (%.3f)\n", ab, nd,
                    sd[0] * 1e3, sd[1] * 1e3, sd[1] / sd[0]);
         }
-        if (!strcmp(ab, "tile74")) { /* the convolutions that take the 7 x 4 tiles, against the others */
+        if (!strcmp(ab, "tile74") || !strcmp(ab, "sweep1")) { /* the convolutions it applies to, against the others */
           double sd[2][2] = {{0, 0}, {0, 0}}; /* [other/applies][off/on] */
           int nd = 0;
-          rn_conv_set_tile74(1);
+          set_switch(ab, 1, 0, 0);
           for (size_t k = 0; k < nn; k++) {
             if (m.nodes[k].op != RN_OP_CONV) continue;
-            const int in = rn_conv_tile74_passes(&m.nodes[k].u.conv) != 0;
+            const rn_conv_desc *cd = &m.nodes[k].u.conv;
+            const int in = (!strcmp(ab, "tile74") ? rn_conv_tile74_passes(cd) : rn_conv_sweep1_passes(cd)) != 0;
             nd += in, sd[in][0] += med[0][k], sd[in][1] += med[1][k];
           }
-          printf("ab tile74 convolutions it applies to: %d, %.1f -> %.1f ms (%.3f); the other convolutions %.1f -> "
-                 "%.1f ms (%.3f)\n", nd, sd[1][0] * 1e3, sd[1][1] * 1e3, nd ? sd[1][1] / sd[1][0] : 1.0,
+          printf("ab %s convolutions it applies to: %d, %.1f -> %.1f ms (%.3f); the other convolutions %.1f -> "
+                 "%.1f ms (%.3f)\n", ab, nd, sd[1][0] * 1e3, sd[1][1] * 1e3, nd ? sd[1][1] / sd[1][0] : 1.0,
                  sd[0][0] * 1e3, sd[0][1] * 1e3, sd[0][0] > 0 ? sd[0][1] / sd[0][0] : 1.0);
         }
         printf("%-34s %-11s %12s %12s %7s\n", "largest changes", "op", "off fwd+bwd", "on fwd+bwd", "on/off");

@@ -517,6 +517,7 @@ static int g_tile2 = 1;    /* the same for 2-wide kernels (RN_CONV_TILE2=0: off,
  * 1.05-1.07x; at 1008 or 1040 input channels the 14 x 2 tiles ran 1.09-1.20x faster than at 1024.
  * At stride 2 (512->1024@28, rows 4 KB apart too) no gain (0.98-0.99): left on 14 x 2. RN_CONV_T74=0
  * or rn_conv_set_tile74(0): 14 x 2 everywhere (A/B, rn-bench --ab tile74). */
+static int sweep1(int C, int S, int kh, int kw, int oh, int ow);
 static int g_t74 = -1;
 void rn_conv_set_tile74(int on) { g_t74 = on != 0; }
 static int t74_line(int C, int S, int kh, int kw, int ow) {
@@ -528,8 +529,35 @@ static int t74_line(int C, int S, int kh, int kw, int ow) {
 }
 int rn_conv_tile74_passes(const rn_conv_desc *d) {
   if (!is_1x1(d) || d->stride != 1 || !rn_conv_direct_shape(d)) return 0;
-  const int f = d->cout >= 64 && t74_line(d->cin, 1, 1, 1, d->ow) && rn_conv_direct_ok(d);
-  const int x = d->cin >= 64 && t74_line(d->cout, 1, 1, 1, d->w) && rn_conv_direct_dx_ok(d);
+  /* (not where the plane sweep takes the pass: sweep1) */
+  const int f = d->cout >= 64 && t74_line(d->cin, 1, 1, 1, d->ow) && !sweep1(d->cin, 1, 1, 1, d->oh, d->ow) &&
+                rn_conv_direct_ok(d);
+  const int x = d->cin >= 64 && t74_line(d->cout, 1, 1, 1, d->w) && !sweep1(d->cout, 1, 1, 1, d->h, d->w) &&
+                rn_conv_direct_dx_ok(d);
+  return f | x << 1;
+}
+/* A 1x1 stride-1 pass over >= 512 input channels whose input plane fits in L2 (<= 2 MB: ResNet-50's
+ * 512@28, 1024@14, 2048@7; the forward of the conv1s that shrink the channels, the dx of the
+ * conv3s) sweeps one group of four channel blocks at a time over all pixels of the plane in 7 x 4
+ * tiles (its pixels are contiguous in x and in y, so a tile may span lines; every ResNet-50 width
+ * is a multiple of 7), instead of line by line over all blocks: per group the tiles stream that
+ * group's weights (C x 64 floats: 128-512 KB) from L2 instead of all of them (0.5-4 MB) per line.
+ * The same FMA chain per output (bitwise the same output; statistics and BN sums added per 7
+ * pixels). RN_CONV_SWEEP1=0 or rn_conv_set_sweep1(0): off (A/B, rn-bench --ab sweep1). */
+static int g_sweep1 = -1;
+void rn_conv_set_sweep1(int on) { g_sweep1 = on != 0; }
+static int sweep1(int C, int S, int kh, int kw, int oh, int ow) {
+  if (g_sweep1 < 0) {
+    const char *v = getenv("RN_CONV_SWEEP1");
+    g_sweep1 = !(v && v[0] == '0');
+  }
+  return g_sweep1 && kh == 1 && kw == 1 && S == 1 && C >= 512 && ow % 7 == 0 &&
+         (size_t)oh * ow * C * sizeof(float) <= ((size_t)2 << 20);
+}
+int rn_conv_sweep1_passes(const rn_conv_desc *d) {
+  if (!is_1x1(d) || d->stride != 1 || !rn_conv_direct_shape(d)) return 0;
+  const int f = sweep1(d->cin, 1, 1, 1, d->oh, d->ow) && rn_conv_direct_ok(d);
+  const int x = sweep1(d->cout, 1, 1, 1, d->h, d->w) && rn_conv_direct_dx_ok(d);
   return f | x << 1;
 }
 static int use_tile3(void) {
@@ -635,6 +663,24 @@ AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, con
                      const float *wt, int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0,
                      int ps, size_t ls) {
   const int ncb = Co / 16, grp = (ow == 7 && g == 1) || t74_line(C, S, kh, kw, ow) ? 4 : 2;
+  if (sweep1(C, S, kh, kw, oh, ow) && wp == ow && ls == (size_t)ow * ps) { /* above: 7-pixel tiles over the plane */
+    const int np = oh * ow;
+    for (int cb = 0; cb < ncb;) {
+      const int nc = ncb - cb >= 4 ? 4 : ncb - cb >= 2 ? 2 : 1;
+      for (int j = 0; j < g; j++) {
+        const float *xj = xp + j * xs;
+        float *yj = y + j * ys;
+        if (e) epi_set(e, j0 + j);
+        for (int p = 0; p < np; p += 7) {
+          if (nc == 4) tile(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 4);
+          else if (nc == 2) tile(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 2);
+          else tile(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 1);
+        }
+      }
+      cb += nc;
+    }
+    return;
+  }
   if ((size_t)kh * kw * C * Co * sizeof(float) <= ((size_t)1 << 20)) {
     for (int j = 0; j < g; j++) {
       if (e) epi_set(e, j0 + j);
@@ -1149,6 +1195,11 @@ void rn_conv_set_direct_1x1(int on) { (void)on; }
 void rn_conv_set_dw_interleave(int kb) { (void)kb; }
 void rn_conv_set_direct_dynamic(int on) { (void)on; }
 void rn_conv_set_tile74(int on) { (void)on; }
+void rn_conv_set_sweep1(int on) { (void)on; }
+int rn_conv_sweep1_passes(const rn_conv_desc *d) {
+  (void)d;
+  return 0;
+}
 int rn_conv_tile74_passes(const rn_conv_desc *d) {
   (void)d;
   return 0;
