@@ -658,7 +658,8 @@ static void epi_set(const img_epi *e, int j) {
  * g > 1, for every image: conv_images). When they are small (<= 1 MB: every 1x1, 3x3 up to 128
  * channels), line by line over all channel blocks, so that the input lines a line reads stay in
  * cache while every block uses them (a 56x56x256 image is 3.2 MB: sweeping it once per block pair
- * was memory-bound). */
+ * was memory-bound). 1x1 stride-1 planes over >= 512 input channels that fit in L2 take the plane
+ * sweep instead (sweep1: four blocks at a time over all pixels). */
 AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, const int S, int kh, int kw,
                      const float *wt, int Co, int oh, int ow, float *y, size_t ys, int acc, const img_epi *e, int j0,
                      int ps, size_t ls) {
