@@ -594,24 +594,40 @@ int main(void) {
             rn_conv_direct_bwd_ok(&d), "1x1@14: direct fwd and dW expected");
   CHECK(rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 56, 56, &e) == RN_OK && rn_conv_direct_bwd_ok(&d) &&
             rn_conv_direct_dx_ok(&d), "1x1 stride 2 @56: direct dW and dx expected");
-  CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
-        "1x1 stride 2 @28 (14-wide output): GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && rn_conv_direct_dx_ok(&d) &&
+            rn_conv_direct_ok(&d) && rn_conv_direct_bwd_ok(&d),
+        "1x1 stride 2 @28 (14-wide output, 2 MB of dW): direct fwd, dx and dW expected");
+  CHECK(rn_conv_desc_init(&d, 1024, 2048, 1, 1, 2, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            rn_conv_direct_dx_ok(&d) && !rn_conv_direct_bwd_ok(&d),
+        "1x1 stride 2 @14 (7-wide output, 8 MB of dW): direct fwd and dx, GEMM dW expected");
+  CHECK(rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            rn_conv_direct_dx_ok(&d) && rn_conv_direct_bwd_ok(&d),
+        "1x1 stride 2 @14 (7-wide output, 512 KB of dW): direct fwd, dx and dW expected");
+  CHECK(rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 24, 24, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_dx_ok(&d) && !rn_conv_direct_bwd_ok(&d),
+        "1x1 stride 2 @24 (12-wide output, not measured): GEMM expected");
   CHECK(rn_conv_desc_init(&d, 128, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && rn_conv_direct_dx_ok(&d),
         "3x3 stride 2: direct dx (pixel parity) expected");
   CHECK(rn_conv_desc_init(&d, 128, 256, 3, 3, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
         "3x3 stride 2 pad 0: GEMM dx expected");
-  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 2, 1, 14, 14, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
-        "3x3 stride 2 @14 (7-wide classes): GEMM dx expected");
-  CHECK(rn_conv_desc_init(&d, 512, 1024, 1, 1, 2, 0, 28, 28, &e) == RN_OK && !rn_conv_direct_bwd_ok(&d),
-        "1x1 stride 2 @28: GEMM dW expected");
-  CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d), "1x1@7: GEMM expected");
+  CHECK(rn_conv_desc_init(&d, 512, 512, 3, 3, 2, 1, 14, 14, &e) == RN_OK && rn_conv_direct_dx_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d),
+        "3x3 stride 2 @14 (7-wide classes): direct dx, GEMM dW expected");
+  CHECK(rn_conv_desc_init(&d, 256, 256, 3, 3, 2, 1, 12, 12, &e) == RN_OK && !rn_conv_direct_dx_ok(&d),
+        "3x3 stride 2 @12 (6-wide classes): GEMM dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d) &&
+            rn_conv_desc_init(&d, 2048, 512, 1, 1, 1, 0, 7, 7, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d),
+        "1x1@7: direct fwd, GEMM dW and dx expected");
+  CHECK(rn_conv_desc_init(&d, 512, 128, 1, 1, 1, 0, 12, 12, &e) == RN_OK && !rn_conv_direct_ok(&d),
+        "1x1@12 (not measured): GEMM fwd expected");
   CHECK(rn_conv_desc_init(&d, 64, 256, 1, 1, 1, 0, 56, 56, &e) == RN_OK && rn_conv_pre_ok(&d) &&
             rn_conv_desc_init(&d, 256, 1024, 1, 1, 1, 0, 14, 14, &e) == RN_OK && rn_conv_pre_ok(&d),
         "1x1 stride 1 @56/@14: reading a lazy BN expected");
   CHECK(rn_conv_desc_init(&d, 512, 2048, 1, 1, 1, 0, 7, 7, &e) == RN_OK && !rn_conv_pre_ok(&d) &&
             rn_conv_desc_init(&d, 256, 512, 1, 1, 2, 0, 56, 56, &e) == RN_OK && !rn_conv_pre_ok(&d),
-        "1x1@7 (GEMM) or stride 2: no lazy BN expected");
+        "1x1@7 (GEMM dW and dx) or stride 2: no lazy BN expected");
   CHECK(rn_conv_desc_init(&d, 3, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             rn_conv_direct_bwd_ok(&d) && !rn_conv_direct_dx_ok(&d), "CIFAR stem: direct fwd and dW, GEMM dx expected");
   CHECK(rn_conv_desc_init(&d, 4, 16, 3, 3, 1, 1, 32, 32, &e) == RN_OK && rn_conv_direct_ok(&d) &&
@@ -712,11 +728,12 @@ int main(void) {
     }
     rn_conv_set_sweep1(1);
     /* Item 51 under the production rules: the plane sweep takes the forward of the conv1s that
-     * shrink >= 512 channels and the dx of the conv3s (dy of >= 512 channels) at 28 and 14 wide;
-     * not layer 4's 7-wide 1x1s (GEMM path), stride 2, 256 channels, or planes > 2 MB. */
+     * shrink >= 512 channels and the dx of the conv3s (dy of >= 512 channels) at 28 and 14 wide, and
+     * the forward of layer 4's 7-wide 1x1s (their dx stays on the GEMM path); not stride 2, 256
+     * channels, or planes > 2 MB. */
     static const int sw[][5] = {{1024, 256, 1, 14, 1}, {256, 1024, 1, 14, 2}, {512, 128, 1, 28, 1}, {128, 512, 1, 28, 2},
-                                {512, 256, 1, 28, 1},   {1024, 512, 1, 14, 3}, {512, 1024, 1, 14, 3}, {2048, 512, 1, 7, 0},
-                                {512, 2048, 1, 7, 0},   {512, 1024, 2, 28, 0}, {256, 64, 1, 56, 0},   {64, 256, 1, 56, 0},
+                                {512, 256, 1, 28, 1},   {1024, 512, 1, 14, 3}, {512, 1024, 1, 14, 3}, {2048, 512, 1, 7, 1},
+                                {512, 2048, 1, 7, 1},   {512, 1024, 2, 28, 0}, {256, 64, 1, 56, 0},   {64, 256, 1, 56, 0},
                                 {1024, 256, 1, 28, 0},  {496, 128, 1, 28, 0}};
     for (int i = 0; i < (int)(sizeof sw / sizeof *sw); i++) {
       CHECK(rn_conv_desc_init(&q, sw[i][0], sw[i][1], 1, 1, sw[i][2], 0, sw[i][3], sw[i][3], &e) == RN_OK &&

@@ -106,7 +106,8 @@ static int cmp_double(const void *a, const void *b) {
 static void set_ab(int which, int on) {
   if (which == 1) rn_conv_set_dw1x1_inplace(on);
   else if (which == 2) rn_blas_set_ukr(on);
-  else set_mode(on); /* 3: the GEMM path (off) against the production rules (on) */
+  else if (which == 3) set_mode(on); /* the GEMM path (off) against the production rules (on) */
+  else set_mode(on ? 2 : 0);         /* 4: the GEMM path (off) against the direct kernel in every pass */
 }
 static void ab_pass(const shape *s, int reps, int which) {
   rn_conv_desc d;
@@ -127,6 +128,7 @@ static void ab_pass(const shape *s, int reps, int which) {
   double *t[2] = {rn_alloc(sizeof(double) * (size_t)reps), rn_alloc(sizeof(double) * (size_t)reps)};
   double *ratio = rn_alloc(sizeof(double) * (size_t)reps);
   static const char *names[3] = {"fwd", "dx", "dW"};
+  set_mode(1);
   const char kind = rn_conv_wino_ok(&d) ? 'W' : 0;
   for (int pass = which == 1 ? 2 : 0; pass < 3; pass++) {
     for (int r = 0; r < reps; r++)
@@ -163,7 +165,7 @@ static void ab_pass(const shape *s, int reps, int which) {
     qsort(ratio, (size_t)reps, sizeof(double), cmp_double);
     const double fl = 2.0 * (double)ny * d.kh * d.kw * d.cin;
     const int direct = pass == 2 ? rn_conv_direct_bwd_ok(&d) : pass == 1 ? rn_conv_direct_dx_ok(&d) : rn_conv_direct_ok(&d);
-    const char how = kind ? kind : direct ? 'D' : 'g';
+    const char how = which == 4 ? 'D' : kind ? kind : direct ? 'D' : 'g';
     printf("%4d->%-4d %dx%d s%d @%-3d b%-3d | %-3s (%c) off %7.2f ms %6.1f GF/s | on %7.2f ms %6.1f GF/s | "
            "on/off %.3f (%.3f-%.3f) | max |on-off| %.2e of max |off| %.2e\n",
            s->cin, s->cout, s->k, s->k, s->stride, s->hw, n, names[pass], how, t[0][reps / 2] * 1e3,
@@ -187,8 +189,10 @@ int main(int argc, char **argv) {
       ab = 2;
     } else if (!strcmp(argv[i], "--ab-rules")) {
       ab = 3;
+    } else if (!strcmp(argv[i], "--ab-direct")) {
+      ab = 4;
     } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
+      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules | --ab-direct] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
              "GFLOP/s of the forward, dx and dW passes of one convolution shape: GEMM path (direct\n"
              "kernel off), the production rules, and the direct kernel wherever it applies;\n"
              "D/g/W after a figure = that pass ran direct / on the GEMM path / Winograd (rules only;\n"
@@ -202,7 +206,9 @@ int main(int argc, char **argv) {
              "--ab-ukr: the same for the forward, dx and dW passes in turn with Winograd's products on\n"
              "BLIS's micro-kernel, its kernels packed once per call (rn_blas_set_ukr) off and on.\n"
              "--ab-rules: the same with the GEMM path (im2col + BLIS; off) against the production\n"
-             "rules (direct kernels, Winograd; on).\n");
+             "rules (direct kernels, Winograd; on).\n"
+             "--ab-direct: the same with the GEMM path (off) against the direct kernel in every pass,\n"
+             "whatever the width rules (on; no Winograd): what a rule change would gain.\n");
       return 0;
     } else {
       break;

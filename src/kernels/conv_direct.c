@@ -117,13 +117,19 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
 }
 /* 1x1 rules (back-to-back per-shape measurements, b32, GF/s direct vs GEMM, docs/PERF.md):
  * forward is direct for lines >= 14 wide (1 thread: 64->256@56 119-125/97-107, 128->512@28
- * 134/113-136, 1024->256@14 142-156/131-136, 256->64@56 90-98/84); the 7-wide layers (4 MB of
- * weights, 49-pixel images) lose (512->2048@7 108-119/149-151, 2048->512@7 123/149-152). dW
+ * 134/113-136, 1024->256@14 142-156/131-136, 256->64@56 90-98/84) and for 7-wide ones (twenty-sixth
+ * round, rn-bench-conv --ab-direct, 2 threads, direct/GEMM time, medians of 15 pairs: 512->2048@7
+ * 0.934-0.979 (five runs), 2048->512@7 0.855-0.991 (median 0.922), the projection 1024->2048 s2@14
+ * 0.863-0.922, ResNet-18's 256->512 s2@14 0.870-0.879; in the first round, before the 7 x 4 tiles
+ * and the plane sweeps, they lost: 512->2048@7 108-119/149-151 GF/s on 1 thread). dW
  * (src/kernels/conv_dw1x1.c) is direct for stride 1 on lines >= 14 wide and for stride 2 on output
  * lines >= 28 wide (2 threads, direct/GEMM: 64->256@56 197/89, 256->64@56 190/132, 512->128@28
  * 230/126, 1024->256@14 252/180, 256->1024@14 262/216, 256->512 s2@56 227/183); the 7-wide ones
- * (512->2048@7 195-217/252-272, 2048->512@7 210-235/240) and the stride-2 ones with 14-wide output
- * (512->1024 228-236/230-235, 1024->2048 193-208/257-266: 2-8 MB of dW per thread) stay on the GEMM.
+ * (512->2048@7 195-217/252-272, 2048->512@7 210-235/240) stay on the GEMM. Stride 2 with 14- and
+ * 7-wide output: direct up to 2 MB of dW (twenty-sixth round, rn-bench-conv --ab-direct, 2 threads,
+ * medians of 15 paired runs, direct/GEMM time: 512->1024@28 0.901-0.913 (four runs), ResNet-18's
+ * 128->256@28 0.70-0.71 and 256->512@14 0.84-0.88); 1024->2048@14 (8 MB) stays on the GEMM
+ * (1.12-1.19).
  * With RN_CONV_DW1X1=0 the generic dW tile takes stride 1 on lines >= 28 wide (64->256@56 150/90,
  * 256->64@56 128/104, 512->128@28 176/120). dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
  * takes every part direct. */
@@ -136,7 +142,9 @@ static int bwd_ok(const rn_conv_desc *d, int all) {
   /* stride 2 (no direct dx): dW direct for 3x3 up to 128 input channels (rn-bench-conv, 2 threads,
    * GF/s direct/GEMM: 16->32@32 228/153, 32->64@16 253/147, 128->128@56 248/231; 256->256@28
    * 225/271 and the 1x1 ones 147/211 stay on the GEMM, where im2col serves dW and dx in one pass). */
-  if (is_1x1(d) && use_dw1x1()) return d->ow >= (d->stride == 1 ? 14 : 28);
+  if (is_1x1(d) && use_dw1x1())
+    return d->stride == 1 ? d->ow >= 14
+                          : d->ow >= 28 || ((d->ow >= 14 || d->ow == 7) && (size_t)d->cin * d->cout <= ((size_t)1 << 19));
   if (d->stride != 1) return !is_1x1(d) && d->kw == 3 && d->cin <= 128;
   if (is_1x1(d)) return d->ow >= 28;
   return bwd_width_a(d->ow, all) && bwd_width_a(d->w, all);
@@ -144,9 +152,10 @@ static int bwd_ok(const rn_conv_desc *d, int all) {
 int rn_conv_direct_bwd_ok(const rn_conv_desc *d) { return bwd_ok(d, g_all_widths); }
 /* 1x1 stride 2 (the projection shortcuts): the 1x1 forward kernel on dy gives dx at the even
  * pixels of the even lines (a dense image in the thread's pad buffer), spread2 writes it with the
- * zeros in between; for output lines >= 28 wide (rn-bench-conv, 2 threads, GF/s direct/GEMM +
- * col2im: 256->512@56 293-297/233-237; 512->1024@28 (14-wide output) 292-297/296-303, and
- * 1024->2048@14 258-261/292-299, stay on the GEMM). No BN sums in its epilogue (the kernel does
+ * zeros in between; for output lines >= 14 wide and 7 wide (rn-bench-conv, 2 threads, GF/s
+ * direct/GEMM + col2im: 256->512@56 293-297/233-237; twenty-sixth round, --ab-direct, direct/GEMM
+ * time, medians of 15 pairs: 1024->2048@14 0.897-0.933 (four runs), 512->1024@28 0.942-1.019
+ * (median 1.00), ResNet-18's 256->512@14 0.89-0.94 and 128->256@28 0.93-0.95). No BN sums in its epilogue (the kernel does
  * not write the zeros), so rn_conv_backward_bn computes none for it. RN_CONV_DX_S2=0: GEMM path. */
 static int g_dx_s2 = -1;
 static int dx_s2(void) {
@@ -177,15 +186,17 @@ static int dx_ok(const rn_conv_desc *d, int all) {
   if (all) return 1;
   /* dx_par: every 3x3 stride-2 layer but those with 7-wide classes (rn-bench-conv, 2 threads, GF/s
    * parity / GEMM + col2im: 16->32@32 b128 190/115, 32->64@16 262/211, 128->128@56 298/238,
-   * 256->256@28 345/275; 512->512@14 274/303 stays on the GEMM) */
-  if (d->stride != 1 && !is_1x1(d)) return d->w >= 16;
-  if (is_1x1(d)) return d->ow >= (d->stride == 1 ? 14 : 28);
+   * 256->256@28 345/275; 512->512@14 (7-wide classes), twenty-sixth round, rn-bench-conv
+   * --ab-direct, direct/GEMM time, medians of 15 pairs: 0.938-0.968 (four runs), ResNet-18's
+   * 256->512@14 0.959-0.978; the earlier 274/303 GF/s against it predate items 50-52) */
+  if (d->stride != 1 && !is_1x1(d)) return d->w >= 14;
+  if (is_1x1(d)) return d->ow >= 14 || (d->stride == 2 && d->ow == 7);
   return fwd_width_a(d->w, all) && fwd_width_a(d->ow, all);
 }
 int rn_conv_direct_dx_ok(const rn_conv_desc *d) { return dx_ok(d, g_all_widths); }
 static int fwd_ok(const rn_conv_desc *d, int all) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
-  if (is_1x1(d)) return all || d->ow >= 14;
+  if (is_1x1(d)) return all || d->ow >= 14 || d->ow == 7;
   return fwd_width_a(d->ow, all);
 }
 int rn_conv_direct_ok(const rn_conv_desc *d) { return fwd_ok(d, g_all_widths); }
