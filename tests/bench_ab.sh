@@ -6,7 +6,7 @@
 # summary carries a large GEMM measured in the same run, and the replays in the backward: none with a
 # --recompute-mb budget above them all; --ab recompute-mb compares a budget with none (a second model).
 # With --layers 1, a two-model switch also sums the nodes the plans treat differently.
-# rn-bench-conv --ab-rules pairs each pass.
+# rn-bench-conv --ab-rules and --ab-direct pair each pass.
 set -u
 BIN=$1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2
@@ -79,5 +79,17 @@ echo "$ab" | awk '/^  64->64   3x3/ { split($0, a, "max [|]on-off[|] "); split(a
   if (!(b[1] + 0 > 0 && b[1] + 0 < 1e-4 * (b[2] + 0))) { print "FAIL: 3x3 settings differ by " b[1] " of " b[2]; bad = 1 } }
   /^  64->128  1x1/ { split($0, a, "max [|]on-off[|] "); split(a[2], b, " of "); if (b[1] + 0 != 0) { print "FAIL: 1x1 settings differ by " b[1]; bad = 1 } }
   END { exit bad }' || fail=1
+# rn-bench-conv --ab-direct: the GEMM path against the direct kernel in every pass, whatever the
+# width rules (the 1x1 at 8 wide and the 3x3 stride-2 dx at 8 are on the GEMM under the rules):
+# six paired lines, all marked D, every pass within float32's rounding of the GEMM's, and not all
+# the same bits (a switch that did not switch would differ by exactly 0 everywhere)
+ad=$("$BIN/rn-bench-conv" --threads 2 --reps 2 --ab-direct 64,128,1,1,8,4 64,64,3,2,8,4 2>&1) ||
+  { echo "FAIL: rn-bench-conv --ab-direct exited $?: $ad"; fail=1; }
+n=$(echo "$ad" | grep -Ec '\| (fwd|dx |dW ) \(D\) off +[0-9.]+ ms +[0-9.]+ GF/s \| on +[0-9.]+ ms +[0-9.]+ GF/s \| on/off [0-9.]+ \([0-9.]+-[0-9.]+\) \| max \|on-off\| [0-9.e+-]+ of max \|off\| [0-9.e+-]+$')
+[ "$n" = 6 ] || { echo "FAIL: rn-bench-conv --ab-direct printed $n of 6 paired lines marked D: $ad"; fail=1; }
+echo "$ad" | awk '/ \(D\) off / { split($0, a, "max [|]on-off[|] "); split(a[2], b, " of max [|]off[|] ");
+  if (!(b[1] + 0 <= 1e-4 * (b[2] + 0))) { print "FAIL: --ab-direct settings differ by " b[1] " of " b[2]; bad = 1 }
+  if (b[1] + 0 > 0) diff = 1 }
+  END { if (!diff) { print "FAIL: --ab-direct: every pass gave the same bits on and off"; bad = 1 } exit bad }' || fail=1
 [ $fail = 0 ] && echo "bench_ab: passed"
 exit $fail
