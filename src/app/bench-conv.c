@@ -10,7 +10,9 @@
  * measurements behind the per-shape rules in src/kernels/conv_direct.c (docs/PERF.md).
  * With --ab-dw-ip it instead pairs the dW pass (production rules) with the 1x1 dW kernel's in-place
  * path off and on (rn_conv_set_dw1x1_inplace), alternating off, on, on, off, ... R times each.
- * Usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip] [CIN,COUT,K,STRIDE,HW,BATCH ...]
+ * --ab-ukr, --ab-rules and --ab-direct pair the three passes the same way (--help).
+ * Usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules | --ab-direct]
+ *        [CIN,COUT,K,STRIDE,HW,BATCH ...]
  *        (default: the ResNet-20 and ResNet-50 convolution shapes) */
 #include <math.h>
 #include <stdio.h>
