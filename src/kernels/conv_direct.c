@@ -487,6 +487,98 @@ AI void tile3(const float *xp, int wp, const int C, const int S, int kh, const f
   }
 }
 
+/* Tile instances. Every tile shape at every specialised channel count and stride is its own
+ * function, called from the line and plane loops (tile_n, tile3_n), instead of being inlined into
+ * them: inlined, conv_planes was one 440,000-line function, and its register allocation spilled an
+ * accumulator, the weight-block stride or the prefetch pointer to the stack in almost every inner
+ * loop (14 x 2: one accumulator loaded, FMA'd and stored per input channel; in a function of its
+ * own the same tile needs no stack access in its loop). Constant C, S, NB, NC (KW) as before: the
+ * broadcast offsets stay immediates. Runtime C (other channel counts): one instance per shape and
+ * stride with C as an argument. RN_CONV_TILE_INLINE defined at compile time: the inlined build
+ * (A/B against an outlined one, two binaries). */
+#define TILE_A const float *xp, int wp, int kh, int kw, const float *wt, int Co, int ps, int oy, int ox0, int cb0, float *yl, int acc
+#define TILE_P xp, wp, kh, kw, wt, Co, ps, oy, ox0, cb0, yl, acc
+#define TILE_NO static __attribute__((noinline, unused)) void
+#define TILE_SHAPES(X, CC, SS)                                                                                      \
+  X(CC, SS, 14, 2) X(CC, SS, 14, 1) X(CC, SS, 7, 4) X(CC, SS, 7, 2) X(CC, SS, 7, 1) X(CC, SS, 16, 1) X(CC, SS, 8, 2) \
+      X(CC, SS, 8, 1) X(CC, SS, 4, 2) X(CC, SS, 4, 1) X(CC, SS, 1, 2) X(CC, SS, 1, 1)
+/* the channel counts conv_planes specialises */
+#define TILE_CS(X, Y)                                                                                             \
+  Y(X, 3, 1) Y(X, 16, 1) Y(X, 32, 1) Y(X, 64, 1) Y(X, 128, 1) Y(X, 256, 1) Y(X, 512, 1) Y(X, 3, 2) Y(X, 16, 2) \
+      Y(X, 32, 2) Y(X, 64, 2) Y(X, 128, 2) Y(X, 256, 2) Y(X, 512, 2)
+#define TILE_DEF(CC, SS, B, N) \
+  TILE_NO tile_##CC##_##SS##_##B##_##N(TILE_A) { tile(xp, wp, CC, SS, kh, kw, wt, Co, ps, oy, ox0, cb0, yl, acc, B, N); }
+#define TILE_GDEF(CC, SS, B, N) \
+  TILE_NO tile_g_##SS##_##B##_##N(int C, TILE_A) { tile(xp, wp, C, SS, kh, kw, wt, Co, ps, oy, ox0, cb0, yl, acc, B, N); }
+TILE_CS(TILE_DEF, TILE_SHAPES)
+TILE_SHAPES(TILE_GDEF, 0, 1)
+TILE_SHAPES(TILE_GDEF, 0, 2)
+AI void tile_n(const float *xp, int wp, const int C, const int S, int kh, int kw, const float *wt, int Co, int ps, int oy,
+               int ox0, int cb0, float *yl, int acc, const int NB, const int NC) {
+#ifndef RN_CONV_TILE_INLINE
+#define X(CC, SS, B, N)                                      \
+  if (C == CC && S == SS && NB == B && NC == N) {            \
+    tile_##CC##_##SS##_##B##_##N(TILE_P);                    \
+    return;                                                  \
+  }
+  TILE_CS(X, TILE_SHAPES)
+#undef X
+#define X(CC, SS, B, N)                                      \
+  if (S == SS && NB == B && NC == N) {                       \
+    tile_g_##SS##_##B##_##N(C, TILE_P);                      \
+    return;                                                  \
+  }
+  TILE_SHAPES(X, 0, 1)
+  TILE_SHAPES(X, 0, 2)
+#undef X
+#endif
+  tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox0, cb0, yl, acc, NB, NC);
+}
+/* the same for tile3: KW 3 at stride 1 and 2, KW 2 at stride 1 */
+#define TILE3_SHAPES(X, CC, SS, K)                                                                             \
+  X(CC, SS, K, 7, 2) X(CC, SS, K, 7, 1) X(CC, SS, K, 16, 1) X(CC, SS, K, 8, 2) X(CC, SS, K, 8, 1) X(CC, SS, K, 4, 2) \
+      X(CC, SS, K, 4, 1) X(CC, SS, K, 1, 2) X(CC, SS, K, 1, 1)
+#define TILE3_CS(X, Y)                                                                                          \
+  Y(X, 3, 1, 3) Y(X, 16, 1, 3) Y(X, 32, 1, 3) Y(X, 64, 1, 3) Y(X, 128, 1, 3) Y(X, 256, 1, 3) Y(X, 512, 1, 3)    \
+      Y(X, 3, 2, 3) Y(X, 16, 2, 3) Y(X, 32, 2, 3) Y(X, 64, 2, 3) Y(X, 3, 1, 2) Y(X, 16, 1, 2) Y(X, 32, 1, 2)    \
+          Y(X, 64, 1, 2) Y(X, 128, 1, 2) Y(X, 256, 1, 2) Y(X, 512, 1, 2)
+#define TILE3_A const float *xp, int wp, int kh, const float *wt, int Co, int ps, int oy, int ox0, int cb0, float *yl, int acc
+#define TILE3_P xp, wp, kh, wt, Co, ps, oy, ox0, cb0, yl, acc
+#define TILE3_DEF(CC, SS, K, B, N)                                   \
+  TILE_NO tile3_##CC##_##SS##_##K##_##B##_##N(TILE3_A) {             \
+    tile3(xp, wp, CC, SS, kh, wt, Co, ps, oy, ox0, cb0, yl, acc, B, N, K); \
+  }
+#define TILE3_GDEF(CC, SS, K, B, N)                                       \
+  TILE_NO tile3_g_##SS##_##K##_##B##_##N(int C, TILE3_A) {                \
+    tile3(xp, wp, C, SS, kh, wt, Co, ps, oy, ox0, cb0, yl, acc, B, N, K); \
+  }
+TILE3_CS(TILE3_DEF, TILE3_SHAPES)
+TILE3_SHAPES(TILE3_GDEF, 0, 1, 3)
+TILE3_SHAPES(TILE3_GDEF, 0, 2, 3)
+TILE3_SHAPES(TILE3_GDEF, 0, 1, 2)
+AI void tile3_n(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int ps, int oy, int ox0,
+                int cb0, float *yl, int acc, const int NB, const int NC, const int KW) {
+#ifndef RN_CONV_TILE_INLINE
+#define X(CC, SS, K, B, N)                                          \
+  if (C == CC && S == SS && KW == K && NB == B && NC == N) {        \
+    tile3_##CC##_##SS##_##K##_##B##_##N(TILE3_P);                   \
+    return;                                                         \
+  }
+  TILE3_CS(X, TILE3_SHAPES)
+#undef X
+#define X(CC, SS, K, B, N)                                          \
+  if (S == SS && KW == K && NB == B && NC == N) {                   \
+    tile3_g_##SS##_##K##_##B##_##N(C, TILE3_P);                     \
+    return;                                                         \
+  }
+  TILE3_SHAPES(X, 0, 1, 3)
+  TILE3_SHAPES(X, 0, 2, 3)
+  TILE3_SHAPES(X, 0, 1, 2)
+#undef X
+#endif
+  tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox0, cb0, yl, acc, NB, NC, KW);
+}
+
 /* One output line of a 3-wide stride-1 kernel: 7 x 2 tiles on 7k-wide lines (ResNet-50), 16 x 1
  * for single channel blocks (CIFAR 16 channels), 8 x 2 otherwise; tails of 4 and 1 pixels. */
 AI void conv_line3_c(const float *xp, int wp, const int C, const int S, int kh, const float *wt, int Co, int ps, int oy,
@@ -494,23 +586,23 @@ AI void conv_line3_c(const float *xp, int wp, const int C, const int S, int kh, 
   int cb = cb_begin;
   if (ow % 7 == 0) {
     for (; cb + 2 <= ncb; cb += 2)
-      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 2, KW);
+      for (int ox = 0; ox < ow; ox += 7) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 2, KW);
     for (; cb < ncb; cb++)
-      for (int ox = 0; ox < ow; ox += 7) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 1, KW);
+      for (int ox = 0; ox < ow; ox += 7) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 7, 1, KW);
     return;
   }
   for (; cb + 2 <= ncb; cb += 2) {
     int ox = 0;
-    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2, KW);
-    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2, KW);
-    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2, KW);
+    for (; ox + 8 <= ow; ox += 8) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2, KW);
+    for (; ox + 4 <= ow; ox += 4) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2, KW);
+    for (; ox < ow; ox++) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2, KW);
   }
   for (; cb < ncb; cb++) {
     int ox = 0;
-    for (; ox + 16 <= ow; ox += 16) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1, KW);
-    for (; ox + 8 <= ow; ox += 8) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1, KW);
-    for (; ox + 4 <= ow; ox += 4) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1, KW);
-    for (; ox < ow; ox++) tile3(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1, KW);
+    for (; ox + 16 <= ow; ox += 16) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1, KW);
+    for (; ox + 8 <= ow; ox += 8) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1, KW);
+    for (; ox + 4 <= ow; ox += 4) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1, KW);
+    for (; ox < ow; ox++) tile3_n(xp, wp, C, S, kh, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1, KW);
   }
 }
 
@@ -605,35 +697,35 @@ AI void conv_line_c(const float *xp, int wp, const int C, const int S, int kh, i
   int cb = cb_begin;
   if (t74_line(C, S, kh, kw, ow)) { /* 7 x 4 tiles (above); a tail of 1-3 blocks as below */
     for (; cb + 4 <= ncb; cb += 4)
-      for (int ox = 0; ox < ow; ox += 7) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 7, 4);
+      for (int ox = 0; ox < ow; ox += 7) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 7, 4);
   }
   if (ow % 14 == 0) { /* 14, 28, 56 (ResNet-50): 14 pixels x 2 channel blocks, no tails */
     for (; cb + 2 <= ncb; cb += 2)
-      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 2);
+      for (int ox = 0; ox < ow; ox += 14) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 2);
     for (; cb < ncb; cb++)
-      for (int ox = 0; ox < ow; ox += 14) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 1);
+      for (int ox = 0; ox < ow; ox += 14) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 14, 1);
     return;
   }
   if (ow == 7) { /* ResNet-50 layer4: 7 pixels x 4 channel blocks */
-    for (; cb + 4 <= ncb; cb += 4) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 4);
-    for (; cb + 2 <= ncb; cb += 2) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 2);
-    for (; cb < ncb; cb++) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 1);
+    for (; cb + 4 <= ncb; cb += 4) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 4);
+    for (; cb + 2 <= ncb; cb += 2) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 2);
+    for (; cb < ncb; cb++) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, 0, cb, yl, acc, 7, 1);
     return;
   }
   /* Two channel blocks at a time (8 pixels x 2 blocks = 16 accumulators) when the line is short. */
   if (ow < 16)
     for (; cb + 2 <= ncb; cb += 2) {
       int ox = 0;
-      for (; ox + 8 <= ow; ox += 8) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2);
-      for (; ox + 4 <= ow; ox += 4) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2);
-      for (; ox < ow; ox++) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2);
+      for (; ox + 8 <= ow; ox += 8) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 8, 2);
+      for (; ox + 4 <= ow; ox += 4) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 4, 2);
+      for (; ox < ow; ox++) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 1, 2);
     }
   for (; cb < ncb; cb++) {
     int ox = 0;
-    for (; ox + 16 <= ow; ox += 16) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1);
-    for (; ox + 8 <= ow; ox += 8) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1);
-    for (; ox + 4 <= ow; ox += 4) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1);
-    for (; ox < ow; ox++) tile(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1);
+    for (; ox + 16 <= ow; ox += 16) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 16, 1);
+    for (; ox + 8 <= ow; ox += 8) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 8, 1);
+    for (; ox + 4 <= ow; ox += 4) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 4, 1);
+    for (; ox < ow; ox++) tile_n(xp, wp, C, S, kh, kw, wt, Co, ps, oy, ox, cb, yl, acc, 1, 1);
   }
 }
 
@@ -684,9 +776,9 @@ AI void conv_plane_c(const float *xp, size_t xs, int g, int wp, const int C, con
         float *yj = y + j * ys;
         if (e) epi_set(e, j0 + j);
         for (int p = 0; p < np; p += 7) {
-          if (nc == 4) tile(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 4);
-          else if (nc == 2) tile(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 2);
-          else tile(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 1);
+          if (nc == 4) tile_n(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 4);
+          else if (nc == 2) tile_n(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 2);
+          else tile_n(xj, wp, C, 1, 1, 1, wt, Co, ps, 0, p, cb, yj, acc, 7, 1);
         }
       }
       cb += nc;
