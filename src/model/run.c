@@ -28,6 +28,10 @@ static inline float *A(rn_model *m, int t) { return m->act + m->tensors[t].off; 
 static inline float *AB(rn_model *m, int t) { return m->act + m->tensors[t].boff; }
 static inline float *P(rn_model *m, int p) { return m->param + m->params[p].off; }
 static inline float *G(rn_model *m, int p) { return m->grad + m->params[p].off; }
+/* the ReLU mask bits of a fused BN+add node (rn_node.mbits), NULL: none */
+static inline uint16_t *MBITS(rn_model *m, const rn_node *d) {
+  return d->mbits ? (uint16_t *)(m->save + d->mb_off) : NULL;
+}
 static inline int64_t numel(const rn_model *m, int t, int n) {
   const rn_tensor *x = &m->tensors[t];
   return (int64_t)n * x->h * x->w * x->c;
@@ -131,13 +135,13 @@ void rn_model_forward(rn_model *m, int n, int train) {
             float *sc = m->rc_coef + d->rc_off, *sh = sc + d->u.bn.c;
             rn_bn_forward_train_coef(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
                                      P(m, d->param[3]), m->save + d->save_off, n, st, sc, sh);
-            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y, sp);
+            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y, sp, MBITS(m, d));
           } else if (bn_train)
             rn_bn_add_forward_train(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y, sp);
+                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y, sp, MBITS(m, d));
           else
             rn_bn_add_forward_eval(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                   P(m, d->param[3]), x, d->scale, y, sp);
+                                   P(m, d->param[3]), x, d->scale, y, sp, MBITS(m, d));
         }
         break;
       case RN_OP_SHORTCUT_A:
@@ -219,10 +223,10 @@ static void replay(rn_model *m, const rn_node *d, int n, int bn_train) {
         }
         if (bn_train)
           rn_bn_add_apply(&d->u.bn, rows, AB(m, d->in2), m->rc_coef + d->rc_off, m->rc_coef + d->rc_off + d->u.bn.c,
-                          x, d->scale, y, sp);
+                          x, d->scale, y, sp, NULL);
         else
           rn_bn_add_forward_eval(&d->u.bn, rows, AB(m, d->in2), P(m, d->param[0]), P(m, d->param[1]),
-                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y, sp);
+                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y, sp, NULL);
       }
       break;
     default:
@@ -337,14 +341,14 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
             /* a lazy shortcut BN (lazy = 3, the next node backward): its channel sums over its input
              * and the gradient written here, in this pass (one image's worth: the whole batch) */
             const int ss = d->pre_bn >= 0 && dx && !d->acc_in;
-            rn_bn_add_backward_train(&d->u.bn, rows, x2, y, P(m, d->param[0]), m->save + d->save_off, dy, d->scale,
-                                     dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]),
-                                     ss ? AB(m, m->nodes[d->pre_bn].in) : NULL, ss ? m->bsums : NULL);
+            rn_bn_add_backward_train(&d->u.bn, rows, x2, d->mbits ? NULL : y, P(m, d->param[0]), m->save + d->save_off,
+                                     dy, d->scale, dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]),
+                                     ss ? AB(m, m->nodes[d->pre_bn].in) : NULL, ss ? m->bsums : NULL, MBITS(m, d));
             if (ss) m->bsum_tensor = d->in, m->bsum_n = 1;
           } else
-            rn_bn_add_backward_eval(&d->u.bn, rows, x2, y, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]),
-                                    dy, d->scale, dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]),
-                                    G(m, d->param[1]));
+            rn_bn_add_backward_eval(&d->u.bn, rows, x2, d->mbits ? NULL : y, P(m, d->param[0]), P(m, d->param[2]),
+                                    P(m, d->param[3]), dy, d->scale, dx, d->acc_in, dx2, d->acc_in2,
+                                    G(m, d->param[0]), G(m, d->param[1]), MBITS(m, d));
         }
         break;
       case RN_OP_SHORTCUT_A:
