@@ -72,6 +72,9 @@ typedef struct {
    * the x passed to rn_conv_backward_bn is the BN's input (bn->x), the dW pass applies pre to it,
    * and the mask (mask NULL) is [x * sc + sh > 0] when pre->relu. dW and dx must both be direct. */
   const rn_conv_pre *pre;
+  /* Non-NULL (mask NULL): the mask as bits, one per element of the BN+add's output (16 channels per
+   * word, channels a multiple of 16; see rn_bn_add_forward_train), read instead of the output. */
+  const uint16_t *mbits;
 } rn_bn_sums;
 /* rn_conv_backward, and when dx runs on the direct kernel or Winograd (rn_conv_wino_bn) also the
  * sums of bn (see rn_bn_sums): returns 1 if they were filled, 0 if not (dx on the GEMM path, or no

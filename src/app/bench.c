@@ -99,11 +99,14 @@ static void usage(void) {
          "costliest of those outputs instead (rn-train's --recompute-mb; default RN_RECOMPUTE_MB or 0);\n"
          "--layers 1 prints the budget in use and the one that keeps them all.\n"
          "--ab SWITCH: A/B of a run-time switch in one process: its off and on settings alternate step by\n"
-         "step (off on on off ...), so that the host's slow drifts fall on both; prints each setting's\n"
-         "median step and the median of the on/off ratios of neighbouring steps (--steps per setting);\n"
-         "with --layers 1 also both settings' per-layer medians: totals and the 12 layers that moved most\n"
-         "(for wino-bn, dx-over-x, wino-pre, relu-bits and recompute-mb, whose off setting is a second model,\n"
-         "where its layers are the same).\n"
+         "step (off on on off ...; each warmed up --warmup times first), so that the host's slow drifts\n"
+         "fall on both; prints each setting's median step and the median of the on/off ratios of\n"
+         "neighbouring steps (--steps per setting); with --layers 1 also both settings' per-layer\n"
+         "medians: totals and the 12 layers that moved most\n"
+         "(for wino-bn, dx-over-x, wino-pre, relu-bits and recompute-mb, whose off setting is a second\n"
+         "model, where its layers are the same; such two-model A/Bs carry a bias of their own: an A/A of\n"
+         "two identical ResNet-50 plans gave the on model's non-conv layers 0.91-0.99 of the off model's\n"
+         "time, so confirm their figures with alternating processes).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
          "lazy BNs), wino-small (Winograd's small-channel path for layers of at most 64 channels; off =\n"
@@ -302,9 +305,14 @@ int main(int argc, char **argv) {
   long nab[2] = {0, 0};
   if (ab) tab[0] = rn_alloc(sizeof(double) * (size_t)steps), tab[1] = rn_alloc(sizeof(double) * (size_t)steps);
   long flt_f = 0, flt_b = 0; /* minor page faults in the timed steps: forward+loss, rest of the step */
-  for (long it = 0; it < warmup + nsteps; it++) {
-    const long j = it - warmup; /* timed steps: off, on, on, off, off, on, ... (each arm `steps` times) */
-    int timed = it >= warmup, arm = timed ? (int)((j / 2 + j % 2) % 2) : (int)(it % 2);
+  /* --ab: each setting warms up --warmup times (off, on, off, on, ...), so that no first touch of a
+   * second model's memory falls in a timed step. (That was not the cause of the two-model bias
+   * noted in --help: an A/A of two identical plans gave the on model's non-conv layers 0.911-0.940
+   * of the off model's time with one warm-up step or with both warmed, 0.990 once.) */
+  const long wu = ab ? 2 * warmup : warmup;
+  for (long it = 0; it < wu + nsteps; it++) {
+    const long j = it - wu; /* timed steps: off, on, on, off, off, on, ... (each arm `steps` times) */
+    int timed = it >= wu, arm = timed ? (int)((j / 2 + j % 2) % 2) : (int)(it % 2);
     if (ab) set_switch(ab, arm, (int)narrow, (int)ksplit);
     rn_model *mm = two && arm == 0 ? &m0 : &m; /* m0: no allreduce (1 rank) */
     m.prof_fwd = timed && (!ab || arm == 1) ? fw : NULL;

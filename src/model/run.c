@@ -273,16 +273,18 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           const rn_node *b = &m->nodes[d->pre_bn];
           rn_conv_pre pre;
           pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
-          rn_bn_sums bs = {NULL, AB(m, b->in), m->bsums, 1.0f, b->relu, &pre};
+          rn_bn_sums bs = {NULL, AB(m, b->in), m->bsums, 1.0f, b->relu, &pre, NULL};
           const int got = rn_conv_backward_bn(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
                                               G(m, d->param[0]), m->ws, &bs);
           RN_ASSERT(got && dx); /* the BN's backward needs the sums (it has no output to mask with) */
           m->bsum_tensor = d->in, m->bsum_n = n;
         } else if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
           const rn_node *b = &m->nodes[d->bn_prev];
-          const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
-          rn_bn_sums bs = {mask, AB(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL,
-                           NULL};
+          /* the mask: the BN's output (this conv's input), or a BN+add's mask bits */
+          const uint16_t *mb = b->relu && b->mbits ? MBITS(m, b) : NULL;
+          const float *mask = b->relu && !mb ? x : NULL;
+          rn_bn_sums bs = {mask, AB(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, b->relu,
+                           NULL, mb};
           if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
                                   &bs))
             m->bsum_tensor = d->in, m->bsum_n = n;
