@@ -2,5 +2,7 @@ add_test(NAME tools_plot COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/tools_plot.sh 
 set_tests_properties(tools_plot PROPERTIES LABELS unit TIMEOUT 120)
 add_test(NAME bench_ab COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/bench_ab.sh ${CMAKE_BINARY_DIR})
 set_tests_properties(bench_ab PROPERTIES LABELS unit TIMEOUT 120)
+add_test(NAME bench_pairs COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/bench_pairs.sh ${CMAKE_BINARY_DIR})
+set_tests_properties(bench_pairs PROPERTIES LABELS unit TIMEOUT 120)
 add_test(NAME bench_vs_torch COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/bench_vs_torch.sh ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR})
 set_tests_properties(bench_vs_torch PROPERTIES LABELS ref TIMEOUT 300)
