@@ -10,7 +10,7 @@
 # 0.91-0.99 of the off model's time), while separate processes start alike.
 #
 #   scripts/bench_pairs.sh [-n PAIRS] [-b BUILD] [-g REGEX]... 'A-ENV' 'B-ENV' [rn-bench args]
-#   scripts/bench_pairs.sh -n 4 -g 'bn\+add\+relu' 'RN_RELU_BITS=0' '' --steps 3 --warmup 1
+#   scripts/bench_pairs.sh -n 4 -g 'bn\+add\+relu' 'RN_DX_OVER_X=0' '' --steps 3 --warmup 1
 #
 # A-ENV / B-ENV: space-separated VAR=value settings ('' = the defaults). rn-bench args default to
 # ResNet-50 b32, 3 timed steps after 1 warm-up. Logs: $TMPDIR/bench_pairs.XXXX (kept).

@@ -17,7 +17,7 @@ line=$(echo "$out" | grep '^ab narrow: ')
 [ -n "$line" ] || { echo "FAIL: no 'ab narrow:' line in: $out"; fail=1; }
 echo "$line" | grep -Eq 'off median_step_s [0-9.]+, on median_step_s [0-9.]+, on/off [0-9.]+ \(median of 3 paired ratios, from [0-9.]+ to [0-9.]+\)' ||
   { echo "FAIL: malformed A/B line: $line"; fail=1; }
-for sw in ksplit gemm-par wino wino-small wino-bn dw-il direct-dyn add-stream wino-pre relu-bits tile74 sweep1; do  # wino-bn, wino-pre: a second model, planned with it off
+for sw in ksplit gemm-par wino wino-small wino-bn dw-il direct-dyn add-stream wino-pre tile74 sweep1; do  # wino-bn, wino-pre: a second model, planned with it off
   "$BIN/rn-bench" --model cifar-resnet20 --batch 4 --steps 1 --warmup 0 --layers 0 --ab $sw 2>&1 | grep -q "^ab $sw: " ||
     { echo "FAIL: --ab $sw printed no A/B line"; fail=1; }
 done

@@ -9,7 +9,7 @@ export OMP_NUM_THREADS=2
 fail=0
 PAIRS=$(dirname "$0")/../scripts/bench_pairs.sh
 ptmp=$(mktemp -d)
-pout=$(TMPDIR=$ptmp bash "$PAIRS" -n 2 -b "$BIN" -g 'bn\+add\+relu' 'RN_RELU_BITS=0' '' --model cifar-resnet20 \
+pout=$(TMPDIR=$ptmp bash "$PAIRS" -n 2 -b "$BIN" -g 'bn\+add\+relu' 'RN_DX_OVER_X=0' '' --model cifar-resnet20 \
   --batch 4 --steps 1 --warmup 0 2>&1) || { echo "FAIL: bench_pairs.sh exited $?: $pout"; fail=1; }
 [ "$(echo "$pout" | grep -Ec '^pair [12]: step A [0-9.]+ ms, B [0-9.]+ ms$')" = 2 ] ||
   { echo "FAIL: bench_pairs.sh did not report 2 pairs: $pout"; fail=1; }

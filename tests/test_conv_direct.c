@@ -145,7 +145,7 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
   double *st = malloc((size_t)n * 2 * cin * sizeof(double));
   for (size_t i = 0; i < (size_t)n * 2 * cin; i++) st[i] = NAN;
   rn_conv_backward(&d, n, x, wt, dy, dx0, acc, dw0, ws);
-  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask, NULL, NULL}; /* g stored when masked */
+  rn_bn_sums bs = {use_mask ? mask : NULL, xb, st, scale, use_mask, NULL}; /* g stored when masked */
   int got = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, acc, dw1, ws, &bs);
   /* 1x1 stride 2 (direct dx, spread2) computes no sums */
   CHECK(got == (rn_conv_direct_dx_ok(&d) && (s == 1 || k > 1)), "bn sums k=%d s=%d cin=%d: returned %d, direct dx %d", k, s, cin,
@@ -174,21 +174,6 @@ static void bsums_case(int cin, int cout, int k, int p, int s, int h, int w, int
       }
   CHECK(worst < 1e-12 && (!use_mask || !got || masked > nx / 4), "bn sums k=%d s=%d cin=%d cout=%d %dx%d n=%d mask=%d "
         "acc=%d scale=%g: rel err %.3g (%zu masked)", k, s, cin, cout, h, w, n, use_mask, acc, scale, worst, masked);
-  if (use_mask && cin % 16 == 0) { /* the mask as bits (a BN+add's mbits): the same dx, dW and sums, bitwise */
-    uint16_t *bits = calloc(nx / 16, sizeof(uint16_t));
-    for (size_t q = 0; q < nx; q++) bits[q >> 4] |= (uint16_t)((mask[q] > 0.0f) << (q & 15));
-    double *sb = malloc((size_t)n * 2 * cin * sizeof(double));
-    for (size_t i = 0; i < (size_t)n * 2 * cin; i++) sb[i] = NAN;
-    float *dxb = malloc(nx * 4);
-    memcpy(dxb, base, nx * 4), memset(dw0, 0, nw * 4);
-    rn_bn_sums bb = {NULL, xb, sb, scale, 1, NULL, bits};
-    const int gb = rn_conv_backward_bn(&d, n, x, wt, dy, dxb, acc, dw0, ws, &bb);
-    CHECK(gb == got && !memcmp(dxb, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4) &&
-              (!got || !memcmp(sb, st, (size_t)n * 2 * cin * sizeof(double))),
-          "bn sums from mask bits k=%d s=%d cin=%d cout=%d n=%d acc=%d: other bits than from the float mask", k, s, cin,
-          cout, n, acc);
-    free(bits), free(sb), free(dxb);
-  }
   free(x), free(wt), free(dy), free(mask), free(xb), free(base), free(ws), free(dx0), free(dx1), free(dw0), free(dw1);
   free(st);
 }
@@ -227,7 +212,7 @@ static void pre_case(int cin, int cout, int k, int p, int h, int w, int n, int r
   CHECK(g0 && g1 && !memcmp(y0, y1, ny * 4) && !memcmp(st0, st1, (size_t)n * 2 * cout * sizeof(double)),
         "pre k=%d cin=%d cout=%d %dx%d n=%d relu=%d: forward/statistics differ from the stored BN output", k, cin,
         cout, h, w, n, relu);
-  rn_bn_sums b0 = {relu ? a : NULL, x, st0, 1.0f, relu, NULL, NULL}, b1 = {NULL, x, st1, 1.0f, relu, &pre, NULL};
+  rn_bn_sums b0 = {relu ? a : NULL, x, st0, 1.0f, relu, NULL}, b1 = {NULL, x, st1, 1.0f, relu, &pre};
   g0 = rn_conv_backward_bn(&d, n, a, wt, dy, dx0, 0, dw0, ws, &b0);
   g1 = rn_conv_backward_bn(&d, n, x, wt, dy, dx1, 0, dw1, ws, &b1);
   CHECK(g0 && g1 && !memcmp(dx0, dx1, nx * 4) && !memcmp(dw0, dw1, nw * 4) &&
@@ -312,7 +297,7 @@ static void t74_case(int cin, int cout, int h, int w, int n, int use_pre, uint64
   float *mask = randf(ny, seed + 5), *xb = randf(ny, seed + 6), *dx0 = nanbuf(ny), *dx1 = nanbuf(ny);
   float *wst = nanbuf(rn_conv_workspace(&t, n));
   double *bs0 = malloc((size_t)n * 2 * cout * sizeof(double)), *bs1 = malloc((size_t)n * 2 * cout * sizeof(double));
-  rn_bn_sums b0 = {mask, xb, bs0, 1.0f, 1, NULL, NULL}, b1 = {mask, xb, bs1, 1.0f, 1, NULL, NULL};
+  rn_bn_sums b0 = {mask, xb, bs0, 1.0f, 1, NULL}, b1 = {mask, xb, bs1, 1.0f, 1, NULL};
   CHECK(rn_conv_tile74_passes(&t) == 2, "tile74 %d->%d %dx%d: the dx does not take 7 x 4 tiles (%d)", cout, cin, h,
         w, rn_conv_tile74_passes(&t));
   rn_conv_set_tile74(0);
@@ -363,7 +348,7 @@ static void sweep_case(int cin, int cout, int h, int w, int n, int use_pre, int 
   float *dx1 = nanbuf(ny), *wst = nanbuf(rn_conv_workspace(&t, n));
   memcpy(dx1, dx0, ny * 4);
   double *bs0 = malloc((size_t)n * 2 * cout * sizeof(double)), *bs1 = malloc((size_t)n * 2 * cout * sizeof(double));
-  rn_bn_sums b0 = {mask, xb, bs0, 1.0f, 1, NULL, NULL}, b1 = {mask, xb, bs1, 1.0f, 1, NULL, NULL};
+  rn_bn_sums b0 = {mask, xb, bs0, 1.0f, 1, NULL}, b1 = {mask, xb, bs1, 1.0f, 1, NULL};
   int h0 = 1, h1 = 1;
   rn_conv_set_sweep1(0);
   if (acc) rn_conv_backward(&t, n, y0, wt, x, dx0, 1, NULL, wst);
@@ -403,7 +388,7 @@ static void il_case(int cin, int cout, int h, int w, int n, int use_pre, int acc
   for (int v = 0; v < 3; v++) {
     dx[v] = malloc(nx * 4), dw[v] = malloc(nw * 4), st[v] = malloc(ns * sizeof(double));
     memcpy(dx[v], base, nx * 4), memcpy(dw[v], dwb, nw * 4);
-    rn_bn_sums bs = {use_pre ? NULL : mask, x, st[v], 1.0f, 0, use_pre ? &pre : NULL, NULL};
+    rn_bn_sums bs = {use_pre ? NULL : mask, x, st[v], 1.0f, 0, use_pre ? &pre : NULL};
     rn_conv_set_dw_interleave(kb[v]);
     CHECK(rn_conv_backward_bn(&d, n, x, wt, dy, dx[v], acc, dw[v], ws, &bs), "il %d->%d: no BN sums", cin, cout);
   }
@@ -456,7 +441,7 @@ static void ip_case(int cin, int cout, int h, int w, int n, int use_pre, uint64_
     rn_conv_dw1x1(&d, 0, n, use_pre ? x : a, dy, dw[v], pack, pp);
     rn_conv_dw1x1_pixels(&d, 0, b, use_pre ? x : a, dy, dwb[v], pack, pp);
     rn_conv_dw1x1_pixels(&d, b, P, use_pre ? x : a, dy + b * cout, dwb[v], pack, pp);
-    rn_bn_sums bs = {use_pre ? NULL : x, x, st[v], 1.0f, 0, pp, NULL};
+    rn_bn_sums bs = {use_pre ? NULL : x, x, st[v], 1.0f, 0, pp};
     CHECK(rn_conv_backward_bn(&d, n, use_pre ? x : a, wt, dy, dx[v], 0, dwf[v], ws, &bs), "ip %d->%d: no BN sums",
           cin, cout);
   }
@@ -706,8 +691,6 @@ int main(void) {
       bsums_case(64, 128, 1, 0, 1, 14, 14, 3, m, 0, 1.0f, 54), bsums_case(64, 64, 3, 1, 1, 7, 7, 5, m, 0, 1.0f, 55);
       bsums_case(512, 64, 1, 0, 1, 28, 28, 2, m, 1, 1.0f, 56), bsums_case(32, 64, 3, 1, 2, 16, 16, 2, m, 0, 1.0f, 57);
       bsums_case(64, 128, 1, 0, 2, 28, 28, 2, m, 1, 1.0f, 60); /* 1x1 stride 2: direct dx, no sums */
-      /* ResNet-50's conv1 over a block output (layers 3-4, at reduced batch): dx accumulated */
-      bsums_case(1024, 256, 1, 0, 1, 14, 14, 2, m, 1, 1.0f, 68), bsums_case(2048, 512, 1, 0, 1, 7, 7, 2, m, 1, 1.0f, 69);
       bsums_case(128, 256, 3, 1, 1, 7, 7, 9, m, m, 1.0f, 61); /* dx over several images (conv_images) */
       bsums_case(48, 32, 3, 1, 2, 13, 11, 2, m, 1 - m, 1.0f / 0.7f, 67); /* stride 2 by parity, odd sizes */
       /* a BN+add's branch scale (stochastic depth): 1/p and 0 (dropped branch) */

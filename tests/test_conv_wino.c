@@ -113,7 +113,7 @@ static void epilogues(const rn_conv_desc *d, int n, int threads, float *ws, cons
     const int lazy = k % 2, store = k / 2 % 2, acc = k / 3 % 2 ? 1 : k == 2;
     const float scale = scales[k % 3];
     memcpy(dxp, dx0, nx * 4), memcpy(dxe, dx0, nx * 4), memset(dwp, 0, nw * 4), memset(dwe, 0, nw * 4);
-    rn_bn_sums bs = {lazy ? NULL : mask, lazy ? x : bx, sums, scale, store, lazy ? &pre : NULL, NULL};
+    rn_bn_sums bs = {lazy ? NULL : mask, lazy ? x : bx, sums, scale, store, lazy ? &pre : NULL};
     rn_conv_wino_backward(d, n, lazy ? xb : x, wt, dy, dxp, acc, dwp, ws, threads);
     rn_conv_wino_backward_bn(d, n, x, wt, dy, dxe, acc, dwe, ws, threads, &bs);
     memset(sr, 0, sizeof(double) * n * 2 * cin);
@@ -132,19 +132,6 @@ static void epilogues(const rn_conv_desc *d, int n, int threads, float *ws, cons
     CHECK(stored_ok, "%s: dx with BN sums (lazy %d store %d acc %d): other dx bits stored", tag, lazy, store, acc);
     CHECK(eb < 1e-12, "%s: dx BN sums (lazy %d scale %g acc %d) rel err %.3g", tag, lazy, scale, acc, eb);
     CHECK(memcmp(dwp, dwe, nw * 4) == 0, "%s: dW %s: other bits", tag, lazy ? "over a lazy BN" : "with dx's BN sums");
-    if (!lazy && cin % 16 == 0) { /* the mask as bits (a BN+add's mbits): the same stores and sums bitwise */
-      uint16_t *bits = calloc(nx / 16, sizeof(uint16_t));
-      for (size_t q = 0; q < nx; q++) bits[q >> 4] |= (uint16_t)((mask[q] > 0.0f) << (q & 15));
-      double *sb = malloc(sizeof(double) * n * 2 * cin);
-      float *dxb = malloc(nx * 4);
-      memcpy(dxb, dx0, nx * 4), memset(dwp, 0, nw * 4);
-      rn_bn_sums bb = {NULL, bx, sb, scale, store, NULL, bits};
-      rn_conv_wino_backward_bn(d, n, x, wt, dy, dxb, acc, dwp, ws, threads, &bb);
-      CHECK(!memcmp(dxb, dxe, nx * 4) && !memcmp(sb, sums, sizeof(double) * n * 2 * cin),
-            "%s: dx with BN sums from mask bits (store %d acc %d scale %g): other bits than from the float mask", tag,
-            store, acc, scale);
-      free(bits), free(sb), free(dxb);
-    }
   }
   free(st), free(str), free(ys), free(sc), free(sh), free(xb), free(yp), free(yb), free(mask), free(bx), free(dx0);
   free(dxp), free(dxe), free(dwp), free(dwe), free(sums), free(sr);
@@ -305,7 +292,7 @@ static void dispatch(void) {
     rn_conv_wino_forward_ep(&d, n, x, wt, y2, ws2, rn_blas_threads(), s2, NULL);
     CHECK(memcmp(y1, y2, nx * 4) == 0 && memcmp(s1, s2, sizeof(double) * n * 2 * 128) == 0,
           "rn_conv_forward_stats: not Winograd's output and statistics");
-    rn_bn_sums b1 = {dy, x, s1, 1.0f, 1, NULL, NULL}, b2 = b1;
+    rn_bn_sums b1 = {dy, x, s1, 1.0f, 1, NULL}, b2 = b1;
     b2.sums = s2;
     CHECK(rn_conv_backward_bn(&d, n, x, wt, dy, dx1, 0, dw1, ws, &b1) == 1, "rn_conv_backward_bn: sums not reported");
     rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx2, 0, dw2, ws2, rn_blas_threads(), &b2);
@@ -437,7 +424,7 @@ static void dyn_paths(void) {
         y[dyn] = nanbuf(ny), dx[dyn] = nanbuf(nx), dw[dyn] = calloc(nw, 4);
         st[dyn] = malloc(sizeof(double) * n * 2 * 176), bs[dyn] = malloc(sizeof(double) * n * 2 * 144);
         rn_conv_wino_forward_ep(&d, n, x, wt, y[dyn], ws, T, st[dyn], NULL);
-        rn_bn_sums b = {NULL, x, bs[dyn], 1.0f, 0, NULL, NULL};
+        rn_bn_sums b = {NULL, x, bs[dyn], 1.0f, 0, NULL};
         rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx[dyn], 0, dw[dyn], ws, T, &b);
       }
       CHECK(memcmp(y[0], y[1], ny * 4) == 0 && memcmp(st[0], st[1], sizeof(double) * n * 2 * 176) == 0 &&

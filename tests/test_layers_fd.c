@@ -751,7 +751,7 @@ static void test_bn_add_stream(int m, int c, float scale, int relu, int spre, in
       if (inplace) memcpy(dst, s, n * 4);
       else for (size_t i = 0; i < n; i++) dst[i] = NAN;
       rn_bn_set_add_stream_mb(on ? 1 : 0);
-      rn_bn_add_apply(&d, m, x, sc, sh, inplace ? dst : s, scale, dst, spre ? &sp : NULL, NULL);
+      rn_bn_add_apply(&d, m, x, sc, sh, inplace ? dst : s, scale, dst, spre ? &sp : NULL);
     }
     ok &= same_bits(r, o, n);
   }
@@ -761,66 +761,6 @@ static void test_bn_add_stream(int m, int c, float scale, int relu, int spre, in
   CHECK(ok && (!relu || zeros > n / 10), "BN+add streaming stores m=%d c=%d scale=%g relu=%d spre=%d threads=%d: differ from "
         "plain stores", m, c, scale, relu, spre, threads);
   free(x), free(s), free(sc), free(sh), free(ssc), free(ssh), free(ref), free(y);
-}
-
-/* ReLU mask bits of the fused BN+add (mbits): the training, eval and coefficient forwards write
- * bit j % 16 of word (i * c + j) / 16 = (y > 0), with plain and streaming stores of y; the training and eval backwards with the bits and y =
- * NULL give the bits of the backwards that read y: ds (written, written over dy, accumulated: the
- * dx pass then masks dy itself), dx (=, +=), dgamma, dbeta and the lazy shortcut BN's sums; scales
- * 1/0/0.7, several row groups and threads. */
-static void test_bn_add_mbits(int m, int c, float scale, int threads) {
-  rn_blas_set_threads(threads);
-  const size_t n = (size_t)m * c, nw = n / 16 + 1;
-  rn_bn_desc d = {c, 0.1f, 1e-5f, 1};
-  float *x = randf(n, 601, -1.5f, 1.5f), *s = randf(n, 602, -1, 1), *dy = randf(n, 603, -1, 1);
-  float *g = randf(c, 604, 0.5f, 1.5f), *b = randf(c, 605, -0.5f, 0.5f), *sx = randf(n, 606, -2, 2);
-  float *bs = randf(n, 607, -1, 1), *bx = randf(n, 608, -1, 1), *sc = randf(c, 609, -1, 1), *sh = randf(c, 610, -1, 1);
-  float *rm = calloc(c, 4), *rv = malloc(c * 4), *save = malloc(2 * c * 4), *y = malloc(n * 4), *y2 = malloc(n * 4);
-  uint16_t *w = malloc(nw * 2), *w2 = malloc(nw * 2);
-  for (int j = 0; j < c; j++) rv[j] = 1;
-  int ok = 1;
-  size_t zeros = 0;
-  for (int f = 0; f < 6; f++) { /* train, eval, apply; then again with streaming stores above 1 MB */
-    memset(w, 0xA5, nw * 2);
-    rn_bn_set_add_stream_mb(f < 3 ? 0 : 1);
-    if (f % 3 == 0) rn_bn_add_forward_train(&d, m, x, g, b, rm, rv, save, 0, NULL, s, scale, y2, NULL, w);
-    else if (f % 3 == 1) rn_bn_add_forward_eval(&d, m, x, g, b, rm, rv, s, scale, y2, NULL, w);
-    else rn_bn_add_apply(&d, m, x, sc, sh, s, scale, y2, NULL, w);
-    for (size_t i = 0; i < n; i++) ok &= ((w[i / 16] >> (i % 16)) & 1) == (y2[i] > 0.0f);
-    if (f == 0) memcpy(y, y2, n * 4), memcpy(w2, w, nw * 2);
-  }
-  rn_bn_set_add_stream_mb(-1);
-  for (size_t i = 0; i < n; i++) zeros += y[i] == 0.0f;
-  float *ds[2], *dx[2], *dg[2], *db[2];
-  double *ss[2];
-  for (int e = 0; e < 2; e++)
-    ds[e] = malloc(n * 4), dx[e] = malloc(n * 4), dg[e] = malloc(c * 4), db[e] = malloc(c * 4),
-    ss[e] = malloc(2 * (size_t)c * sizeof(double));
-  /* v: 0 ds written, 1 ds over dy, 2 ds accumulated, 3 with dx accumulated, 4 the lazy shortcut's
-   * sums; eval: 0-3 */
-  for (int eval = 0; eval < 2; eval++)
-    for (int v = 0; v < (eval ? 4 : 5); v++) {
-      for (int on = 0; on < 2; on++) {
-        float *gy = v == 1 ? ds[on] : dy;
-        memcpy(ds[on], v == 2 ? bs : dy, n * 4), memcpy(dx[on], bx, n * 4);
-        for (int j = 0; j < c; j++) dg[on][j] = 0, db[on][j] = 0;
-        const float *yy = on ? NULL : y;
-        const uint16_t *mb = on ? w2 : NULL;
-        if (eval)
-          rn_bn_add_backward_eval(&d, m, x, yy, g, rm, rv, gy, scale, ds[on], v == 2, dx[on], v == 3, dg[on], db[on], mb);
-        else
-          rn_bn_add_backward_train(&d, m, x, yy, g, save, gy, scale, ds[on], v == 2, dx[on], v == 3, dg[on], db[on],
-                                   v == 4 ? sx : NULL, v == 4 ? ss[on] : NULL, mb);
-      }
-      ok &= same_bits(ds[0], ds[1], n) && same_bits(dx[0], dx[1], n) && same_bits(dg[0], dg[1], c) &&
-            same_bits(db[0], db[1], c);
-      if (v == 4) ok &= !memcmp(ss[0], ss[1], 2 * (size_t)c * sizeof(double));
-    }
-  CHECK(ok && zeros > n / 10 && zeros < n - n / 10, "BN+add ReLU mask bits m=%d c=%d scale=%g threads=%d: bits or "
-        "backward differ from the output's mask (%zu zeros of %zu)", m, c, scale, threads, zeros, n);
-  free(x), free(s), free(dy), free(g), free(b), free(sx), free(bs), free(bx), free(sc), free(sh), free(rm), free(rv);
-  free(save), free(y), free(y2), free(w), free(w2);
-  for (int e = 0; e < 2; e++) free(ds[e]), free(dx[e]), free(dg[e]), free(db[e]), free(ss[e]);
 }
 
 static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale, int relu) {
@@ -848,21 +788,21 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
     if (eval) {
       rn_bn_forward_eval(&d0, m, x, g, b, rm, rv, z);
-      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sc, scale, y1, NULL, NULL);
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sc, scale, y1, NULL);
     } else if (use_stats) {
       rn_bn_forward_train_stats(&d0, m, x, g, b, rm0, rv0, s0, z, nimg, st);
-      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, nimg, st, sc, scale, y1, NULL, NULL);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, nimg, st, sc, scale, y1, NULL);
     } else {
       rn_bn_forward_train(&d0, m, x, g, b, rm0, rv0, s0, z);
-      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sc, scale, y1, NULL, NULL);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sc, scale, y1, NULL);
     }
     if (!eval) ok &= same_bits(s0, s1, 2 * c) && same_bits(rm0, rm1, c) && same_bits(rv0, rv1, c);
     rn_add_forward((int64_t)n, sc, z, scale, relu, y0);
     ok &= same_bits(y0, y1, n);
   }
   memcpy(w, sc, n * 4); /* output over the shortcut input (the model's in-place add) */
-  if (eval) rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, w, scale, w, NULL, NULL);
-  else rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, w, scale, w, NULL, NULL);
+  if (eval) rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, w, scale, w, NULL);
+  else rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, w, scale, w, NULL);
   ok &= same_bits(w, y0, n);
   size_t zeros = 0;
   for (size_t i = 0; i < n; i++) zeros += y1[i] == 0.0f;
@@ -873,10 +813,10 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     rn_add_backward((int64_t)n, relu ? y0 : NULL, dy, scale, ds0, as, gb, 0);
     if (eval) {
       rn_bn_backward_eval(&d0, m, x, NULL, g, rm, rv, gb, dx0, ax, dg0, db0);
-      rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, dy, scale, ds1, as, dx1, ax, dg1, db1, NULL);
+      rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, dy, scale, ds1, as, dx1, ax, dg1, db1);
     } else {
       rn_bn_backward_train(&d0, m, x, NULL, g, s0, gb, dx0, ax, dg0, db0);
-      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds1, as, dx1, ax, dg1, db1, NULL, NULL, NULL);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds1, as, dx1, ax, dg1, db1, NULL, NULL);
     }
     ok &= same_bits(ds0, ds1, n) && same_bits(dx0, dx1, n) && same_bits(dg0, dg1, c) && same_bits(db0, db1, c);
   }
@@ -885,18 +825,18 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
   rn_add_backward((int64_t)n, relu ? y0 : NULL, dy, scale, ds0, 0, gb, 0);
   if (eval) {
     rn_bn_backward_eval(&d0, m, x, NULL, g, rm, rv, gb, dx0, 0, NULL, NULL);
-    rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, w, scale, w, 0, dx1, 0, NULL, NULL, NULL);
+    rn_bn_add_backward_eval(&d1, m, x, y1, g, rm, rv, w, scale, w, 0, dx1, 0, NULL, NULL);
   } else {
     rn_bn_backward_train(&d0, m, x, NULL, g, s0, gb, dx0, 0, NULL, NULL);
-    rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL, NULL, NULL, NULL);
+    rn_bn_add_backward_train(&d1, m, x, y1, g, s1, w, scale, w, 0, dx1, 0, NULL, NULL, NULL, NULL);
   }
   ok &= same_bits(w, ds0, n) && same_bits(dx0, dx1, n);
   /* and dx written over x as well (the model's gradient over its dead input, RN_DX_OVER_X) */
   {
     float *xx = malloc(n * 4);
     memcpy(w, dy, n * 4), memcpy(xx, x, n * 4);
-    if (eval) rn_bn_add_backward_eval(&d1, m, xx, y1, g, rm, rv, w, scale, w, 0, xx, 0, NULL, NULL, NULL);
-    else rn_bn_add_backward_train(&d1, m, xx, y1, g, s1, w, scale, w, 0, xx, 0, NULL, NULL, NULL, NULL, NULL);
+    if (eval) rn_bn_add_backward_eval(&d1, m, xx, y1, g, rm, rv, w, scale, w, 0, xx, 0, NULL, NULL);
+    else rn_bn_add_backward_train(&d1, m, xx, y1, g, s1, w, scale, w, 0, xx, 0, NULL, NULL, NULL, NULL);
     ok &= same_bits(w, ds0, n) && same_bits(xx, dx0, n);
     free(xx);
   }
@@ -914,21 +854,21 @@ static void test_bn_add_bitwise(int m, int c, int eval, int threads, float scale
     rn_bn_apply(&d0, m, sx, ssc, ssh, st0); /* the BN output the add would read */
     memcpy(rm0, rm, c * 4), memcpy(rv0, rv, c * 4), memcpy(rm1, rm, c * 4), memcpy(rv1, rv, c * 4);
     if (eval) {
-      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, st0, scale, y0, NULL, NULL);
-      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sx, scale, y1, &sp, NULL);
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, st0, scale, y0, NULL);
+      rn_bn_add_forward_eval(&d1, m, x, g, b, rm, rv, sx, scale, y1, &sp);
     } else {
-      rn_bn_add_forward_train(&d1, m, x, g, b, rm0, rv0, s0, 0, NULL, st0, scale, y0, NULL, NULL);
-      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sx, scale, y1, &sp, NULL);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm0, rv0, s0, 0, NULL, st0, scale, y0, NULL);
+      rn_bn_add_forward_train(&d1, m, x, g, b, rm1, rv1, s1, 0, NULL, sx, scale, y1, &sp);
       lazy_ok &= same_bits(s0, s1, 2 * c);
-      rn_bn_add_apply(&d1, m, x, s1, s1 + c, sx, scale, w, &sp, NULL); /* s1: any coefficients will do */
-      rn_bn_add_apply(&d1, m, x, s1, s1 + c, st0, scale, z, NULL, NULL);
+      rn_bn_add_apply(&d1, m, x, s1, s1 + c, sx, scale, w, &sp); /* s1: any coefficients will do */
+      rn_bn_add_apply(&d1, m, x, s1, s1 + c, st0, scale, z, NULL);
       lazy_ok &= same_bits(w, z, n);
     }
     lazy_ok &= same_bits(y0, y1, n);
     if (!eval) {
       memcpy(ds0, dy, n * 4), memcpy(ds1, dy, n * 4);
-      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds0, 0, dx0, 0, NULL, NULL, NULL, NULL, NULL);
-      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, ds1, scale, ds1, 0, dx1, 0, NULL, NULL, sx, ssums, NULL);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, dy, scale, ds0, 0, dx0, 0, NULL, NULL, NULL, NULL);
+      rn_bn_add_backward_train(&d1, m, x, y1, g, s1, ds1, scale, ds1, 0, dx1, 0, NULL, NULL, sx, ssums);
       lazy_ok &= same_bits(ds0, ds1, n) && same_bits(dx0, dx1, n);
       rn_bn_backward_train(&d0, m, sx, NULL, sg, ssave, ds0, sdx0, 0, sdg0, sdb0);
       rn_bn_backward_train_sums(&d0, m, sx, NULL, sg, ssave, ds1, sdx1, 0, sdg1, sdb1, 1, ssums, 0);
@@ -1122,11 +1062,6 @@ int main(int argc, char **argv) {
         test_bn_add_bitwise(40, 517, 0, t, scales[i], relu); /* a 512-channel block, then 5 */
         test_bn_add_stream(20000, 32, scales[i], relu, i & 1, t); /* 2.6 MB: above the 1 MB set */
         test_bn_add_stream(9000, 40, scales[i], relu, 0, t);      /* channels not a multiple of 16 */
-        if (relu) {
-          test_bn_add_mbits(3000, 16, scales[i], t); /* threaded, several row groups */
-          test_bn_add_mbits(40, 528, scales[i], t);  /* a 512-channel block (256 with the shortcut's sums), then 16 */
-          test_bn_add_mbits(20000, 32, scales[i], t); /* 2.6 MB: streamed with the 1 MB set there */
-        }
       }
   test_shortcut(4, 8, 7, 7, 2, 2);
   test_shortcut(5, 8, 6, 5, 1, 2);

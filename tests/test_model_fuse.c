@@ -429,76 +429,6 @@ static void add_stream_case(void) {
   free(g[0]), free(g[1]), free(st[0]), free(st[1]);
 }
 
-/* ReLU mask bits (rn_model_set_relu_bits): the fused BN+add nodes keep their masks as bits and
- * their backward reads those instead of their outputs, which the plan then frees earlier. A model
- * planned with them against one planned without, ResNet-50 at 96 x 96 b4 (16 such nodes, some of
- * their outputs replayed) and CIFAR ResNet-20 b8 (9): two training steps with an SGD update in
- * between, then an eval forward and its backward (the eval BN backward), bitwise the same (losses,
- * gradients, parameters and running statistics); the all-kept arena no larger with them. */
-static void relu_bits_case(const char *arch, int hw, int batch, int want) {
-  rn_model_config c;
-  rn_err e = {0};
-  rn_model_config_default(&c);
-  rn_model_config_arch(&c, arch, NULL);
-  c.in_h = c.in_w = hw, c.num_classes = 5;
-  float *g[2][2], *st[2];
-  double loss[2][3];
-  int nb[2], nrep[2];
-  size_t arena[2][2], ntrain = 0, ntotal = 0;
-  for (int v = 0; v < 2; v++) {
-    rn_model m;
-    int prev = rn_model_set_relu_bits(v);
-    int prc = rn_model_set_recompute(0);
-    int bad = rn_model_build(&m, &c, batch, &e);
-    if (!bad) arena[v][0] = m.act_floats, rn_model_free(&m);
-    rn_model_set_recompute(prc);
-    bad = bad || rn_model_build(&m, &c, batch, &e);
-    rn_model_set_relu_bits(prev);
-    if (bad) {
-      CHECK(0, "relu bits %s: %s", arch, e.msg);
-      return;
-    }
-    arena[v][1] = m.act_floats, nrep[v] = m.nreplay, nb[v] = 0;
-    for (int k = 0; k < m.nnodes; k++) nb[v] += m.nodes[k].mbits;
-    rn_model_init(&m, 6);
-    rn_rng r = rn_rng_make(rn_key(6, 6, 6, 6));
-    int32_t labels[8];
-    for (int i = 0; i < batch; i++) labels[i] = (int32_t)rn_rng_below(&r, 5);
-    const size_t nin = (size_t)batch * hw * hw * 3;
-    float *x = rn_model_input(&m);
-    for (size_t i = 0; i < nin; i++) x[i] = rn_rng_normal(&r);
-    rn_model_zero_grad(&m);
-    for (int s = 0; s < 2; s++) {
-      rn_model_forward(&m, batch, 1);
-      loss[v][s] = rn_model_loss(&m, batch, labels, 0.0f, NULL, NULL);
-      rn_model_backward(&m, batch, NULL, NULL);
-      if (s == 0) rn_sgd_step(&m, 0.05f, 0.9f, 1e-4f, 0);
-    }
-    ntrain = m.ntrain, ntotal = m.ntotal;
-    g[v][0] = malloc(ntrain * sizeof(float)), st[v] = malloc(ntotal * sizeof(float));
-    memcpy(g[v][0], m.grad, ntrain * sizeof(float)), memcpy(st[v], m.param, ntotal * sizeof(float));
-    rn_model_zero_grad(&m);
-    rn_model_forward(&m, batch, 0);
-    loss[v][2] = rn_model_loss(&m, batch, labels, 0.0f, NULL, NULL);
-    rn_model_backward(&m, batch, NULL, NULL);
-    g[v][1] = malloc(ntrain * sizeof(float));
-    memcpy(g[v][1], m.grad, ntrain * sizeof(float));
-    rn_model_free(&m);
-  }
-  CHECK(nb[0] == 0 && nb[1] == want, "relu bits %s: %d nodes with mask bits (off) and %d (on), want 0 and %d", arch, nb[0],
-        nb[1], want);
-  CHECK(arena[1][0] <= arena[0][0], "relu bits %s: the all-kept arena grew with them (%zu > %zu floats)", arch,
-        arena[1][0], arena[0][0]);
-  CHECK(!memcmp(loss[0], loss[1], sizeof loss[0]) && !memcmp(g[0][0], g[1][0], ntrain * sizeof(float)) &&
-            !memcmp(g[0][1], g[1][1], ntrain * sizeof(float)) && !memcmp(st[0], st[1], ntotal * sizeof(float)),
-        "relu bits %s: the runs with and without them differ (losses %.9g %.9g, eval %.9g %.9g)", arch, loss[0][1],
-        loss[1][1], loss[0][2], loss[1][2]);
-  printf("relu bits %s %dx%d b%d: %d nodes, %d / %d replays, all-kept arena %.1f / %.1f MB (off / on), bitwise the "
-         "same (loss %.6f, eval %.6f)\n", arch, hw, hw, batch, nb[1], nrep[0], nrep[1], arena[0][0] * 4e-6,
-         arena[1][0] * 4e-6, loss[1][1], loss[1][2]);
-  for (int v = 0; v < 2; v++) free(g[v][0]), free(g[v][1]), free(st[v]);
-}
-
 /* A Winograd layer reads its BN's output lazily also where the direct kernel's width rules would
  * put its dW on the GEMM (rn_conv_set_wino_pre_any; ResNet-50's 256@14 and 512@7, here at 96x96
  * layers 2-4's 12-, 6- and 3-wide 3x3 layers). Runs of ResNet-50 96x96 b4, the default plan
@@ -667,10 +597,6 @@ int main(void) {
     if (j < sizeof cases / sizeof cases[0]) budget_case(&cases[j]);
   }
   add_stream_case();
-  relu_bits_case("resnet50", 96, 4, 16);
-  relu_bits_case("cifar-resnet20", 32, 8, 9);
-  prev = rn_model_set_relu_bits(0);
-  CHECK(rn_model_set_relu_bits(1) == 0 && rn_model_set_relu_bits(prev) == 1, "rn_model_set_relu_bits round trip");
   wino_pre_case();
   double pmb = rn_model_set_recompute_mb(5);
   CHECK(rn_model_set_recompute_mb(0) == 5 && rn_model_set_recompute_mb(pmb) == 0, "rn_model_set_recompute_mb round trip");

@@ -72,9 +72,6 @@ typedef struct {
    * the x passed to rn_conv_backward_bn is the BN's input (bn->x), the dW pass applies pre to it,
    * and the mask (mask NULL) is [x * sc + sh > 0] when pre->relu. dW and dx must both be direct. */
   const rn_conv_pre *pre;
-  /* Non-NULL (mask NULL): the mask as bits, one per element of the BN+add's output (16 channels per
-   * word, channels a multiple of 16; see rn_bn_add_forward_train), read instead of the output. */
-  const uint16_t *mbits;
 } rn_bn_sums;
 /* rn_conv_backward, and when dx runs on the direct kernel or Winograd (rn_conv_wino_bn) also the
  * sums of bn (see rn_bn_sums): returns 1 if they were filled, 0 if not (dx on the GEMM path, or no
@@ -280,32 +277,28 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
  * of rn_add_backward followed by the BN backward); the BN output is never stored: the forward is
  * one pass over x, s and y instead of two passes (BN, add). y may alias s, not x.
  * Training forward: stats as rn_bn_forward_train_stats (nimg images' sums) or NULL (own pass). */
-/* mbits (NULL: none; needs d->relu and c % 16 == 0): the forwards also write the ReLU mask as bits,
- * bit j % 16 of mbits[(i * c + j) / 16] = (y[i][j] > 0), m * c / 16 words, which the backwards read
- * (their mbits) in place of y: 1/32 of y's bytes.
- * spre (NULL: none): the shortcut s is the input of a lazy BN without ReLU (a projection shortcut's
+/* spre (NULL: none): the shortcut s is the input of a lazy BN without ReLU (a projection shortcut's
  * BN, rn_node.lazy = 3) whose output is never stored: s' = s * spre->sc + spre->sh (FMA), the bits
  * of that BN's output, takes the place of s. */
 void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                              float *run_mean, float *run_var, float *save, int nimg, const double *stats,
-                             const float *s, float scale, float *y, const rn_conv_pre *spre, uint16_t *mbits);
+                             const float *s, float scale, float *y, const rn_conv_pre *spre);
 void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                             const float *run_mean, const float *run_var, const float *s, float scale, float *y,
-                            const rn_conv_pre *spre, uint16_t *mbits);
+                            const rn_conv_pre *spre);
 /* y = [relu](s + scale*(x * sc + sh)) with the coefficients of rn_bn_forward_train_coef (same
  * statistics): the bits of rn_bn_add_forward_train's output. y may alias s, not x. */
 void rn_bn_add_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
-                     float scale, float *y, const rn_conv_pre *spre, uint16_t *mbits);
+                     float scale, float *y, const rn_conv_pre *spre);
 /* Backward: dy is d(loss)/dy; writes the shortcut gradient ds (= masked dy; += with acc_s; ds may
  * alias dy when !acc_s) and the BN input gradient dx (+= with acc), and adds dgamma, dbeta. y is
- * read as the ReLU mask when d->relu, or (mbits, then y may be NULL) the forward's mask bits. ssums (NULL: none; needs ds, !acc_s): also the backward
+ * read as the ReLU mask when d->relu. ssums (NULL: none; needs ds, !acc_s): also the backward
  * channel sums of a BN whose input is sx and whose output gradient is ds (the lazy projection BN
  * of spre), ssums[0..c) = sum ds, [c..2c) = sum ds*sx, the bits rn_bn_backward_train's own pass
  * gives (for rn_bn_backward_train_sums with nimg = 1). */
 void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                               const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
-                              int acc, float *dgamma, float *dbeta, const float *sx, double *ssums,
-                              const uint16_t *mbits);
+                              int acc, float *dgamma, float *dbeta, const float *sx, double *ssums);
 /* The training backward with the channel sums of gb computed per image by the convolution that
  * reads y (rn_conv_backward_bn with store_masked: dy already holds g); ds must be dy (!acc_s), so the
  * shortcut gradient is already in place and only the dx pass runs. */
@@ -314,7 +307,7 @@ void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *
                                    float *dbeta, int nimg, const double *sums);
 void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                              const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
-                             int acc_s, float *dx, int acc, float *dgamma, float *dbeta, const uint16_t *mbits);
+                             int acc_s, float *dx, int acc, float *dgamma, float *dbeta);
 
 /* ---------------- ReLU (count = n*h*w*c); y may alias x ---------------- */
 void rn_relu_forward(int64_t count, const float *x, float *y);

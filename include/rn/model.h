@@ -68,11 +68,6 @@ typedef struct {
   float survival;   /* ADD: survival probability of the branch (1 = always) */
   float scale;      /* ADD: branch scale used by the last forward (0, 1 or 1/p) */
   size_t save_off;  /* per-node saved state (BN mean/invstd, maxpool argmax) in the save arena */
-  int mbits;        /* ADD (bn_add with ReLU, channels a multiple of 16; rn_model_set_relu_bits): the
-                       forward also writes the ReLU mask as bits at m->save + mb_off (1/32 of the
-                       output), which the backward reads instead of the output: the output is not
-                       kept (or replayed) for this node's backward */
-  size_t mb_off;
   int acc_in, acc_in2; /* backward: 1 = add into d(in)/d(in2) (an earlier backward node wrote it) */
   int relu;         /* BN, ADD: a following ReLU is fused into this node (out = the ReLU's output;
                        backward masks with out > 0); set by the fusion pass at build time */
@@ -207,14 +202,6 @@ double rn_model_recompute_all_mb(const rn_model *m);
  * 0 = a separate buffer. -1 = the environment variable RN_DX_OVER_X (read once; "0" = off, anything
  * else or unset = on). Returns the previous setting. */
 int rn_model_set_dx_over_input(int on);
-/* The ReLU mask of the fused BN+add nodes (applies to models built afterwards): 1 = their forward
- * also stores it as bits (1/32 of the output's bytes, in the save arena) and their backward reads
- * those instead of the output, so the backward streams one tensor less and the output's buffer is
- * free after its last other reader (the next block's convolutions). Channels must be a multiple of
- * 16 (the others keep reading the output). The same bits either way. 0 = read the output. -1 = the
- * environment variable RN_RELU_BITS (read once; "0" = off, anything else or unset = on). Returns
- * the previous setting. */
-int rn_model_set_relu_bits(int on);
 /* Builds the graph for c, plans all arenas for `batch`, allocates them once. */
 rn_status rn_model_build(rn_model *m, const rn_model_config *c, int batch, rn_err *e);
 void rn_model_free(rn_model *m);

@@ -81,7 +81,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
          "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
-         "                      direct-dyn|add-stream|wino-pre|relu-bits|tile74|sweep1]\n"
+         "                      direct-dyn|add-stream|wino-pre|tile74|sweep1]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -103,10 +103,10 @@ static void usage(void) {
          "fall on both; prints each setting's median step and the median of the on/off ratios of\n"
          "neighbouring steps (--steps per setting); with --layers 1 also both settings' per-layer\n"
          "medians: totals and the 12 layers that moved most\n"
-         "(for wino-bn, dx-over-x, wino-pre, relu-bits and recompute-mb, whose off setting is a second\n"
-         "model, where its layers are the same; such two-model A/Bs carry a bias of their own: an A/A of\n"
-         "two identical ResNet-50 plans gave the on model's non-conv layers 0.91-0.99 of the off model's\n"
-         "time, so confirm their figures with alternating processes).\n"
+         "(for wino-bn, dx-over-x, wino-pre and recompute-mb, whose off setting is a second model, where\n"
+         "its layers are the same; such two-model A/Bs carry a bias of their own: an A/A of two identical\n"
+         "ResNet-50 plans gave the on model's non-conv layers 0.91-0.99 of the off model's time, so\n"
+         "confirm their figures with alternating processes: scripts/bench_pairs.sh).\n"
          "Switches: narrow, ksplit (as above), gemm-par (our threading of GEMMs; off = BLIS's), wino\n"
          "(Winograd 3x3 convolutions; off = the direct kernel on the same plan, which applies the same\n"
          "lazy BNs), wino-small (Winograd's small-channel path for layers of at most 64 channels; off =\n"
@@ -131,8 +131,6 @@ static void usage(void) {
          "wino-pre: a Winograd layer reads its BN's output lazily also where the direct kernel's width\n"
          "rules would put its dW on the GEMM (ResNet-50's 256@14 and 512@7: no BN+ReLU pass, no replay;\n"
          "off = a second model planned with RN_WINO_PRE_ANY=0, where those BN outputs are stored, as wino-bn).\n"
-         "relu-bits: the fused BN+add nodes keep their ReLU masks as bits, which their backward reads\n"
-         "instead of their outputs (off = a second model planned with RN_RELU_BITS=0, as wino-bn).\n"
          "tile74: 7 x 4 tiles for the 1x1 stride-1 passes over 1024k input channels on 14k-wide lines\n"
          "(off = 14 x 2 tiles, whose 14 input lines, 4 KB apart, evict each other in L1; RN_CONV_T74=0);\n"
          "with sweep1 on, only where sweep1 does not apply (none of ResNet-50's: layer3's conv1 forward\n"
@@ -206,11 +204,11 @@ int main(int argc, char **argv) {
       if (strcmp(v, "narrow") && strcmp(v, "ksplit") && strcmp(v, "gemm-par") && strcmp(v, "wino") && strcmp(v, "wino-small") && strcmp(v, "wino-bn") &&
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
           strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
-          strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre") && strcmp(v, "relu-bits") &&
+          strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre") &&
           strcmp(v, "tile74") && strcmp(v, "sweep1"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
-                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre, relu-bits, "
+                        "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre, "
                         "tile74, sweep1)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
@@ -234,7 +232,7 @@ int main(int argc, char **argv) {
                    * model planned with it off */
   memset(&m, 0, sizeof m), memset(&m0, 0, sizeof m0);
   const int two = ab && (!strcmp(ab, "wino-bn") || !strcmp(ab, "dx-over-x") || !strcmp(ab, "recompute-mb") ||
-                         !strcmp(ab, "wino-pre") || !strcmp(ab, "relu-bits"));
+                         !strcmp(ab, "wino-pre"));
   if (!st && recompute_mb >= 0) rn_model_set_recompute_mb(recompute_mb);
   if (!st && two && !strcmp(ab, "recompute-mb") && !(recompute_mb > 0))
     st = rn_err_set(&e, RN_EINVAL, "option ab: recompute-mb compares --recompute-mb 0 with a budget: give --recompute-mb MB > 0");
@@ -254,10 +252,6 @@ int main(int argc, char **argv) {
       rn_model_set_recompute_mb(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
       rn_model_set_recompute_mb(recompute_mb);
-    } else if (two && !strcmp(ab, "relu-bits")) {
-      const int prev = rn_model_set_relu_bits(0);
-      st = rn_model_build(&m0, &mc, (int)batch, &e);
-      rn_model_set_relu_bits(prev);
     } else if (two) {
       const int prev = rn_model_set_dx_over_input(0);
       st = rn_model_build(&m0, &mc, (int)batch, &e);
@@ -490,13 +484,6 @@ int main(int argc, char **argv) {
           if (nd)
             printf("ab %s nodes planned differently (lazy BN or its reader): %d, %.1f -> %.1f ms (%.3f)\n", ab, nd,
                    sd[0] * 1e3, sd[1] * 1e3, sd[1] / sd[0]);
-          double sb[2] = {0, 0};
-          int nb = 0;
-          for (size_t k = 0; k < nn; k++)
-            if (m0.nodes[k].mbits != m.nodes[k].mbits) nb++, sb[0] += med[0][k], sb[1] += med[1][k];
-          if (nb)
-            printf("ab %s nodes with ReLU mask bits: %d, %.1f -> %.1f ms (%.3f)\n", ab, nb, sb[0] * 1e3, sb[1] * 1e3,
-                   sb[1] / sb[0]);
         }
         if (!strcmp(ab, "tile74") || !strcmp(ab, "sweep1")) { /* the convolutions it applies to, against the others */
           double sd[2][2] = {{0, 0}, {0, 0}}; /* [other/applies][off/on] */

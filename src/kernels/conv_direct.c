@@ -317,7 +317,6 @@ AI void stat_flush(double *st, int Co, int ch0, const __m512d *s) {
 static __thread double *t_bsum;
 static __thread const float *t_bmask, *t_bx, *t_obase;
 static __thread const rn_conv_pre *t_bpre; /* the mask is [x * sc + sh > 0] (pre->relu) instead */
-static __thread const uint16_t *t_bbits;   /* or the mask's bits (one word per 16 channels; t_bmask NULL) */
 static __thread float t_bscale; /* gb = g (1), 0 (0) or scale*g (a BN+add's branch scale) */
 static __thread int t_bstore;   /* store g (masked) instead of v */
 /* Returns the value to store (v, or g with t_bstore). */
@@ -327,8 +326,6 @@ AI __m512 bsum_add(const __m512 vin, const float *o, int ch, __m512d *s) {
   const __m512 xv = _mm512_loadu_ps(t_bx + off);
   if (t_bmask)
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(t_bmask + off), _mm512_setzero_ps(), _CMP_GT_OQ), v);
-  else if (t_bbits) /* (off % 16 == 0: channel blocks of 16) */
-    v = _mm512_maskz_mov_ps((__mmask16)t_bbits[off >> 4], v);
   else if (t_bpre && t_bpre->relu) /* the BN's output y = max(0, x * sc + sh): y > 0 iff x * sc + sh > 0 */
     v = _mm512_maskz_mov_ps(
         _mm512_cmp_ps_mask(_mm512_fmadd_ps(xv, _mm512_loadu_ps(t_bpre->sc + ch), _mm512_loadu_ps(t_bpre->sh + ch)),
@@ -355,7 +352,6 @@ AI void bsum_prefetch(const float *yl, int ox0, int cb0, int Co, const int NB, c
     for (int c = 0; c < NC; c++) {
       const size_t off = (size_t)(yl + (size_t)(ox0 + j) * Co + (size_t)(cb0 + c) * 16 - t_obase);
       if (t_bmask) _mm_prefetch((const char *)(t_bmask + off), _MM_HINT_T0);
-      else if (t_bbits && c == 0) _mm_prefetch((const char *)(t_bbits + (off >> 4)), _MM_HINT_T0);
       _mm_prefetch((const char *)(t_bx + off), _MM_HINT_T0);
     }
 }
@@ -749,7 +745,6 @@ static void epi_set(const img_epi *e, int j) {
   if (e->bn) {
     t_bsum = e->bn->sums + (size_t)j * 2 * e->c;
     t_bmask = e->bn->mask ? e->bn->mask + (size_t)j * e->xin : NULL;
-    t_bbits = e->bn->mbits ? e->bn->mbits + (size_t)j * (e->xin >> 4) : NULL;
     t_bpre = e->bn->pre;
     t_bx = e->bn->x + (size_t)j * e->xin;
     t_obase = e->dx + (size_t)j * e->xin;
@@ -1155,7 +1150,6 @@ static void bsum_image(const rn_bn_sums *bn, int j, int C, size_t xin, float *dx
   t_bsum = bn->sums + (size_t)j * 2 * C;
   memset(t_bsum, 0, 2 * (size_t)C * sizeof(double));
   t_bmask = bn->mask ? bn->mask + (size_t)j * xin : NULL;
-  t_bbits = bn->mbits ? bn->mbits + (size_t)j * (xin >> 4) : NULL;
   t_bpre = bn->pre;
   t_bx = bn->x + (size_t)j * xin;
   t_obase = dx + (size_t)j * xin;

@@ -247,8 +247,6 @@ AI V16 ep_value(const wep *ep, V16 v, const float *p, const float *y, int c0, __
   const V16 xv = _mm512_loadu_ps(bn->x + off), vin = v;
   if (bn->mask)
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(bn->mask + off), _mm512_setzero_ps(), _CMP_GT_OQ), v);
-  else if (bn->mbits) /* (off % 16 == 0) */
-    v = _mm512_maskz_mov_ps((__mmask16)bn->mbits[off >> 4], v);
   else if (bn->pre && bn->pre->relu) /* y = max(0, x * sc + sh) > 0 iff x * sc + sh > 0 */
     v = _mm512_maskz_mov_ps(
         _mm512_cmp_ps_mask(_mm512_fmadd_ps(xv, _mm512_loadu_ps(bn->pre->sc + c0), _mm512_loadu_ps(bn->pre->sh + c0)),

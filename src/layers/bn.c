@@ -458,12 +458,7 @@ void rn_bn_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const f
  * the BN's dy. The channel-sum pass computes g and gb on the fly, writes ds and sums gb, gb*x in the
  * BN's fixed order; the dx pass takes g back from ds (or from dy and y when ds was accumulated
  * into). Every value is the one the add and BN backward compute, so results are bitwise those of
- * the separate nodes.
- * ReLU mask bits (mbits, channels a multiple of 16): the forward also stores (y > 0) as one bit per
- * element, 16 channels per word (one compare-to-mask per vector), and the backward takes its mask
- * from them instead of from y: the channel-sum pass reads 1/32 of y's bytes instead of y (ResNet-50
- * b32: 22 MB of bits for its 16 block outputs, 706 MB), and the model need not keep or replay y for
- * this node (rn_node.mbits). */
+ * the separate nodes. */
 
 /* gb from g: mode 0 = scale 1, 1 = scale 0, 2 = scale*g */
 static int scale_mode(float scale) { return scale == 1.0f ? 0 : scale == 0.0f ? 1 : 2; }
@@ -472,7 +467,7 @@ static inline __attribute__((always_inline)) void sums_rows_add(int c, int64_t r
                                                                 const float *mask, const float *x, float scale,
                                                                 int mode, float *ds, int acc_s, double *p1,
                                                                 double *p2, const float *sx, double *p3, double *p4,
-                                                                const int has_s, const uint16_t *mb) {
+                                                                const int has_s) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
   /* row by row with L1 accumulators per block of CB channels, as sums_rows */
   const __m256 vs = _mm256_set1_ps(scale);
@@ -502,8 +497,7 @@ static inline __attribute__((always_inline)) void sums_rows_add(int c, int64_t r
             if (has_s) _mm_prefetch((const char *)(sx + o + pf), _MM_HINT_T0);
           }
           __mmask8 kv = k;
-          if (mb) kv = k & ((const uint8_t *)mb)[o >> 3]; /* (c % 16 == 0: o % 8 == 0) */
-          else if (mask) kv = _mm256_mask_cmp_ps_mask(k, _mm256_maskz_loadu_ps(k, mask + o), _mm256_setzero_ps(), _CMP_GT_OQ);
+          if (mask) kv = _mm256_mask_cmp_ps_mask(k, _mm256_maskz_loadu_ps(k, mask + o), _mm256_setzero_ps(), _CMP_GT_OQ);
           const __m256 g = _mm256_maskz_loadu_ps(kv, dy + o);
           if (ds) _mm256_mask_storeu_ps(ds + o, k, acc_s ? _mm256_add_ps(_mm256_maskz_loadu_ps(k, ds + o), g) : g);
           if (has_s) { /* as sums_rows(a = ds = g, b = sx) */
@@ -538,7 +532,7 @@ static inline __attribute__((always_inline)) void sums_rows_add(int c, int64_t r
       for (int64_t i = t0; i < t1; i++) {
         const int e = (int)((i - t0) & 1);
         const size_t o = (size_t)i * c + j;
-        const float g = mb ? ((mb[o >> 4] >> (o & 15)) & 1 ? dy[o] : 0.0f) : mask ? (mask[o] > 0.0f ? dy[o] : 0.0f) : dy[o];
+        const float g = mask ? (mask[o] > 0.0f ? dy[o] : 0.0f) : dy[o];
         if (ds) ds[o] = acc_s ? ds[o] + g : g;
         if (has_s) s3[e] += (double)g, s4[e] = fma((double)g, (double)sx[o], s4[e]);
         const double v = mode == 0 ? g : mode == 1 ? 0.0f : scale * g;
@@ -556,9 +550,8 @@ static inline __attribute__((always_inline)) void sums_rows_add(int c, int64_t r
 /* channel_sums(c, m, gb, x, NULL, s1, s2) of the branch gradient gb, writing ds on the way; with sx
  * also channel_sums(c, m, g, sx, NULL, s3, s4) of the shortcut gradient g (as a BN whose input is
  * sx and whose output gradient is ds would sum it: the same groups and order). */
-static void channel_sums_add(int c, int64_t m, const float *dy, const float *mask, const uint16_t *mb, const float *x,
-                             float scale, float *ds, int acc_s, double *s1, double *s2, const float *sx, double *s3,
-                             double *s4) {
+static void channel_sums_add(int c, int64_t m, const float *dy, const float *mask, const float *x, float scale,
+                             float *ds, int acc_s, double *s1, double *s2, const float *sx, double *s3, double *s4) {
   const int G = groups_for(c, m), mode = scale_mode(scale);
   double part[G][2][c], spart[sx ? G : 1][2][sx ? c : 1];
   const int T = nthreads_for(m * c);
@@ -569,10 +562,9 @@ static void channel_sums_add(int c, int64_t m, const float *dy, const float *mas
     if (sx) {
       double *p3 = spart[g][0], *p4 = spart[g][1];
       for (int j = 0; j < c; j++) p3[j] = 0, p4[j] = 0;
-      sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2, sx, p3, p4, 1, mb);
+      sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2, sx, p3, p4, 1);
     } else {
-      sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2, NULL, NULL, NULL, 0,
-                    mb);
+      sums_rows_add(c, m * g / G, m * (g + 1) / G, dy, mask, x, scale, mode, ds, acc_s, p1, p2, NULL, NULL, NULL, 0);
     }
   }
   for (int j = 0; j < c; j++) s1[j] = 0, s2[j] = 0;
@@ -590,7 +582,7 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
                                                                  const float *sh, const float *sr, float scale,
                                                                  float *yr, const int relu, const int mode,
                                                                  const float *ssc, const float *ssh,
-                                                                 const int spre, const int nt, uint16_t *br) {
+                                                                 const int spre, const int nt) {
 #if defined(__AVX512F__)
   const __m512 vs = _mm512_set1_ps(scale);
   for (int j = 0; j < c; j += 16) {
@@ -603,7 +595,6 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
       v = mode == 0 ? _mm512_add_ps(v, z) : _mm512_fmadd_ps(vs, z, v);
     }
     if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-    if (br) br[j >> 4] = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ); /* (c % 16 == 0) */
     if (nt) _mm512_stream_ps(yr + j, v); /* (c % 16 == 0, y 64-byte aligned: add_stream_ok) */
     else store16(yr + j, k, v);
   }
@@ -616,8 +607,6 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
       v = mode == 0 ? v + z : fmaf(scale, z, v);
     }
     yr[j] = relu && v < 0.0f ? 0.0f : v;
-    if (br && !(j & 15)) br[j >> 4] = 0;
-    if (br && yr[j] > 0.0f) br[j >> 4] |= (uint16_t)(1u << (j & 15));
   }
 #endif
 }
@@ -628,13 +617,13 @@ static inline __attribute__((always_inline)) void affine_add_row(int c, const fl
       _Pragma("omp parallel num_threads(T)") {                                                                 \
         _Pragma("omp for schedule(static) nowait") for (int64_t i = 0; i < m; i++)                             \
             affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU,    \
-                           MODE, ssc, ssh, SP, 1, bits ? bits + (size_t)i * (c >> 4) : NULL);                  \
+                           MODE, ssc, ssh, SP, 1);                                                             \
         _mm_sfence(); /* the streamed rows are visible to every thread after the region */                    \
       }                                                                                                        \
     } else {                                                                                                   \
       _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++)              \
           affine_add_row(c, x + (size_t)i * c, sc, sh, s + (size_t)i * c, scale, y + (size_t)i * c, RELU,      \
-                         MODE, ssc, ssh, SP, 0, bits ? bits + (size_t)i * (c >> 4) : NULL);                    \
+                         MODE, ssc, ssh, SP, 0);                                                               \
     }                                                                                                          \
   } while (0)
 
@@ -662,8 +651,7 @@ static int add_stream_ok(int c, int64_t m, const float *y) {
 }
 
 static void affine_add_sp(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
-                          float scale, int relu, float *y, const float *ssc, const float *ssh, const int sp,
-                          uint16_t *bits) {
+                          float scale, int relu, float *y, const float *ssc, const float *ssh, const int sp) {
   const int T = nthreads_for(m * c), mode = scale_mode(scale), nts = add_stream_ok(c, m, y);
   if (relu) {
     if (mode == 0) AFFINE_ADD_LOOP(1, 0, sp);
@@ -680,16 +668,15 @@ static void affine_add_sp(int c, int64_t m, const float *x, const float *sc, con
 /* y = [relu](s' + scale*(x*sc + sh)) per channel, s' = s or (spre) s*spre->sc + spre->sh; y may
  * alias s (not x). */
 static void affine_add(int c, int64_t m, const float *x, const float *sc, const float *sh, const float *s, float scale,
-                       int relu, float *y, const rn_conv_pre *spre, uint16_t *bits) {
+                       int relu, float *y, const rn_conv_pre *spre) {
   RN_ASSERT(!spre || !spre->relu);
-  RN_ASSERT(!bits || (relu && c % 16 == 0));
-  if (spre) affine_add_sp(c, m, x, sc, sh, s, scale, relu, y, spre->sc, spre->sh, 1, bits);
-  else affine_add_sp(c, m, x, sc, sh, s, scale, relu, y, NULL, NULL, 0, bits);
+  if (spre) affine_add_sp(c, m, x, sc, sh, s, scale, relu, y, spre->sc, spre->sh, 1);
+  else affine_add_sp(c, m, x, sc, sh, s, scale, relu, y, NULL, NULL, 0);
 }
 
 void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                              float *run_mean, float *run_var, float *save, int nimg, const double *stats,
-                             const float *s, float scale, float *y, const rn_conv_pre *spre, uint16_t *mbits) {
+                             const float *s, float scale, float *y, const rn_conv_pre *spre) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1 && y != x);
   double s1[c], s2[c];
@@ -705,18 +692,18 @@ void rn_bn_add_forward_train(const rn_bn_desc *d, int64_t m, const float *x, con
   }
   float sc[c], sh[c];
   train_coeffs(d, m, gamma, beta, run_mean, run_var, save, s1, s2, sc, sh);
-  affine_add(c, m, x, sc, sh, s, scale, d->relu, y, spre, mbits);
+  affine_add(c, m, x, sc, sh, s, scale, d->relu, y, spre);
 }
 
 void rn_bn_add_apply(const rn_bn_desc *d, int64_t m, const float *x, const float *sc, const float *sh, const float *s,
-                     float scale, float *y, const rn_conv_pre *spre, uint16_t *mbits) {
+                     float scale, float *y, const rn_conv_pre *spre) {
   RN_ASSERT(d->c >= 1 && d->c <= MAX_C && m >= 1 && y != x);
-  affine_add(d->c, m, x, sc, sh, s, scale, d->relu, y, spre, mbits);
+  affine_add(d->c, m, x, sc, sh, s, scale, d->relu, y, spre);
 }
 
 void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma, const float *beta,
                             const float *run_mean, const float *run_var, const float *s, float scale, float *y,
-                            const rn_conv_pre *spre, uint16_t *mbits) {
+                            const rn_conv_pre *spre) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && y != x);
   float sc[c], sh[c];
@@ -725,14 +712,13 @@ void rn_bn_add_forward_eval(const rn_bn_desc *d, int64_t m, const float *x, cons
     sc[j] = (float)k;
     sh[j] = (float)(beta[j] - run_mean[j] * k);
   }
-  affine_add(c, m, x, sc, sh, s, scale, d->relu, y, spre, mbits);
+  affine_add(c, m, x, sc, sh, s, scale, d->relu, y, spre);
 }
 
 /* The dx pass of the fused backward: g from ds (already masked) when it holds g, else from dy and
  * the mask; gb by mode; then dx_row's arithmetic. */
 static inline __attribute__((always_inline)) void dx_add_row(int c, const float *xr, const float *gr,
-                                                             const float *mr, const uint16_t *br, float scale,
-                                                             int mode, const float *a,
+                                                             const float *mr, float scale, int mode, const float *a,
                                                              const float *b, const float *mu, const float *k,
                                                              float *o, const int acc, const int has_b,
                                                              const int has_mask) {
@@ -740,7 +726,7 @@ static inline __attribute__((always_inline)) void dx_add_row(int c, const float 
   const __m512 vs = _mm512_set1_ps(scale);
   for (int j = 0; j < c; j += 16) {
     const __mmask16 km = tail16(c - j);
-    __m512 g = br ? _mm512_maskz_loadu_ps(km & br[j >> 4], gr + j) : load_g(gr, mr, (size_t)j, km, has_mask);
+    __m512 g = load_g(gr, mr, (size_t)j, km, has_mask);
     if (mode == 1) g = _mm512_setzero_ps();
     else if (mode == 2) g = _mm512_mul_ps(vs, g);
     __m512 r;
@@ -756,7 +742,7 @@ static inline __attribute__((always_inline)) void dx_add_row(int c, const float 
   }
 #else
   for (int j = 0; j < c; j++) {
-    float g = br ? ((br[j >> 4] >> (j & 15)) & 1 ? gr[j] : 0.0f) : has_mask ? (mr[j] > 0.0f ? gr[j] : 0.0f) : gr[j];
+    float g = has_mask ? (mr[j] > 0.0f ? gr[j] : 0.0f) : gr[j];
     g = mode == 0 ? g : mode == 1 ? 0.0f : scale * g;
     const float r = has_b ? fmaf(a[j], g, fmaf(b[j], xr[j] - mu[j], k[j])) : a[j] * g;
     o[j] = acc ? o[j] + r : r;
@@ -768,15 +754,14 @@ static inline __attribute__((always_inline)) void dx_add_row(int c, const float 
   do {                                                                                                         \
     _Pragma("omp parallel for num_threads(T) schedule(static)") for (int64_t i = 0; i < m; i++) {              \
       const size_t o = (size_t)i * c;                                                                          \
-      dx_add_row(c, x + o, g + o, (HM) && mask ? mask + o : NULL,                                              \
-                 (HM) && mb ? mb + (size_t)i * (c >> 4) : NULL, scale, mode, a, b, mu, k, dx + o, ACC, HB, HM); \
+      dx_add_row(c, x + o, g + o, (HM) ? mask + o : NULL, scale, mode, a, b, mu, k, dx + o, ACC, HB, HM);      \
     }                                                                                                          \
   } while (0)
 
-static void bn_add_dx(int c, int64_t m, const float *x, const float *g, const float *mask, const uint16_t *mb,
-                      float scale, const float *a, const float *b, const float *mu, const float *k, float *dx, int acc) {
+static void bn_add_dx(int c, int64_t m, const float *x, const float *g, const float *mask, float scale,
+                      const float *a, const float *b, const float *mu, const float *k, float *dx, int acc) {
   const int T = nthreads_for(m * c), mode = scale_mode(scale);
-  const int hb = b != NULL, hm = mask != NULL || mb != NULL;
+  const int hb = b != NULL, hm = mask != NULL;
   if (acc) {
     if (hb && hm) DX_ADD_LOOP(1, 1, 1);
     else if (hb) DX_ADD_LOOP(1, 1, 0);
@@ -792,25 +777,22 @@ static void bn_add_dx(int c, int64_t m, const float *x, const float *g, const fl
 #undef DX_ADD_LOOP
 
 static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
-                                   const uint16_t *mb, const float *gamma, const float *save, const float *dy,
-                                   float scale, float *ds, int acc_s, float *dx, int acc, float *dgamma,
-                                   float *dbeta, double *sdy, double *sdyx);
+                                   const float *gamma, const float *save, const float *dy, float scale, float *ds,
+                                   int acc_s, float *dx, int acc, float *dgamma, float *dbeta, double *sdy,
+                                   double *sdyx);
 
 void rn_bn_add_backward_train(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                               const float *save, const float *dy, float scale, float *ds, int acc_s, float *dx,
-                              int acc, float *dgamma, float *dbeta, const float *sx, double *ssums,
-                              const uint16_t *mbits) {
+                              int acc, float *dgamma, float *dbeta, const float *sx, double *ssums) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C && m >= 1);
-  RN_ASSERT(!d->relu || y || mbits);
-  RN_ASSERT(!mbits || (d->relu && c % 16 == 0));
+  RN_ASSERT(!d->relu || y);
   RN_ASSERT(!ssums || (sx && ds && !acc_s)); /* the shortcut BN's dy is ds = g */
-  const float *mask = d->relu && !mbits ? y : NULL;
+  const float *mask = d->relu ? y : NULL;
   double sdy[c], sdyx[c];
   /* sum gb, sum gb*x; writes ds; and sum g, sum g*sx */
-  channel_sums_add(c, m, dy, mask, mbits, x, scale, ds, acc_s, sdy, sdyx, ssums ? sx : NULL, ssums,
-                   ssums ? ssums + c : NULL);
-  bn_add_backward_finish(d, m, x, mask, mbits, gamma, save, dy, scale, ds, acc_s, dx, acc, dgamma, dbeta, sdy, sdyx);
+  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx, ssums ? sx : NULL, ssums, ssums ? ssums + c : NULL);
+  bn_add_backward_finish(d, m, x, mask, gamma, save, dy, scale, ds, acc_s, dx, acc, dgamma, dbeta, sdy, sdyx);
 }
 
 void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *x, const float *gamma,
@@ -825,13 +807,13 @@ void rn_bn_add_backward_train_sums(const rn_bn_desc *d, int64_t m, const float *
     for (int j = 0; j < c; j++) sdy[j] += p[j], sdyx[j] += p[c + j];
   }
   /* dy holds g (masked by the convolution's epilogue) and is the shortcut gradient ds itself */
-  bn_add_backward_finish(d, m, x, NULL, NULL, gamma, save, dy, scale, dy, 0, dx, acc, dgamma, dbeta, sdy, sdyx);
+  bn_add_backward_finish(d, m, x, NULL, gamma, save, dy, scale, dy, 0, dx, acc, dgamma, dbeta, sdy, sdyx);
 }
 
 static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *x, const float *mask,
-                                   const uint16_t *mb, const float *gamma, const float *save, const float *dy,
-                                   float scale, float *ds, int acc_s, float *dx, int acc, float *dgamma,
-                                   float *dbeta, double *sdy, double *sdyx) {
+                                   const float *gamma, const float *save, const float *dy, float scale, float *ds,
+                                   int acc_s, float *dx, int acc, float *dgamma, float *dbeta, double *sdy,
+                                   double *sdyx) {
   const int c = d->c;
   for (int j = 0; j < c; j++) sdyx[j] -= (double)save[j] * sdy[j];
   for (int j = 0; j < c; j++) {
@@ -850,20 +832,19 @@ static void bn_add_backward_finish(const rn_bn_desc *d, int64_t m, const float *
     k[j] = (float)(-ga * sdy[j] / M);
   }
   if (!dx) return;
-  if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, NULL, scale, a, b, save, k, dx, acc); /* ds holds g */
-  else bn_add_dx(c, m, x, dy, mask, mb, scale, a, b, save, k, dx, acc);
+  if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, scale, a, b, save, k, dx, acc); /* ds holds g */
+  else bn_add_dx(c, m, x, dy, mask, scale, a, b, save, k, dx, acc);
 }
 
 void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, const float *y, const float *gamma,
                              const float *run_mean, const float *run_var, const float *dy, float scale, float *ds,
-                             int acc_s, float *dx, int acc, float *dgamma, float *dbeta, const uint16_t *mbits) {
+                             int acc_s, float *dx, int acc, float *dgamma, float *dbeta) {
   const int c = d->c;
   RN_ASSERT(c >= 1 && c <= MAX_C);
-  RN_ASSERT(!d->relu || y || mbits);
-  RN_ASSERT(!mbits || (d->relu && c % 16 == 0));
-  const float *mask = d->relu && !mbits ? y : NULL;
+  RN_ASSERT(!d->relu || y);
+  const float *mask = d->relu ? y : NULL;
   double sdy[c], sdyx[c];
-  channel_sums_add(c, m, dy, mask, mbits, x, scale, ds, acc_s, sdy, sdyx, NULL, NULL, NULL);
+  channel_sums_add(c, m, dy, mask, x, scale, ds, acc_s, sdy, sdyx, NULL, NULL, NULL);
   for (int j = 0; j < c; j++) sdyx[j] -= (double)run_mean[j] * sdy[j];
   for (int j = 0; j < c; j++) {
     double is = 1.0 / sqrt((double)run_var[j] + (double)d->eps);
@@ -873,6 +854,6 @@ void rn_bn_add_backward_eval(const rn_bn_desc *d, int64_t m, const float *x, con
   if (!dx) return;
   float a[c];
   for (int j = 0; j < c; j++) a[j] = (float)(gamma[j] / sqrt((double)run_var[j] + (double)d->eps));
-  if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, NULL, scale, a, NULL, NULL, NULL, dx, acc);
-  else bn_add_dx(c, m, x, dy, mask, mbits, scale, a, NULL, NULL, NULL, dx, acc);
+  if (ds && !acc_s) bn_add_dx(c, m, x, ds, NULL, scale, a, NULL, NULL, NULL, dx, acc);
+  else bn_add_dx(c, m, x, dy, mask, scale, a, NULL, NULL, NULL, dx, acc);
 }

@@ -107,23 +107,6 @@ static int dx_over_x_on(void) {
   return env;
 }
 
-/* ReLU mask bits of the fused BN+add nodes (RN_RELU_BITS): -1 = not decided yet (environment). */
-static int g_relu_bits = -1;
-int rn_model_set_relu_bits(int on) {
-  int prev = g_relu_bits;
-  g_relu_bits = on < 0 ? -1 : on > 0;
-  return prev;
-}
-static int relu_bits_on(void) {
-  static int env = -1;
-  if (g_relu_bits >= 0) return g_relu_bits;
-  if (env < 0) {
-    const char *s = getenv("RN_RELU_BITS");
-    env = s && !strcmp(s, "0") ? 0 : 1;
-  }
-  return env;
-}
-
 static int fusion_on(void) {
   static int env = -1;
   if (g_fusion >= 0) return g_fusion;
@@ -625,10 +608,9 @@ static size_t place_grads(rn_model *m, const int *producer, const int *born, con
   return best;
 }
 
-/* 1 if node n's backward reads its own output (ReLU: the mask; not where the mask is kept as
- * bits, rn_node.mbits). */
+/* 1 if node n's backward reads its own output (ReLU: the mask). */
 static int needs_output(const rn_node *n) {
-  return n->op == RN_OP_RELU || ((n->op == RN_OP_BN || n->op == RN_OP_ADD) && n->relu && !n->mbits);
+  return n->op == RN_OP_RELU || ((n->op == RN_OP_BN || n->op == RN_OP_ADD) && n->relu);
 }
 
 /* 1 if node n's backward reads its input activation(s). */
@@ -1309,10 +1291,6 @@ static void plan(rn_model *m) {
     n->save_off = save;
     if (n->op == RN_OP_BN || (n->op == RN_OP_ADD && n->bn_add)) {
       save += rn_align16(2 * (size_t)n->u.bn.c);
-      if (n->mbits) { /* one bit per output element, after the statistics */
-        n->mb_off = save;
-        save += rn_align16((tsize(m, n->out) + 31) / 32);
-      }
     } else if (n->op == RN_OP_MAXPOOL) {
       save += tsize(m, n->out); /* int32 argmax, one per output element */
     } else if (n->op == RN_OP_CONV) {
@@ -1388,10 +1366,6 @@ rn_status rn_model_build(rn_model *m, const rn_model_config *cfg, int batch, rn_
     m->bn_epilogue = v && v[0] == '0' ? 0 : v && v[0] == '1' ? 1 : 2;
   }
   mark_lazy(m);
-  for (int k = 0; k < m->nnodes; k++) {
-    rn_node *n = &m->nodes[k];
-    n->mbits = relu_bits_on() && n->op == RN_OP_ADD && n->bn_add && n->relu && n->u.bn.c % 16 == 0;
-  }
   m->recompute = recompute_on();
   m->recompute_floats = m->recompute ? (size_t)(recompute_mb() * 1e6 / sizeof(float)) : 0;
   plan(m);

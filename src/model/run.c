@@ -28,10 +28,6 @@ static inline float *A(rn_model *m, int t) { return m->act + m->tensors[t].off; 
 static inline float *AB(rn_model *m, int t) { return m->act + m->tensors[t].boff; }
 static inline float *P(rn_model *m, int p) { return m->param + m->params[p].off; }
 static inline float *G(rn_model *m, int p) { return m->grad + m->params[p].off; }
-/* the ReLU mask bits of a fused BN+add node (rn_node.mbits), NULL: none */
-static inline uint16_t *MBITS(rn_model *m, const rn_node *d) {
-  return d->mbits ? (uint16_t *)(m->save + d->mb_off) : NULL;
-}
 static inline int64_t numel(const rn_model *m, int t, int n) {
   const rn_tensor *x = &m->tensors[t];
   return (int64_t)n * x->h * x->w * x->c;
@@ -135,13 +131,13 @@ void rn_model_forward(rn_model *m, int n, int train) {
             float *sc = m->rc_coef + d->rc_off, *sh = sc + d->u.bn.c;
             rn_bn_forward_train_coef(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
                                      P(m, d->param[3]), m->save + d->save_off, n, st, sc, sh);
-            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y, sp, MBITS(m, d));
+            rn_bn_add_apply(&d->u.bn, rows, x2, sc, sh, x, d->scale, y, sp);
           } else if (bn_train)
             rn_bn_add_forward_train(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y, sp, MBITS(m, d));
+                                    P(m, d->param[3]), m->save + d->save_off, n, st, x, d->scale, y, sp);
           else
             rn_bn_add_forward_eval(&d->u.bn, rows, x2, P(m, d->param[0]), P(m, d->param[1]), P(m, d->param[2]),
-                                   P(m, d->param[3]), x, d->scale, y, sp, MBITS(m, d));
+                                   P(m, d->param[3]), x, d->scale, y, sp);
         }
         break;
       case RN_OP_SHORTCUT_A:
@@ -223,10 +219,10 @@ static void replay(rn_model *m, const rn_node *d, int n, int bn_train) {
         }
         if (bn_train)
           rn_bn_add_apply(&d->u.bn, rows, AB(m, d->in2), m->rc_coef + d->rc_off, m->rc_coef + d->rc_off + d->u.bn.c,
-                          x, d->scale, y, sp, NULL);
+                          x, d->scale, y, sp);
         else
           rn_bn_add_forward_eval(&d->u.bn, rows, AB(m, d->in2), P(m, d->param[0]), P(m, d->param[1]),
-                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y, sp, NULL);
+                                 P(m, d->param[2]), P(m, d->param[3]), x, d->scale, y, sp);
       }
       break;
     default:
@@ -273,18 +269,16 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
           const rn_node *b = &m->nodes[d->pre_bn];
           rn_conv_pre pre;
           pre.sc = m->pre_coef + b->pre_off, pre.sh = pre.sc + b->u.bn.c, pre.relu = b->relu;
-          rn_bn_sums bs = {NULL, AB(m, b->in), m->bsums, 1.0f, b->relu, &pre, NULL};
+          rn_bn_sums bs = {NULL, AB(m, b->in), m->bsums, 1.0f, b->relu, &pre};
           const int got = rn_conv_backward_bn(&d->u.conv, n, AB(m, b->in), P(m, d->param[0]), dy, dx, d->acc_in,
                                               G(m, d->param[0]), m->ws, &bs);
           RN_ASSERT(got && dx); /* the BN's backward needs the sums (it has no output to mask with) */
           m->bsum_tensor = d->in, m->bsum_n = n;
         } else if (bn_train && d->bn_prev >= 0 && m->bn_epilogue >= 2 && m->bsums && dx) {
           const rn_node *b = &m->nodes[d->bn_prev];
-          /* the mask: the BN's output (this conv's input), or a BN+add's mask bits */
-          const uint16_t *mb = b->relu && b->mbits ? MBITS(m, b) : NULL;
-          const float *mask = b->relu && !mb ? x : NULL;
-          rn_bn_sums bs = {mask, AB(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, b->relu,
-                           NULL, mb};
+          const float *mask = b->relu ? x : NULL; /* the BN's output is this conv's input */
+          rn_bn_sums bs = {mask, AB(m, b->bn_add ? b->in2 : b->in), m->bsums, b->bn_add ? b->scale : 1.0f, mask != NULL,
+                           NULL};
           if (rn_conv_backward_bn(&d->u.conv, n, x, P(m, d->param[0]), dy, dx, d->acc_in, G(m, d->param[0]), m->ws,
                                   &bs))
             m->bsum_tensor = d->in, m->bsum_n = n;
@@ -343,14 +337,14 @@ void rn_model_backward(rn_model *m, int n, rn_grad_ready_fn cb, void *ctx) {
             /* a lazy shortcut BN (lazy = 3, the next node backward): its channel sums over its input
              * and the gradient written here, in this pass (one image's worth: the whole batch) */
             const int ss = d->pre_bn >= 0 && dx && !d->acc_in;
-            rn_bn_add_backward_train(&d->u.bn, rows, x2, d->mbits ? NULL : y, P(m, d->param[0]), m->save + d->save_off,
-                                     dy, d->scale, dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]),
-                                     ss ? AB(m, m->nodes[d->pre_bn].in) : NULL, ss ? m->bsums : NULL, MBITS(m, d));
+            rn_bn_add_backward_train(&d->u.bn, rows, x2, y, P(m, d->param[0]), m->save + d->save_off, dy, d->scale,
+                                     dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]), G(m, d->param[1]),
+                                     ss ? AB(m, m->nodes[d->pre_bn].in) : NULL, ss ? m->bsums : NULL);
             if (ss) m->bsum_tensor = d->in, m->bsum_n = 1;
           } else
-            rn_bn_add_backward_eval(&d->u.bn, rows, x2, d->mbits ? NULL : y, P(m, d->param[0]), P(m, d->param[2]),
-                                    P(m, d->param[3]), dy, d->scale, dx, d->acc_in, dx2, d->acc_in2,
-                                    G(m, d->param[0]), G(m, d->param[1]), MBITS(m, d));
+            rn_bn_add_backward_eval(&d->u.bn, rows, x2, y, P(m, d->param[0]), P(m, d->param[2]), P(m, d->param[3]),
+                                    dy, d->scale, dx, d->acc_in, dx2, d->acc_in2, G(m, d->param[0]),
+                                    G(m, d->param[1]));
         }
         break;
       case RN_OP_SHORTCUT_A:
