@@ -641,7 +641,12 @@ int main(void) {
   CHECK(rn_conv_desc_init(&d, 32, 64, 3, 3, 2, 1, 16, 16, &e) == RN_OK && rn_conv_direct_ok(&d) &&
             rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d), "3x3 stride 2, 32 ch: direct fwd/dW/dx expected");
   CHECK(rn_conv_desc_init(&d, 256, 256, 3, 3, 2, 1, 28, 28, &e) == RN_OK && rn_conv_direct_ok(&d) &&
-            !rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d), "3x3 stride 2, 256 ch: direct fwd and dx expected");
+            rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d) && rn_conv_pre_ok(&d),
+        "3x3 stride 2, 256 ch @28: direct fwd, dx and dW expected, reading a lazy BN");
+  CHECK(rn_conv_desc_init(&d, 256, 256, 3, 3, 2, 1, 14, 14, &e) == RN_OK && rn_conv_direct_ok(&d) &&
+            !rn_conv_direct_bwd_ok(&d) && rn_conv_direct_dx_ok(&d) && !rn_conv_pre_ok(&d) &&
+            rn_conv_desc_init(&d, 384, 384, 3, 3, 2, 1, 28, 28, &e) == RN_OK && !rn_conv_direct_bwd_ok(&d),
+        "3x3 stride 2, 256 ch @14 or 384 ch @28: GEMM dW expected");
   /* Streaming stores: a 1x1 forward with > 16 MB of 64-byte aligned output takes them; the result
    * must be bitwise that of the same kernel with ordinary stores (unaligned y) and match the GEMM. */
   {

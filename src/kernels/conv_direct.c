@@ -133,6 +133,19 @@ int rn_conv_direct_shape(const rn_conv_desc *d) {
  * With RN_CONV_DW1X1=0 the generic dW tile takes stride 1 on lines >= 28 wide (64->256@56 150/90,
  * 256->64@56 128/104, 512->128@28 176/120). dx: see rn_conv_direct_dx_ok. All-widths mode (tests)
  * takes every part direct. */
+/* 3x3 stride-2 dW direct at 256 input channels on lines >= 28 wide (ResNet-50's layer3.0.conv2;
+ * twenty-ninth round, rn-bench-conv --ab-direct, 2 threads, b32, medians of 15 pairs, direct/GEMM
+ * time: 256->256 s2@28 0.906; 512->512 s2@14 1.056 stays on the GEMM). With all three passes
+ * direct, the BN before it is applied lazily (rn_conv_pre_ok). RN_CONV_DW_S2_256=0: the rule
+ * before it (up to 128 input channels; A/B). */
+static int g_dw_s2_256 = -1;
+static int dw_s2_256(void) {
+  if (g_dw_s2_256 < 0) {
+    const char *v = getenv("RN_CONV_DW_S2_256");
+    g_dw_s2_256 = !(v && v[0] == '0');
+  }
+  return g_dw_s2_256;
+}
 static int bwd_ok(const rn_conv_desc *d, int all) {
   if (!rn_conv_direct_enabled() || !rn_conv_direct_shape(d)) return 0;
   /* the CIFAR stem with up to 3 channels: dW only (dw_stem; rn-bench-conv, 2 threads, 3->16@32
@@ -141,11 +154,12 @@ static int bwd_ok(const rn_conv_desc *d, int all) {
   if (all) return 1;
   /* stride 2 (no direct dx): dW direct for 3x3 up to 128 input channels (rn-bench-conv, 2 threads,
    * GF/s direct/GEMM: 16->32@32 228/153, 32->64@16 253/147, 128->128@56 248/231; 256->256@28
-   * 225/271 and the 1x1 ones 147/211 stay on the GEMM, where im2col serves dW and dx in one pass). */
+   * 225/271 and the 1x1 ones 147/211 stayed on the GEMM, where im2col served dW and dx in one pass;
+   * since items 50-54, 256->256@28 runs faster direct: dw_s2_256). */
   if (is_1x1(d) && use_dw1x1())
     return d->stride == 1 ? d->ow >= 14
                           : d->ow >= 28 || ((d->ow >= 14 || d->ow == 7) && (size_t)d->cin * d->cout <= ((size_t)1 << 19));
-  if (d->stride != 1) return !is_1x1(d) && d->kw == 3 && d->cin <= 128;
+  if (d->stride != 1) return !is_1x1(d) && d->kw == 3 && (d->cin <= 128 || (dw_s2_256() && d->cin <= 256 && d->w >= 28));
   if (is_1x1(d)) return d->ow >= 28;
   return bwd_width_a(d->ow, all) && bwd_width_a(d->w, all);
 }
