@@ -231,7 +231,9 @@ int main(void) {
 
   /* ---- one arena for activations and gradients, and recompute: ResNet-50 at 224 (b32: 2428 MB of
    * activations + 231 MB of gradients in two arenas before; 2453 MB in one; 1612 MB with the
-   * elementwise outputs recomputed where that lowers the peak) ---- */
+   * elementwise outputs recomputed where that lowers the peak; b4 since item 57, which no longer
+   * stores layer3.0.bn1's output with or without recompute: 276.2 -> 195.1 MB, 0.706; 0.70 or less
+   * before it) ---- */
   {
     rn_model_config c;
     rn_model_config_default(&c);
@@ -251,7 +253,7 @@ int main(void) {
     }
     printf("resnet50 b4 arena: %.1f MB without recompute (gradients in the activations' dead space), %.1f MB with "
            "%d outputs recomputed\n", (double)arena[0] * 4 / 1e6, (double)arena[1] * 4 / 1e6, nrep[1]);
-    CHECK(nrep[0] == 0 && nrep[1] >= 16 && arena[1] * 10 <= arena[0] * 7,
+    CHECK(nrep[0] == 0 && nrep[1] >= 16 && arena[1] * 100 <= arena[0] * 72,
           "resnet50: recompute left the arena at %zu of %zu floats (%d replayed nodes)", arena[1], arena[0], nrep[1]);
   }
 
