@@ -443,6 +443,47 @@ static void dyn_paths(void) {
   free(x), free(wt), free(dy);
 }
 
+/* Item 58: the output transforms' prefetch (y for writing, dx's BN-sum inputs) changes no bits:
+ * forward with statistics, dx with BN sums from a stored mask (acc 0 and 1) and dW, prefetch off
+ * against on, on the small path (16 -> 16 and 64 -> 16 at 32x32, lines of 16 or 8 tiles, the
+ * prefetch running past each line's end) and the chunked one (144 -> 176 at 20x20), F(2,3) and
+ * F(4,3), 2 threads. */
+static void pfx_paths(void) {
+  static const struct { int cin, cout, hw; } sh[] = {{16, 16, 32}, {64, 16, 32}, {144, 176, 20}};
+  const int n = 2, T = 2;
+  for (int k = 0; k < 3; k++)
+    for (int R = 2; R <= 4; R += 2)
+      for (int acc = 0; acc < 2; acc++) {
+        rn_conv_desc d;
+        rn_err e;
+        rn_conv_desc_init(&d, sh[k].cin, sh[k].cout, 3, 3, 1, 1, sh[k].hw, sh[k].hw, &e);
+        rn_conv_set_wino_tile(R);
+        const size_t hw = (size_t)sh[k].hw * sh[k].hw, nx = n * hw * sh[k].cin, ny = n * hw * sh[k].cout;
+        const size_t nw = (size_t)sh[k].cout * 9 * sh[k].cin;
+        float *x = randf(nx, 61 + k), *wt = randf(nw, 62 + k), *dy = randf(ny, 63 + k), *mask = randf(nx, 64 + k);
+        float *dx0 = randf(nx, 65 + k), *ws = nanbuf(rn_conv_wino_workspace(&d, n, T)), *y[2], *dx[2], *dw[2];
+        double *st[2], *bs[2];
+        for (int on = 0; on < 2; on++) {
+          rn_conv_set_wino_pfx(on);
+          y[on] = nanbuf(ny), dx[on] = malloc(nx * 4), dw[on] = calloc(nw, 4);
+          memcpy(dx[on], dx0, nx * 4);
+          st[on] = malloc(sizeof(double) * n * 2 * sh[k].cout), bs[on] = malloc(sizeof(double) * n * 2 * sh[k].cin);
+          rn_conv_wino_forward_ep(&d, n, x, wt, y[on], ws, T, st[on], NULL);
+          rn_bn_sums b = {mask, x, bs[on], 1.0f, 0, NULL};
+          rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx[on], acc, dw[on], ws, T, &b);
+        }
+        CHECK(memcmp(y[0], y[1], ny * 4) == 0 && memcmp(st[0], st[1], sizeof(double) * n * 2 * sh[k].cout) == 0 &&
+                  memcmp(dx[0], dx[1], nx * 4) == 0 && memcmp(bs[0], bs[1], sizeof(double) * n * 2 * sh[k].cin) == 0 &&
+                  memcmp(dw[0], dw[1], nw * 4) == 0 && isfinite(y[1][0]) && isfinite(dx[1][0]),
+              "%d->%d @%d, F(%d,3), acc %d: the prefetch changed the results", sh[k].cin, sh[k].cout, sh[k].hw, R,
+              acc);
+        for (int i = 0; i < 2; i++) free(y[i]), free(dx[i]), free(dw[i]), free(st[i]), free(bs[i]);
+        free(x), free(wt), free(dy), free(mask), free(dx0), free(ws);
+      }
+  rn_conv_set_wino_pfx(1);
+  rn_conv_set_wino_tile(0);
+}
+
 int main(void) {
   rn_err e;
   if (rn_blas_init(NULL, 3, stderr, &e)) {
@@ -484,6 +525,7 @@ int main(void) {
   dispatch();
   ukr_paths();
   dyn_paths();
+  pfx_paths();
   partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",
          cases, g_max[2], g_max[4], TOL2, TOL4);

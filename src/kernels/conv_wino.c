@@ -266,6 +266,41 @@ AI V16 ep_value(const wep *ep, V16 v, const float *p, const float *y, int c0, __
   return bn->store_masked ? v : vin;
 }
 
+/* Prefetch ahead of the output transforms: y is written with plain stores (each line read for
+ * ownership, from memory where y is cold), and dx's BN-sum epilogue reads bn->x (and bn->mask) at
+ * every output vector, from memory (the BN's input was written in the forward). Before a tile's
+ * output transform, the same rows' pixels PFX_AHEAD tiles further along are prefetched: y for
+ * writing, x and the mask for reading (twenty-ninth round, item 58; rn-bench --ab wino-pfx).
+ * RN_WINO_PFX=0 or rn_conv_set_wino_pfx(0): off (read at the forward's and the backward's entry,
+ * before their parallel regions). */
+static int g_pfx = -1;
+void rn_conv_set_wino_pfx(int on) { g_pfx = on != 0; }
+static void pfx_init(void) {
+  if (g_pfx < 0) {
+    const char *v = getenv("RN_WINO_PFX");
+    g_pfx = !(v && v[0] == '0');
+  }
+}
+#define PFX_AHEAD 2
+AI void out_prefetch(const wep *ep, float *y, float *const *row, int nrow, int R, int tx, int OW, int C) {
+  if (g_pfx != 1) return;
+  const int px0 = R * (tx + PFX_AHEAD);
+  if (px0 >= OW) return;
+  const int np = OW - px0 < R ? OW - px0 : R;
+  const rn_bn_sums *bn = ep ? ep->bn : NULL;
+  for (int a = 0; a < nrow; a++) {
+    if (!row[a]) continue;
+    const size_t off = (size_t)(row[a] - y) + (size_t)px0 * C, len = (size_t)np * C;
+    for (size_t i = 0; i < len; i += 16) {
+      __builtin_prefetch(y + off + i, 1, 3);
+      if (bn) {
+        _mm_prefetch((const char *)(bn->x + off + i), _MM_HINT_T0);
+        if (bn->mask) _mm_prefetch((const char *)(bn->mask + off + i), _MM_HINT_T0);
+      }
+    }
+  }
+}
+
 /* s[4] into this thread's sums of image img, channels [c0, c0+16) of C. */
 AI void ep_flush(const wep *ep, int C, int64_t img, int c0, const __m512d *s) {
   double *p1 = ep->part + (size_t)img * 2 * C + c0, *p2 = p1 + C;
@@ -360,6 +395,7 @@ AI void out_tile(const float *m, size_t ms, int C, float *y, int OH, int OW, int
     row[a] = oy < OH ? y + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
     okx[a] = 2 * tx + a < OW;
   }
+  out_prefetch(ep, y, row, 2, 2, tx, OW, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 s[2][4];
     for (int j = 0; j < 4; j++) {
@@ -564,6 +600,7 @@ AI void out_tile6(const float *m, size_t ms, int C, float *y, int OH, int OW, in
     row[a] = oy < OH ? y + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
     okx[a] = 4 * tx + a < OW;
   }
+  out_prefetch(ep, y, row, 4, 4, tx, OW, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 s[6][4]; /* s[j][a]: column j of A^T M */
     for (int j = 0; j < 6; j++) {
@@ -1058,6 +1095,7 @@ void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const
                              int threads, double *stats, const rn_conv_pre *pre) {
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
   RN_ASSERT(!pre || pre->sc); /* a lazy BN: its coefficients */
+  pfx_init();
   const int T = threads < 1 ? 1 : threads;
   if (small_path(d)) {
     forward_small(d, n, x, w, y, ws, T, stats, pre);
@@ -1095,6 +1133,7 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
   RN_ASSERT(rn_conv_wino_shape(d) && n >= 1 && ws);
   RN_ASSERT(!bn || (bn->sums && bn->x)); /* dx's epilogue sums (with dx); dW applies bn->pre */
   if (!dx && !dw) return;
+  pfx_init();
   const int T = threads < 1 ? 1 : threads;
   if (small_path(d)) {
     backward_small(d, n, x, w, dy, dx, acc, dw, ws, T, bn);
