@@ -443,7 +443,7 @@ static void dyn_paths(void) {
   free(x), free(wt), free(dy);
 }
 
-/* Item 58: the output transforms' prefetch (y for writing, dx's BN-sum inputs) changes no bits:
+/* Item 58: the transforms' prefetch (inputs, y for writing, dx's BN-sum inputs) changes no bits:
  * forward with statistics, dx with BN sums from a stored mask (acc 0 and 1) and dW, prefetch off
  * against on, on the small path (16 -> 16 and 64 -> 16 at 32x32, lines of 16 or 8 tiles, the
  * prefetch running past each line's end) and the chunked one (144 -> 176 at 20x20), F(2,3) and

@@ -52,8 +52,9 @@ void rn_conv_set_wino_small(int on);
 /* The chunked path's products: positions claimed one at a time by the threads (default; the same
  * bits as static shares) or static shares (RN_WINO_DYN=0 or rn_conv_set_wino_dynamic(0), A/B). */
 void rn_conv_set_wino_dynamic(int on);
-/* Prefetch of the BN input (and mask) read by dx's BN-sum epilogue, a few tiles ahead along the
- * output rows (RN_WINO_PFX=0 or rn_conv_set_wino_pfx(0): off, A/B). */
+/* Prefetch ahead of the transforms along the tile rows: the inputs (x, dy), the outputs (for
+ * writing) and dx's BN-sum inputs, two tiles ahead (on by default; RN_WINO_PFX=0 or
+ * rn_conv_set_wino_pfx(0): off, A/B; the same bits). */
 void rn_conv_set_wino_pfx(int on);
 /* The chunked path's products run on BLIS's micro-kernel with the transformed kernels packed once
  * per call (rn_ukr, kernels.h) where it is available and on (RN_UKR=0 or rn_blas_set_ukr(0): on

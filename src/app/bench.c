@@ -139,8 +139,8 @@ static void usage(void) {
          "sweep1: the 1x1 stride-1 passes over >= 512 input channels whose input plane is <= 2 MB (ResNet-50's\n"
          "shrinking conv1s forward and its conv3s' dx in layers 2-4) sweep one group of four channel blocks at\n"
          "a time over the whole plane in 7-pixel tiles (off = line by line over all blocks; RN_CONV_SWEEP1=0).\n"
-         "wino-pfx: Winograd's dx prefetches the BN input (and mask) that its BN-sum epilogue reads, two\n"
-         "tiles ahead along the output rows (off = no prefetch; RN_WINO_PFX=0).\n"
+         "wino-pfx: Winograd's transforms prefetch what the tile two further along its row reads and\n"
+         "writes (inputs, outputs, dx's BN-sum inputs; off = no prefetch; RN_WINO_PFX=0).\n"
          "With --layers 1, tile74 and sweep1 also print the time of the convolutions they apply to against\n"
          "the others'.\n");
 }

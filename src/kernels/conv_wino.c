@@ -266,13 +266,15 @@ AI V16 ep_value(const wep *ep, V16 v, const float *p, const float *y, int c0, __
   return bn->store_masked ? v : vin;
 }
 
-/* Prefetch ahead of the output transforms: y is written with plain stores (each line read for
- * ownership, from memory where y is cold), and dx's BN-sum epilogue reads bn->x (and bn->mask) at
- * every output vector, from memory (the BN's input was written in the forward). Before a tile's
- * output transform, the same rows' pixels PFX_AHEAD tiles further along are prefetched: y for
- * writing, x and the mask for reading (twenty-ninth round, item 58; rn-bench --ab wino-pfx).
- * RN_WINO_PFX=0 or rn_conv_set_wino_pfx(0): off (read at the forward's and the backward's entry,
- * before their parallel regions). */
+/* Prefetch ahead of the transforms (twenty-ninth round, item 58; rn-bench --ab wino-pfx). The
+ * output transforms write y with plain stores (each line read for ownership, from memory where y is
+ * cold) and dx's BN-sum epilogue reads bn->x (and bn->mask) at every output vector; the input
+ * transforms read x (or dy in the dW pass), from memory too where the step last wrote them long
+ * before. The tiles run along the image rows, so before each tile the same rows' pixels that the
+ * tile PFX_AHEAD further along adds are prefetched: y for writing, the rest for reading. CIFAR's
+ * small-channel layers gained most (a 16-channel tile row is 64 bytes per pixel: little work per
+ * line fetched). RN_WINO_PFX=0 or rn_conv_set_wino_pfx(0): off (read at the forward's and the
+ * backward's entry, before their parallel regions). */
 static int g_pfx = -1;
 void rn_conv_set_wino_pfx(int on) { g_pfx = on != 0; }
 static void pfx_init(void) {
@@ -283,7 +285,7 @@ static void pfx_init(void) {
 }
 #define PFX_AHEAD 2
 AI void out_prefetch(const wep *ep, float *y, float *const *row, int nrow, int R, int tx, int OW, int C) {
-  if (g_pfx != 1) return;
+  if (g_pfx < 1) return;
   const int px0 = R * (tx + PFX_AHEAD);
   if (px0 >= OW) return;
   const int np = OW - px0 < R ? OW - px0 : R;
@@ -298,6 +300,20 @@ AI void out_prefetch(const wep *ep, float *y, float *const *row, int nrow, int R
         if (bn->mask) _mm_prefetch((const char *)(bn->mask + off + i), _MM_HINT_T0);
       }
     }
+  }
+}
+
+/* The input transforms' rows (x, or dy in the dW pass): the R pixels tile tx + PFX_AHEAD adds along
+ * each of them (from column R * (tx + PFX_AHEAD) + c1: 1 for x, whose tiles overlap by 2, 0 for dy). */
+AI void in_prefetch(const float *const *row, int nrow, int R, int tx, int c1, int W, int C) {
+  if (g_pfx < 1) return;
+  const int p0 = R * (tx + PFX_AHEAD) + c1;
+  if (p0 >= W) return;
+  const int np = W - p0 < R ? W - p0 : R;
+  for (int a = 0; a < nrow; a++) {
+    if (!row[a]) continue;
+    const float *p = row[a] + (size_t)p0 * C;
+    for (size_t i = 0; i < (size_t)np * C; i += 16) _mm_prefetch((const char *)(p + i), _MM_HINT_T0);
   }
 }
 
@@ -331,6 +347,7 @@ AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx
     row[i] = iy >= 0 && iy < H ? x + ((size_t)img * H + iy) * (size_t)W * C : NULL;
     okx[i] = x0 + i >= 0 && x0 + i < W;
   }
+  in_prefetch((const float *const *)row, 4, 2, tx, 1, W, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 d[4][4];
     for (int i = 0; i < 4; i++)
@@ -362,6 +379,7 @@ AI void dy_tile(const float *dy, int C, int OH, int OW, int64_t img, int ty, int
     row[a] = oy < OH ? dy + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
     okx[a] = 2 * tx + a < OW;
   }
+  in_prefetch((const float *const *)row, 2, 2, tx, 0, OW, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 g[2][2];
     for (int a = 0; a < 2; a++)
@@ -547,6 +565,7 @@ AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int t
     row[i] = iy >= 0 && iy < H ? x + ((size_t)img * H + iy) * (size_t)W * C : NULL;
     okx[i] = x0 + i >= 0 && x0 + i < W;
   }
+  in_prefetch((const float *const *)row, 6, 4, tx, 1, W, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 t[6][6]; /* t[j][i]: column j of B^T d */
     for (int j = 0; j < 6; j++) {
@@ -573,6 +592,7 @@ AI void dy_tile6(const float *dy, int C, int OH, int OW, int64_t img, int ty, in
     row[a] = oy < OH ? dy + ((size_t)img * OH + oy) * (size_t)OW * C : NULL;
     okx[a] = 4 * tx + a < OW;
   }
+  in_prefetch((const float *const *)row, 4, 4, tx, 0, OW, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 t[4][6]; /* t[b][i]: column b of A dY */
     for (int b = 0; b < 4; b++) {
