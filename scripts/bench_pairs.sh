@@ -9,18 +9,23 @@
 # process do not run alike even with identical plans (an A/A gave the on model's non-conv layers
 # 0.91-0.99 of the off model's time), while separate processes start alike.
 #
-#   scripts/bench_pairs.sh [-n PAIRS] [-b BUILD] [-g REGEX]... 'A-ENV' 'B-ENV' [rn-bench args]
+#   scripts/bench_pairs.sh [-n PAIRS] [-b BUILD] [-B BUILD_B] [-g REGEX]... 'A-ENV' 'B-ENV' [rn-bench args]
 #   scripts/bench_pairs.sh -n 4 -g 'bn\+add\+relu' 'RN_DX_OVER_X=0' '' --steps 3 --warmup 1
+#   scripts/bench_pairs.sh -n 6 -b /tmp/base/build -B build '' '' --model cifar-resnet56 --batch 128
+#
+# -B: B runs BUILD_B's rn-bench (default: BUILD's), to compare a code change that has no run-time
+# switch against a build of the code before it (e.g. a git worktree of the previous commit).
 #
 # A-ENV / B-ENV: space-separated VAR=value settings ('' = the defaults). rn-bench args default to
 # ResNet-50 b32, 3 timed steps after 1 warm-up. Logs: $TMPDIR/bench_pairs.XXXX (kept).
 set -u
-pairs=4 build=build groups=()
-usage() { echo "usage: $0 [-n PAIRS] [-b BUILD] [-g REGEX]... 'A-ENV' 'B-ENV' [rn-bench args]" >&2; exit 2; }
-while getopts "n:b:g:h" o; do
+pairs=4 build=build buildb= groups=()
+usage() { echo "usage: $0 [-n PAIRS] [-b BUILD] [-B BUILD_B] [-g REGEX]... 'A-ENV' 'B-ENV' [rn-bench args]" >&2; exit 2; }
+while getopts "n:b:B:g:h" o; do
   case $o in
     n) pairs=$OPTARG ;;
     b) build=$OPTARG ;;
+    B) buildb=$OPTARG ;;
     g) groups+=("$OPTARG") ;;
     *) usage ;;
   esac
@@ -29,6 +34,8 @@ shift $((OPTIND - 1))
 [ $# -ge 2 ] || usage
 case $pairs in '' | *[!0-9]* | 0) echo "$0: option -n: '$pairs' is not a number of pairs (1 or more)" >&2; exit 2 ;; esac
 [ -x "$build/rn-bench" ] || { echo "$0: option -b: no executable $build/rn-bench" >&2; exit 2; }
+[ -n "$buildb" ] || buildb=$build
+[ -x "$buildb/rn-bench" ] || { echo "$0: option -B: no executable $buildb/rn-bench" >&2; exit 2; }
 A=$1 B=$2
 shift 2
 args=("$@")
@@ -37,13 +44,14 @@ for s in $A $B; do
   case $s in *=*) ;; *) echo "$0: setting '$s' is not VAR=value" >&2; exit 2 ;; esac
 done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/bench_pairs.XXXX")
+[ "$buildb" = "$build" ] || echo "bench_pairs: A runs $build/rn-bench, B runs $buildb/rn-bench"
 echo "bench_pairs: A='$A' B='$B', $pairs pairs of: rn-bench --layers 1 ${args[*]} (logs in $dir)"
 for i in $(seq 1 "$pairs"); do
   for side in A B; do
-    set_=$A
-    [ $side = B ] && set_=$B
+    set_=$A bin=$build/rn-bench
+    [ $side = B ] && set_=$B bin=$buildb/rn-bench
     # shellcheck disable=SC2086 # the settings are words
-    env $set_ "$build/rn-bench" --layers 1 "${args[@]}" > "$dir/$side.$i.log" 2>&1 ||
+    env $set_ "$bin" --layers 1 "${args[@]}" > "$dir/$side.$i.log" 2>&1 ||
       { echo "$0: rn-bench ($side, pair $i) failed:" >&2; tail -5 "$dir/$side.$i.log" >&2; exit 1; }
   done
   echo "pair $i: step A $(grep -o 'step median [0-9.]* ms' "$dir/A.$i.log" | cut -d' ' -f3) ms, B $(grep -o 'step median [0-9.]* ms' "$dir/B.$i.log" | cut -d' ' -f3) ms"

@@ -905,20 +905,23 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
 static int prod_rows(int nv) { return nv == 1 ? 16 : 24 / nv; }
 
 /* m[r][0..16NV) = sum_k v[r][k] u[k][0..16NV) for r < rows (a multiple of RB), K = cx. Literal
- * block sizes (a macro, not parameters) so the accumulators stay in registers. */
-#define PROD_K(NV, RB)                                                                                         \
-  static void prod_##NV(int K, int rows, const float *v, const float *u, float *m) {                          \
+ * block sizes and K (a macro, not parameters) so the accumulators stay in registers and the RB
+ * rows of v are one pointer plus constant offsets: with K a parameter the compiler kept a pointer
+ * per row, 16 of them for NV = 1, and moved them between xmm and general registers inside the
+ * k loop (thirtieth round). */
+#define PROD_K(NV, RB, K)                                                                                      \
+  static void prod_##NV##_##K(int rows, const float *v, const float *u, float *m) {                           \
     const int N = 16 * NV;                                                                                      \
     for (int r0 = 0; r0 < rows; r0 += RB) {                                                                     \
       V16 c[RB][NV];                                                                                            \
       _Pragma("GCC unroll 16") for (int r = 0; r < RB; r++) _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) \
           c[r][j] = _mm512_setzero_ps();                                                                        \
       const float *vr = v + (size_t)r0 * K;                                                                     \
-      for (int k = 0; k < K; k++) {                                                                             \
+      _Pragma("GCC unroll 2") for (int k = 0; k < K; k++) {                                                     \
         V16 b[NV];                                                                                              \
         _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) b[j] = _mm512_loadu_ps(u + (size_t)k * N + 16 * j); \
         _Pragma("GCC unroll 16") for (int r = 0; r < RB; r++) {                                                 \
-          const V16 a = _mm512_set1_ps(vr[(size_t)r * K + k]);                                                  \
+          const V16 a = _mm512_set1_ps(vr[r * K + k]);                                                          \
           _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) c[r][j] = FMA(a, b[j], c[r][j]);                 \
         }                                                                                                       \
       }                                                                                                         \
@@ -926,16 +929,24 @@ static int prod_rows(int nv) { return nv == 1 ? 16 : 24 / nv; }
           _mm512_storeu_ps(m + (size_t)(r0 + r) * N + 16 * j, c[r][j]);                                         \
     }                                                                                                           \
   }
-PROD_K(1, 16)
-PROD_K(2, 12)
-PROD_K(3, 8)
-PROD_K(4, 6)
+#define PROD_KS(NV, RB) PROD_K(NV, RB, 16) PROD_K(NV, RB, 32) PROD_K(NV, RB, 48) PROD_K(NV, RB, 64)
+PROD_KS(1, 16)
+PROD_KS(2, 12)
+PROD_KS(3, 8)
+PROD_KS(4, 6)
+#define PROD_CASE(NV)                                                                                          \
+  switch (K / 16) {                                                                                             \
+  case 1: prod_##NV##_16(rows, v, u, m); return;                                                               \
+  case 2: prod_##NV##_32(rows, v, u, m); return;                                                               \
+  case 3: prod_##NV##_48(rows, v, u, m); return;                                                               \
+  default: prod_##NV##_64(rows, v, u, m); return;                                                              \
+  }
 static void prod(int K, int N, int rows, const float *v, const float *u, float *m) {
   switch (N / 16) {
-  case 1: prod_1(K, rows, v, u, m); break;
-  case 2: prod_2(K, rows, v, u, m); break;
-  case 3: prod_3(K, rows, v, u, m); break;
-  default: prod_4(K, rows, v, u, m); break;
+  case 1: PROD_CASE(1)
+  case 2: PROD_CASE(2)
+  case 3: PROD_CASE(3)
+  default: PROD_CASE(4)
   }
 }
 
