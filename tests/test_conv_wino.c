@@ -443,45 +443,58 @@ static void dyn_paths(void) {
   free(x), free(wt), free(dy);
 }
 
-/* Item 58: the transforms' prefetch (inputs, y for writing, dx's BN-sum inputs) changes no bits:
- * forward with statistics, dx with BN sums from a stored mask (acc 0 and 1) and dW, prefetch off
- * against on, on the small path (16 -> 16 and 64 -> 16 at 32x32, lines of 16 or 8 tiles, the
- * prefetch running past each line's end) and the chunked one (144 -> 176 at 20x20), F(2,3) and
- * F(4,3), 2 threads. */
-static void pfx_paths(void) {
-  static const struct { int cin, cout, hw; } sh[] = {{16, 16, 32}, {64, 16, 32}, {144, 176, 20}};
-  const int n = 2, T = 2;
-  for (int k = 0; k < 3; k++)
+/* Switches that must change no bits: item 58, the transforms' prefetch (inputs, y for writing,
+ * dx's BN-sum inputs), and item 60, F(4,3)'s input transforms carrying the two columns a tile
+ * shares with the next along its row. Forward with statistics, dx with BN sums and dW: acc 0 with
+ * a stored mask, acc 1 with a lazy BN+ReLU on x (forward and dW; dx's mask from it), the switch off against on, on the small path (16 -> 16
+ * and 64 -> 16 at 32x32, lines of 16 or 8 tiles, the prefetch running past each line's end; 48 ->
+ * 32 at 13 x 9, rows of 4 tiles of which the last is ragged, the threads' runs starting
+ * mid-row) and the chunked one (144 -> 176 at 20x20; 144 -> 48 at 11 x 11 in chunks of 7 tiles,
+ * rows of 3), F(2,3) and F(4,3), 2 and 3 threads. */
+static void same_bits(void (*set)(int), const char *what) {
+  static const struct { int cin, cout, h, w, T, chunk; } sh[] = {
+      {16, 16, 32, 32, 2, 0}, {64, 16, 32, 32, 2, 0}, {48, 32, 13, 9, 3, 0}, {144, 176, 20, 20, 2, 0},
+      {144, 48, 11, 11, 3, 7}};
+  const int n = 2;
+  rn_conv_set_wino_min_channels(16); /* 144 -> 48 at 11 x 11 on Winograd (the rule: 64 there) */
+  float sc[176], sh2[176];
+  for (int c = 0; c < 176; c++) sc[c] = 0.5f + 0.01f * (float)c, sh2[c] = 0.1f - 0.002f * (float)c;
+  for (int k = 0; k < 5; k++)
     for (int R = 2; R <= 4; R += 2)
       for (int acc = 0; acc < 2; acc++) {
         rn_conv_desc d;
         rn_err e;
-        rn_conv_desc_init(&d, sh[k].cin, sh[k].cout, 3, 3, 1, 1, sh[k].hw, sh[k].hw, &e);
+        const int T = sh[k].T;
+        rn_conv_desc_init(&d, sh[k].cin, sh[k].cout, 3, 3, 1, 1, sh[k].h, sh[k].w, &e);
         rn_conv_set_wino_tile(R);
-        const size_t hw = (size_t)sh[k].hw * sh[k].hw, nx = n * hw * sh[k].cin, ny = n * hw * sh[k].cout;
+        rn_conv_set_wino_chunk(sh[k].chunk);
+        const size_t hw = (size_t)sh[k].h * sh[k].w, nx = n * hw * sh[k].cin, ny = n * hw * sh[k].cout;
         const size_t nw = (size_t)sh[k].cout * 9 * sh[k].cin;
         float *x = randf(nx, 61 + k), *wt = randf(nw, 62 + k), *dy = randf(ny, 63 + k), *mask = randf(nx, 64 + k);
         float *dx0 = randf(nx, 65 + k), *ws = nanbuf(rn_conv_wino_workspace(&d, n, T)), *y[2], *dx[2], *dw[2];
         double *st[2], *bs[2];
+        const rn_conv_pre pre = {sc, sh2, 1};
         for (int on = 0; on < 2; on++) {
-          rn_conv_set_wino_pfx(on);
+          set(on);
           y[on] = nanbuf(ny), dx[on] = malloc(nx * 4), dw[on] = calloc(nw, 4);
           memcpy(dx[on], dx0, nx * 4);
           st[on] = malloc(sizeof(double) * n * 2 * sh[k].cout), bs[on] = malloc(sizeof(double) * n * 2 * sh[k].cin);
-          rn_conv_wino_forward_ep(&d, n, x, wt, y[on], ws, T, st[on], NULL);
-          rn_bn_sums b = {mask, x, bs[on], 1.0f, 0, NULL};
+          rn_conv_wino_forward_ep(&d, n, x, wt, y[on], ws, T, st[on], acc ? &pre : NULL);
+          rn_bn_sums b = {acc ? NULL : mask, x, bs[on], 1.0f, 0, acc ? &pre : NULL};
           rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx[on], acc, dw[on], ws, T, &b);
         }
         CHECK(memcmp(y[0], y[1], ny * 4) == 0 && memcmp(st[0], st[1], sizeof(double) * n * 2 * sh[k].cout) == 0 &&
                   memcmp(dx[0], dx[1], nx * 4) == 0 && memcmp(bs[0], bs[1], sizeof(double) * n * 2 * sh[k].cin) == 0 &&
                   memcmp(dw[0], dw[1], nw * 4) == 0 && isfinite(y[1][0]) && isfinite(dx[1][0]),
-              "%d->%d @%d, F(%d,3), acc %d: the prefetch changed the results", sh[k].cin, sh[k].cout, sh[k].hw, R,
-              acc);
+              "%d->%d @%dx%d, F(%d,3), acc %d, %d threads: %s changed the results", sh[k].cin, sh[k].cout,
+              sh[k].h, sh[k].w, R, acc, T, what);
         for (int i = 0; i < 2; i++) free(y[i]), free(dx[i]), free(dw[i]), free(st[i]), free(bs[i]);
         free(x), free(wt), free(dy), free(mask), free(dx0), free(ws);
       }
-  rn_conv_set_wino_pfx(1);
+  set(1);
   rn_conv_set_wino_tile(0);
+  rn_conv_set_wino_chunk(0);
+  rn_conv_set_wino_min_channels(0);
 }
 
 int main(void) {
@@ -525,7 +538,8 @@ int main(void) {
   dispatch();
   ukr_paths();
   dyn_paths();
-  pfx_paths();
+  same_bits(rn_conv_set_wino_pfx, "the prefetch");
+  same_bits(rn_conv_set_wino_carry, "the carried columns");
   partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",
          cases, g_max[2], g_max[4], TOL2, TOL4);

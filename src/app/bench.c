@@ -60,6 +60,7 @@ static void set_switch(const char *sw, int on, int narrow, int ksplit) {
   else if (!strcmp(sw, "ukr")) rn_blas_set_ukr(on);
   else if (!strcmp(sw, "wino-dyn")) rn_conv_set_wino_dynamic(on);
   else if (!strcmp(sw, "wino-pfx")) rn_conv_set_wino_pfx(on);
+  else if (!strcmp(sw, "wino-carry")) rn_conv_set_wino_carry(on);
   else if (!strcmp(sw, "direct-dyn")) rn_conv_set_direct_dynamic(on);
   else if (!strcmp(sw, "add-stream")) rn_bn_set_add_stream_mb(on ? ab_add_stream_mb() : 0);
   else if (!strcmp(sw, "tile74")) rn_conv_set_tile74(on);
@@ -82,7 +83,7 @@ static void usage(void) {
          "                [--steps N] [--warmup N] [--layers 0|1] [--blis-arch SET] [--narrow 0|1] [--ksplit 0|1]\n"
          "                [--bucket-mb MB] [--overlap 0|1|2] [--recompute-mb MB]\n"
          "                [--ab narrow|ksplit|gemm-par|wino|wino-small|wino-bn|dw-il|dx-over-x|stream|dw-ip|ukr|wino-dyn|recompute-mb|\n"
-         "                      direct-dyn|add-stream|wino-pre|tile74|sweep1|wino-pfx]\n"
+         "                      direct-dyn|add-stream|wino-pre|tile74|sweep1|wino-pfx|wino-carry]\n"
          "Times the training step of a model on synthetic data: per layer (with --layers 1) forward and\n"
          "backward ms, GFLOP/s and %% of the FMA peak (measured in the same run after the steps, 1 rank; with\n"
          "--layers 1 before and after a 2048^3 BLIS sgemm, the larger counts), that GEMM's GF/s (what a\n"
@@ -141,6 +142,8 @@ static void usage(void) {
          "a time over the whole plane in 7-pixel tiles (off = line by line over all blocks; RN_CONV_SWEEP1=0).\n"
          "wino-pfx: Winograd's transforms prefetch what the tile two further along its row reads and\n"
          "writes (inputs, outputs, dx's BN-sum inputs; off = no prefetch; RN_WINO_PFX=0).\n"
+         "wino-carry: F(4,3)'s input transforms take the two columns a tile shares with the previous tile\n"
+         "of its row from that tile's first stage (off = transformed again; RN_WINO_CARRY=0).\n"
          "With --layers 1, tile74 and sweep1 also print the time of the convolutions they apply to against\n"
          "the others'.\n");
 }
@@ -208,11 +211,11 @@ int main(int argc, char **argv) {
           strcmp(v, "dw-il") && strcmp(v, "dx-over-x") && strcmp(v, "stream") &&
           strcmp(v, "dw-ip") && strcmp(v, "ukr") && strcmp(v, "wino-dyn") && strcmp(v, "recompute-mb") &&
           strcmp(v, "direct-dyn") && strcmp(v, "add-stream") && strcmp(v, "wino-pre") &&
-          strcmp(v, "tile74") && strcmp(v, "sweep1") && strcmp(v, "wino-pfx"))
+          strcmp(v, "tile74") && strcmp(v, "sweep1") && strcmp(v, "wino-pfx") && strcmp(v, "wino-carry"))
         st = rn_err_set(&e, RN_EINVAL,
                         "option ab: unknown switch '%s' (valid: narrow, ksplit, gemm-par, wino, wino-small, wino-bn, dw-il, "
                         "dx-over-x, stream, dw-ip, ukr, wino-dyn, recompute-mb, direct-dyn, add-stream, wino-pre, "
-                        "tile74, sweep1, wino-pfx)",
+                        "tile74, sweep1, wino-pfx, wino-carry)",
                         v);
     } else if (!strcmp(a, "--bucket-mb")) st = rn_parse_double("option bucket-mb", v, &bucket_mb, &e);
     else if (!strcmp(a, "--recompute-mb")) {

@@ -277,10 +277,18 @@ AI V16 ep_value(const wep *ep, V16 v, const float *p, const float *y, int c0, __
  * backward's entry, before their parallel regions). */
 static int g_pfx = -1;
 void rn_conv_set_wino_pfx(int on) { g_pfx = on != 0; }
+/* The input transforms' carried columns (wcarry, below): RN_WINO_CARRY=0 or
+ * rn_conv_set_wino_carry(0): off (read with RN_WINO_PFX; the same bits). */
+static int g_carry = -1;
+void rn_conv_set_wino_carry(int on) { g_carry = on != 0; }
 static void pfx_init(void) {
   if (g_pfx < 0) {
     const char *v = getenv("RN_WINO_PFX");
     g_pfx = !(v && v[0] == '0');
+  }
+  if (g_carry < 0) {
+    const char *v = getenv("RN_WINO_CARRY");
+    g_carry = !(v && v[0] == '0');
   }
 }
 #define PFX_AHEAD 2
@@ -336,9 +344,28 @@ AI V16 in_value(const float *p, int c0, const rn_conv_pre *pre) {
   return v;
 }
 
-/* V (16 positions, position stride vs) of the 4x4 input tile at (2ty-1, 2tx-1) of image img. */
-AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
-             const rn_conv_pre *pre) {
+/* The carry of the input transforms (in_tile: F(2,3), in_tile6: F(4,3)): a tile's input overlaps
+ * the next tile's along the row by two columns, and the first stage of B^T d B runs down the
+ * columns, so the last two columns' first stage (and their loads and lazy BN) is the next tile's
+ * first two: kept here instead of redone (thirtieth round, item 60: half of F(2,3)'s first stage,
+ * a third of F(4,3)'s; rn-bench --ab wino-carry). Two columns of up to 6 vectors per 16 input
+ * channels, up to CARRY_MAXC channels (wider inputs run without it). */
+#define CARRY_MAXC 512
+typedef struct {
+  _Alignas(64) float v[12 * CARRY_MAXC];
+} wcarry;
+/* The carry for input channels C of this thread (NULL: off or too wide). */
+static wcarry *carry_for(wcarry *c, int C) { return g_carry > 0 && C <= CARRY_MAXC ? c : NULL; }
+/* Whether tile id (r in its image, tw tiles per row) may take the carry: the same thread
+ * transformed tile id - 1 (first: its first tile of the run) on the same row just before. */
+static int carry_ok(const wcarry *c, int64_t id, int64_t first, int r, int tw) {
+  return c && id > first && r % tw != 0;
+}
+
+/* V (16 positions, position stride vs) of the 4x4 input tile at (2ty-1, 2tx-1) of image img;
+ * carry and have as in in_tile6_. */
+AI void in_tile_(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+             const rn_conv_pre *pre, wcarry *carry, int have) {
   const int y0 = 2 * ty - 1, x0 = 2 * tx - 1;
   const float *row[4];
   int okx[4];
@@ -349,17 +376,25 @@ AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx
   }
   in_prefetch((const float *const *)row, 4, 2, tx, 1, W, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
-    V16 d[4][4];
-    for (int i = 0; i < 4; i++)
-      for (int j = 0; j < 4; j++)
-        d[i][j] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
-    V16 t[4][4];
+    V16 t[4][4]; /* t[i][j]: column j of B^T d */
+    float *cp = carry ? carry->v + (size_t)c0 * 12 : NULL;
+#pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
-      t[0][j] = SUB(d[0][j], d[2][j]);
-      t[1][j] = ADD(d[1][j], d[2][j]);
-      t[2][j] = SUB(d[2][j], d[1][j]);
-      t[3][j] = SUB(d[1][j], d[3][j]);
+      if (j < 2 && have) {
+        for (int i = 0; i < 4; i++) t[i][j] = _mm512_load_ps(cp + (j * 4 + i) * 16);
+        continue;
+      }
+      V16 d[4];
+      for (int i = 0; i < 4; i++)
+        d[i] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
+      t[0][j] = SUB(d[0], d[2]);
+      t[1][j] = ADD(d[1], d[2]);
+      t[2][j] = SUB(d[2], d[1]);
+      t[3][j] = SUB(d[1], d[3]);
     }
+    if (cp)
+      for (int j = 0; j < 2; j++)
+        for (int i = 0; i < 4; i++) _mm512_store_ps(cp + (j * 4 + i) * 16, t[i][2 + j]);
     for (int i = 0; i < 4; i++) {
       float *o = v + (size_t)(i * 4) * vs + c0;
       _mm512_storeu_ps(o, SUB(t[i][0], t[i][2]));
@@ -368,6 +403,13 @@ AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx
       _mm512_storeu_ps(o + 3 * vs, SUB(t[i][1], t[i][3]));
     }
   }
+}
+
+/* in_tile_ compiled twice, with and without the carried columns (have a constant in each). */
+AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+                const rn_conv_pre *pre, wcarry *carry, int have) {
+  if (have) in_tile_(x, C, H, W, img, ty, tx, v, vs, pre, carry, 1);
+  else in_tile_(x, C, H, W, img, ty, tx, v, vs, pre, carry, 0);
 }
 
 /* E = A dY A^T (16 positions, stride es) of the 2x2 output-gradient tile at (2ty, 2tx). */
@@ -555,8 +597,11 @@ AI void gt6(const V16 *u, V16 *o) {
   o[2] = FMA(s6, SUB(p34, p12), u[5]);
 }
 
-AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
-              const rn_conv_pre *pre) {
+/* V (36 positions, stride vs) of the 6x6 input tile at (4ty-1, 4tx-1) of image img. carry
+ * (non-NULL): columns 4-5's first stage stored there for the next tile; have: columns 0-1's taken
+ * from it (it holds tile tx-1's of the same row). */
+AI void in_tile6_(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+              const rn_conv_pre *pre, wcarry *carry, int have) {
   const int y0 = 4 * ty - 1, x0 = 4 * tx - 1;
   const float *row[6];
   int okx[6];
@@ -568,12 +613,21 @@ AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int t
   in_prefetch((const float *const *)row, 6, 4, tx, 1, W, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
     V16 t[6][6]; /* t[j][i]: column j of B^T d */
+    float *cp = carry ? carry->v + (size_t)c0 * 12 : NULL;
+#pragma GCC unroll 6
     for (int j = 0; j < 6; j++) {
+      if (j < 2 && have) {
+        for (int i = 0; i < 6; i++) t[j][i] = _mm512_load_ps(cp + (j * 6 + i) * 16);
+        continue;
+      }
       V16 col[6];
       for (int i = 0; i < 6; i++)
         col[i] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
       bt6(col, t[j]);
     }
+    if (cp)
+      for (int j = 0; j < 2; j++)
+        for (int i = 0; i < 6; i++) _mm512_store_ps(cp + (j * 6 + i) * 16, t[4 + j][i]);
     for (int i = 0; i < 6; i++) {
       V16 r[6], o[6];
       for (int j = 0; j < 6; j++) r[j] = t[j][i];
@@ -582,6 +636,13 @@ AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int t
       for (int j = 0; j < 6; j++) _mm512_storeu_ps(p + (size_t)j * vs, o[j]);
     }
   }
+}
+
+/* in_tile6_ compiled twice, with and without the carried columns (have a constant in each). */
+AI void in_tile6(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+                 const rn_conv_pre *pre, wcarry *carry, int have) {
+  if (have) in_tile6_(x, C, H, W, img, ty, tx, v, vs, pre, carry, 1);
+  else in_tile6_(x, C, H, W, img, ty, tx, v, vs, pre, carry, 0);
 }
 
 AI void dy_tile6(const float *dy, int C, int OH, int OW, int64_t img, int ty, int tx, float *e, size_t es) {
@@ -869,6 +930,7 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
   const int64_t NT = (int64_t)n * th * tw;
   const size_t vs = (size_t)TC * cx, ms = (size_t)TC * cy, us = (size_t)cx * cy;
   const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
+  wcarry cw, *cr = carry_for(&cw, cx);
   int q = 0;
   for (int64_t c0 = 0; c0 < NT; c0 += TC, q++) {
     const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
@@ -876,8 +938,9 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
     for (int64_t id = a; id < b; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre);
-      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre);
+      const int hv = carry_ok(cr, id, a, r, tw);
+      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre, cr, hv);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre, cr, hv);
     }
 #pragma omp barrier
     for (int it = x0, xi; (xi = next_pos(ctr, q, P, x1, &it)) >= 0;) {
@@ -992,13 +1055,15 @@ static void core_small(int R, int cx, int cy, int H, int W, int n, const float *
   const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R, RB = prod_rows(cy / 16);
   const int64_t NT = (int64_t)n * th * tw, a = NT * t / nt, b = NT * (t + 1) / nt;
   const size_t vs = (size_t)SG * cx, ms = (size_t)SG * cy, us = (size_t)cx * cy;
+  wcarry cw, *cr = carry_for(&cw, cx);
   for (int64_t g0 = a; g0 < b; g0 += SG) {
     const int tc = (int)(b - g0 < SG ? b - g0 : SG), rows = (tc + RB - 1) / RB * RB;
     for (int64_t id = g0; id < g0 + tc; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre);
-      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre);
+      const int hv = carry_ok(cr, id, a, r, tw);
+      if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre, cr, hv);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre, cr, hv);
     }
     if (rows > tc) /* the block's rows past the last tile: zeros, not stale or unset floats */
       for (int xi = 0; xi < P; xi++) memset(V + xi * vs + (size_t)tc * cx, 0, sizeof(float) * (rows - tc) * cx);
@@ -1082,16 +1147,18 @@ static void backward_small(const rn_conv_desc *d, int n, const float *x, const f
       float *dU = ws + (size_t)t * uf;
       memset(dU, 0, sizeof(float) * uf);
       const int64_t a = NT * t / nt, b = NT * (t + 1) / nt;
+      wcarry cw, *cr = carry_for(&cw, cin);
       for (int64_t g0 = a; g0 < b; g0 += SG) {
         const int tc = (int)(b - g0 < SG ? b - g0 : SG);
         for (int64_t id = g0; id < g0 + tc; id++) {
           const int64_t img = id / ((int64_t)th * tw);
           const int r = (int)(id % ((int64_t)th * tw));
+          const int hv = carry_ok(cr, id, a, r, tw);
           if (R == 4) {
-            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre);
+            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre, cr, hv);
             dy_tile6(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
           } else {
-            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre);
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre, cr, hv);
             dy_tile(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
           }
         }
@@ -1186,6 +1253,7 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
     const int x0 = P * t / nt, x1 = P * (t + 1) / nt;
     float *ap = PK + (size_t)t * pk_floats(d), *bp = ap + (size_t)al32(cmax(d)) * WKC;
     if (dw) { /* dU[xi] = sum over tiles E[xi]^T V[xi], each thread its own positions */
+      wcarry cw, *cr = carry_for(&cw, cin);
       int q = 0;
       for (int64_t c0 = 0; c0 < NT; c0 += TC, q++) {
         const int tc = (int)(NT - c0 < TC ? NT - c0 : TC);
@@ -1193,11 +1261,12 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
         for (int64_t id = a; id < b; id++) {
           const int64_t img = id / ((int64_t)th * tw);
           const int r = (int)(id % ((int64_t)th * tw));
+          const int hv = carry_ok(cr, id, a, r, tw);
           if (R == 4) {
-            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre);
+            in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre, cr, hv);
             dy_tile6(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
           } else {
-            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre);
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre, cr, hv);
             dy_tile(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
           }
         }
@@ -1239,6 +1308,8 @@ void rn_conv_wino_backward(const rn_conv_desc *d, int n, const float *x, const f
 #else
 long rn_conv_wino_ukr_products(void) { return 0; }
 void rn_conv_set_wino_dynamic(int on) { (void)on; }
+void rn_conv_set_wino_pfx(int on) { (void)on; }
+void rn_conv_set_wino_carry(int on) { (void)on; }
 void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                              int threads, double *stats, const rn_conv_pre *pre) {
   (void)d, (void)n, (void)x, (void)w, (void)y, (void)ws, (void)threads, (void)stats, (void)pre;
