@@ -449,17 +449,18 @@ static void dyn_paths(void) {
  * a stored mask, acc 1 with a lazy BN+ReLU on x (forward and dW; dx's mask from it), the switch off against on, on the small path (16 -> 16
  * and 64 -> 16 at 32x32, lines of 16 or 8 tiles, the prefetch running past each line's end; 48 ->
  * 32 at 13 x 9, rows of 4 tiles of which the last is ragged, the threads' runs starting
- * mid-row) and the chunked one (144 -> 176 at 20x20; 144 -> 48 at 11 x 11 in chunks of 7 tiles,
- * rows of 3), F(2,3) and F(4,3), 2 and 3 threads. */
+ * mid-row) and the chunked one (144 -> 176 at 20x20; 144 -> 48 and 48 -> 144 at 11 x 11 in
+ * chunks of 7 tiles, rows of 3: the carry where the transforms' input has <= 64 channels, dx and
+ * forward / dW), F(2,3) and F(4,3), 2 and 3 threads. */
 static void same_bits(void (*set)(int), const char *what) {
   static const struct { int cin, cout, h, w, T, chunk; } sh[] = {
       {16, 16, 32, 32, 2, 0}, {64, 16, 32, 32, 2, 0}, {48, 32, 13, 9, 3, 0}, {144, 176, 20, 20, 2, 0},
-      {144, 48, 11, 11, 3, 7}};
+      {144, 48, 11, 11, 3, 7}, {48, 144, 11, 11, 3, 7}};
   const int n = 2;
   rn_conv_set_wino_min_channels(16); /* 144 -> 48 at 11 x 11 on Winograd (the rule: 64 there) */
   float sc[176], sh2[176];
   for (int c = 0; c < 176; c++) sc[c] = 0.5f + 0.01f * (float)c, sh2[c] = 0.1f - 0.002f * (float)c;
-  for (int k = 0; k < 5; k++)
+  for (int k = 0; k < 6; k++)
     for (int R = 2; R <= 4; R += 2)
       for (int acc = 0; acc < 2; acc++) {
         rn_conv_desc d;

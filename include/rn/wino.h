@@ -56,9 +56,9 @@ void rn_conv_set_wino_dynamic(int on);
  * writing) and dx's BN-sum inputs, two tiles ahead (on by default; RN_WINO_PFX=0 or
  * rn_conv_set_wino_pfx(0): off, A/B; the same bits). */
 void rn_conv_set_wino_pfx(int on);
-/* F(4,3)'s input transforms carry the two columns a tile shares with the next one along its row
- * instead of transforming them again (on by default; RN_WINO_CARRY=0 or
- * rn_conv_set_wino_carry(0): off, A/B; the same bits). */
+/* F(4,3)'s input transforms (inputs of at most 64 channels) carry the two columns a
+ * tile shares with the next one along its row instead of transforming them again (on by default;
+ * RN_WINO_CARRY=0 or rn_conv_set_wino_carry(0): off, A/B; the same bits). */
 void rn_conv_set_wino_carry(int on);
 /* The chunked path's products run on BLIS's micro-kernel with the transformed kernels packed once
  * per call (rn_ukr, kernels.h) where it is available and on (RN_UKR=0 or rn_blas_set_ukr(0): on

@@ -142,8 +142,9 @@ static void usage(void) {
          "a time over the whole plane in 7-pixel tiles (off = line by line over all blocks; RN_CONV_SWEEP1=0).\n"
          "wino-pfx: Winograd's transforms prefetch what the tile two further along its row reads and\n"
          "writes (inputs, outputs, dx's BN-sum inputs; off = no prefetch; RN_WINO_PFX=0).\n"
-         "wino-carry: F(4,3)'s input transforms take the two columns a tile shares with the previous tile\n"
-         "of its row from that tile's first stage (off = transformed again; RN_WINO_CARRY=0).\n"
+         "wino-carry: Winograd F(4,3)'s input transforms over <= 64 channels take the two columns a\n"
+         "tile shares with the previous tile of its row from that tile's first stage (off = transformed\n"
+         "again; RN_WINO_CARRY=0).\n"
          "With --layers 1, tile74 and sweep1 also print the time of the convolutions they apply to against\n"
          "the others'.\n");
 }

@@ -344,13 +344,17 @@ AI V16 in_value(const float *p, int c0, const rn_conv_pre *pre) {
   return v;
 }
 
-/* The carry of the input transforms (in_tile: F(2,3), in_tile6: F(4,3)): a tile's input overlaps
- * the next tile's along the row by two columns, and the first stage of B^T d B runs down the
- * columns, so the last two columns' first stage (and their loads and lazy BN) is the next tile's
- * first two: kept here instead of redone (thirtieth round, item 60: half of F(2,3)'s first stage,
- * a third of F(4,3)'s; rn-bench --ab wino-carry). Two columns of up to 6 vectors per 16 input
- * channels, up to CARRY_MAXC channels (wider inputs run without it). */
-#define CARRY_MAXC 512
+/* The carry of F(4,3)'s input transforms (in_tile6): a tile's input overlaps the next tile's along
+ * the row by two columns, and the first stage of B^T d B runs down the columns, so the last two
+ * columns' first stage (and their loads and lazy BN) is the next tile's first two: kept here
+ * instead of redone, a third of the first stage (thirtieth round, item 60; rn-bench --ab
+ * wino-carry). Two columns of 6 vectors per 16 input channels, 3 KB at CARRY_MAXC = 64 channels;
+ * wider inputs run without it: each tile would churn 12-24 KB of the 48 KB L1 at 256-512
+ * channels, and ResNet-50's layers 2-4 (128-512 channels, chunked path, where the transforms are
+ * a small share) measured 1.01-1.02 of their time with it. F(2,3)'s in_tile has no carry: built
+ * the same way (half its first stage), ResNet-50's 64@56 measured 0.990-0.996 alone and
+ * 0.98-1.05 in the step. */
+#define CARRY_MAXC 64
 typedef struct {
   _Alignas(64) float v[12 * CARRY_MAXC];
 } wcarry;
@@ -362,10 +366,9 @@ static int carry_ok(const wcarry *c, int64_t id, int64_t first, int r, int tw) {
   return c && id > first && r % tw != 0;
 }
 
-/* V (16 positions, position stride vs) of the 4x4 input tile at (2ty-1, 2tx-1) of image img;
- * carry and have as in in_tile6_. */
-AI void in_tile_(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
-             const rn_conv_pre *pre, wcarry *carry, int have) {
+/* V (16 positions, position stride vs) of the 4x4 input tile at (2ty-1, 2tx-1) of image img. */
+AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
+             const rn_conv_pre *pre) {
   const int y0 = 2 * ty - 1, x0 = 2 * tx - 1;
   const float *row[4];
   int okx[4];
@@ -376,25 +379,17 @@ AI void in_tile_(const float *x, int C, int H, int W, int64_t img, int ty, int t
   }
   in_prefetch((const float *const *)row, 4, 2, tx, 1, W, C);
   for (int c0 = 0; c0 < C; c0 += 16) {
-    V16 t[4][4]; /* t[i][j]: column j of B^T d */
-    float *cp = carry ? carry->v + (size_t)c0 * 12 : NULL;
-#pragma GCC unroll 4
+    V16 d[4][4];
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++)
+        d[i][j] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
+    V16 t[4][4];
     for (int j = 0; j < 4; j++) {
-      if (j < 2 && have) {
-        for (int i = 0; i < 4; i++) t[i][j] = _mm512_load_ps(cp + (j * 4 + i) * 16);
-        continue;
-      }
-      V16 d[4];
-      for (int i = 0; i < 4; i++)
-        d[i] = row[i] && okx[j] ? in_value(row[i] + (size_t)(x0 + j) * C + c0, c0, pre) : _mm512_setzero_ps();
-      t[0][j] = SUB(d[0], d[2]);
-      t[1][j] = ADD(d[1], d[2]);
-      t[2][j] = SUB(d[2], d[1]);
-      t[3][j] = SUB(d[1], d[3]);
+      t[0][j] = SUB(d[0][j], d[2][j]);
+      t[1][j] = ADD(d[1][j], d[2][j]);
+      t[2][j] = SUB(d[2][j], d[1][j]);
+      t[3][j] = SUB(d[1][j], d[3][j]);
     }
-    if (cp)
-      for (int j = 0; j < 2; j++)
-        for (int i = 0; i < 4; i++) _mm512_store_ps(cp + (j * 4 + i) * 16, t[i][2 + j]);
     for (int i = 0; i < 4; i++) {
       float *o = v + (size_t)(i * 4) * vs + c0;
       _mm512_storeu_ps(o, SUB(t[i][0], t[i][2]));
@@ -403,13 +398,6 @@ AI void in_tile_(const float *x, int C, int H, int W, int64_t img, int ty, int t
       _mm512_storeu_ps(o + 3 * vs, SUB(t[i][1], t[i][3]));
     }
   }
-}
-
-/* in_tile_ compiled twice, with and without the carried columns (have a constant in each). */
-AI void in_tile(const float *x, int C, int H, int W, int64_t img, int ty, int tx, float *v, size_t vs,
-                const rn_conv_pre *pre, wcarry *carry, int have) {
-  if (have) in_tile_(x, C, H, W, img, ty, tx, v, vs, pre, carry, 1);
-  else in_tile_(x, C, H, W, img, ty, tx, v, vs, pre, carry, 0);
 }
 
 /* E = A dY A^T (16 positions, stride es) of the 2x2 output-gradient tile at (2ty, 2tx). */
@@ -940,7 +928,7 @@ static void core(int R, int cx, int cy, int H, int W, int n, const float *x, con
       const int r = (int)(id % ((int64_t)th * tw));
       const int hv = carry_ok(cr, id, a, r, tw);
       if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre, cr, hv);
-      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre, cr, hv);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cx, vs, pre);
     }
 #pragma omp barrier
     for (int it = x0, xi; (xi = next_pos(ctr, q, P, x1, &it)) >= 0;) {
@@ -1063,7 +1051,7 @@ static void core_small(int R, int cx, int cy, int H, int W, int n, const float *
       const int r = (int)(id % ((int64_t)th * tw));
       const int hv = carry_ok(cr, id, a, r, tw);
       if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre, cr, hv);
-      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre, cr, hv);
+      else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre);
     }
     if (rows > tc) /* the block's rows past the last tile: zeros, not stale or unset floats */
       for (int xi = 0; xi < P; xi++) memset(V + xi * vs + (size_t)tc * cx, 0, sizeof(float) * (rows - tc) * cx);
@@ -1158,7 +1146,7 @@ static void backward_small(const rn_conv_desc *d, int n, const float *x, const f
             in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre, cr, hv);
             dy_tile6(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
           } else {
-            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre, cr, hv);
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cin, vs, pre);
             dy_tile(dy, cout, H, W, img, r / tw, r % tw, E + (size_t)(id - g0) * cout, es);
           }
         }
@@ -1266,7 +1254,7 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
             in_tile6(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre, cr, hv);
             dy_tile6(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
           } else {
-            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre, cr, hv);
+            in_tile(x, cin, H, W, img, r / tw, r % tw, V + (size_t)(id - c0) * cin, vs, pre);
             dy_tile(dy, cout, H, W, img, r / tw, r % tw, M + (size_t)(id - c0) * cout, es);
           }
         }
