@@ -10,8 +10,8 @@
  * measurements behind the per-shape rules in src/kernels/conv_direct.c (docs/PERF.md).
  * With --ab-dw-ip it instead pairs the dW pass (production rules) with the 1x1 dW kernel's in-place
  * path off and on (rn_conv_set_dw1x1_inplace), alternating off, on, on, off, ... R times each.
- * --ab-ukr, --ab-rules and --ab-direct pair the three passes the same way (--help).
- * Usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules | --ab-direct]
+ * --ab-ukr, --ab-rules, --ab-direct and --ab-carry pair the three passes the same way (--help).
+ * Usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules | --ab-direct | --ab-carry]
  *        [CIN,COUT,K,STRIDE,HW,BATCH ...]
  *        (default: the ResNet-20 and ResNet-50 convolution shapes) */
 #include <math.h>
@@ -109,6 +109,7 @@ static void set_ab(int which, int on) {
   if (which == 1) rn_conv_set_dw1x1_inplace(on);
   else if (which == 2) rn_blas_set_ukr(on);
   else if (which == 3) set_mode(on); /* the GEMM path (off) against the production rules (on) */
+  else if (which == 5) rn_conv_set_wino_carry(on);
   else set_mode(on ? 2 : 0);         /* 4: the GEMM path (off) against the direct kernel in every pass */
 }
 static void ab_pass(const shape *s, int reps, int which) {
@@ -193,8 +194,11 @@ int main(int argc, char **argv) {
       ab = 3;
     } else if (!strcmp(argv[i], "--ab-direct")) {
       ab = 4;
+    } else if (!strcmp(argv[i], "--ab-carry")) {
+      ab = 5;
     } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules | --ab-direct] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
+      printf("usage: rn-bench-conv [--threads T] [--reps R] [--ab-dw-ip | --ab-ukr | --ab-rules | --ab-direct |\n"
+             "                     --ab-carry] [CIN,COUT,K,STRIDE,HW,BATCH ...]\n"
              "GFLOP/s of the forward, dx and dW passes of one convolution shape: GEMM path (direct\n"
              "kernel off), the production rules, and the direct kernel wherever it applies;\n"
              "D/g/W after a figure = that pass ran direct / on the GEMM path / Winograd (rules only;\n"
@@ -210,7 +214,9 @@ int main(int argc, char **argv) {
              "--ab-rules: the same with the GEMM path (im2col + BLIS; off) against the production\n"
              "rules (direct kernels, Winograd; on).\n"
              "--ab-direct: the same with the GEMM path (off) against the direct kernel in every pass,\n"
-             "whatever the width rules (on; no Winograd): what a rule change would gain.\n");
+             "whatever the width rules (on; no Winograd): what a rule change would gain.\n"
+             "--ab-carry: the same with Winograd F(4,3)'s input transforms carrying the two columns a\n"
+             "tile shares with the next along its row (rn_conv_set_wino_carry) off and on.\n");
       return 0;
     } else {
       break;

@@ -349,11 +349,11 @@ AI V16 in_value(const float *p, int c0, const rn_conv_pre *pre) {
  * columns' first stage (and their loads and lazy BN) is the next tile's first two: kept here
  * instead of redone, a third of the first stage (thirtieth round, item 60; rn-bench --ab
  * wino-carry). Two columns of 6 vectors per 16 input channels, 3 KB at CARRY_MAXC = 64 channels;
- * wider inputs run without it: each tile would churn 12-24 KB of the 48 KB L1 at 256-512
- * channels, and ResNet-50's layers 2-4 (128-512 channels, chunked path, where the transforms are
- * a small share) measured 1.01-1.02 of their time with it. F(2,3)'s in_tile has no carry: built
- * the same way (half its first stage), ResNet-50's 64@56 measured 0.990-0.996 alone and
- * 0.98-1.05 in the step. */
+ * wider inputs run without it: there the transforms are a small share of the chunked path's
+ * time, each tile would churn 12-24 KB of the 48 KB L1 at 256-512 channels, and ResNet-50's
+ * 128-256-channel layers measured no gain (0.995-1.008 alone, 1.011-1.022 in the step). F(2,3)'s
+ * in_tile has no carry: built the same way (half its first stage), ResNet-50's 64@56 measured
+ * 0.983-0.996 alone and 0.982-1.050 in the step. */
 #define CARRY_MAXC 64
 typedef struct {
   _Alignas(64) float v[12 * CARRY_MAXC];
