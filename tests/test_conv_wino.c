@@ -498,6 +498,56 @@ static void same_bits(void (*set)(int), const char *what) {
   rn_conv_set_wino_min_channels(0);
 }
 
+/* The small path's groups: the forward's statistics and dx's BN sums go to one slot per group of
+ * 48 tiles and are added up in group order, so y, dx and both sums are the same bits for 1, 2 and
+ * 3 threads, with the groups split statically or taken with work stealing (rn_conv_set_wino_
+ * dynamic); and the slots stay inside a workspace planned for a larger batch (a canary after it).
+ * Groups spanning 2 images (16 -> 16 at 32x32, F(4,3)), 9 (64 -> 32 at 9x7, 6 tiles per image)
+ * and a short last one (48 -> 16 at 13x13, F(2,3)). */
+static void small_groups(void) {
+  static const struct { int cin, cout, h, w, R, n; } sh[] = {{16, 16, 32, 32, 4, 3}, {64, 32, 9, 7, 4, 20},
+                                                            {48, 16, 13, 13, 2, 5}};
+  rn_conv_set_wino_min_channels(16);
+  for (int k = 0; k < 3; k++) {
+    rn_conv_desc d;
+    rn_err e;
+    rn_conv_desc_init(&d, sh[k].cin, sh[k].cout, 3, 3, 1, 1, sh[k].h, sh[k].w, &e);
+    rn_conv_set_wino_tile(sh[k].R);
+    const int n = sh[k].n, G = 1024;
+    const size_t hw = (size_t)sh[k].h * sh[k].w, nx = n * hw * sh[k].cin, ny = n * hw * sh[k].cout;
+    const size_t nw = (size_t)sh[k].cout * 9 * sh[k].cin, wsn = rn_conv_wino_workspace(&d, n + 3, 3);
+    const size_t ns = sizeof(double) * n * 2 * sh[k].cout, nb = sizeof(double) * n * 2 * sh[k].cin;
+    float *x = randf(nx, 71 + k), *wt = randf(nw, 72 + k), *dy = randf(ny, 73 + k), *mask = randf(nx, 74 + k);
+    float *ws = nanbuf(wsn + G), *y[2] = {nanbuf(ny), nanbuf(ny)}, *dx[2] = {nanbuf(nx), nanbuf(nx)};
+    double *st[2] = {malloc(ns), malloc(ns)}, *bs[2] = {malloc(nb), malloc(nb)};
+    for (int g = 0; g < G; g++) ws[wsn + g] = 1234.5f;
+    int diff = 0, runs = 0;
+    for (int T = 1; T <= 3; T++)
+      for (int dyn = 0; dyn < 2; dyn++) {
+        const int o = runs++ > 0;
+        rn_conv_set_wino_dynamic(dyn);
+        rn_conv_wino_forward_ep(&d, n, x, wt, y[o], ws, T, st[o], NULL);
+        rn_bn_sums b = {mask, x, bs[o], 1.0f, 0, NULL};
+        rn_conv_wino_backward_bn(&d, n, x, wt, dy, dx[o], 0, NULL, ws, T, &b);
+        if (o)
+          diff |= memcmp(y[0], y[1], ny * 4) != 0 || memcmp(st[0], st[1], ns) != 0 ||
+                  memcmp(dx[0], dx[1], nx * 4) != 0 || memcmp(bs[0], bs[1], nb) != 0;
+      }
+    int bad = 0;
+    for (int g = 0; g < G; g++) bad |= ws[wsn + g] != 1234.5f;
+    CHECK(!diff && isfinite(st[1][0]) && isfinite(bs[1][0]),
+          "%d->%d @%dx%d, F(%d,3), %d images: y, dx or the sums depend on the threads or the claiming", sh[k].cin,
+          sh[k].cout, sh[k].h, sh[k].w, sh[k].R, n);
+    CHECK(!bad, "%d->%d @%dx%d planned for %d images: %d images wrote past the workspace", sh[k].cin, sh[k].cout,
+          sh[k].h, sh[k].w, n + 3, n);
+    for (int i = 0; i < 2; i++) free(y[i]), free(dx[i]), free(st[i]), free(bs[i]);
+    free(x), free(wt), free(dy), free(mask), free(ws);
+  }
+  rn_conv_set_wino_dynamic(1);
+  rn_conv_set_wino_tile(0);
+  rn_conv_set_wino_min_channels(0);
+}
+
 int main(void) {
   rn_err e;
   if (rn_blas_init(NULL, 3, stderr, &e)) {
@@ -541,6 +591,7 @@ int main(void) {
   dyn_paths();
   same_bits(rn_conv_set_wino_pfx, "the prefetch");
   same_bits(rn_conv_set_wino_carry, "the carried columns");
+  small_groups();
   partial_batches();
   printf("test_conv_wino: %d shapes, each with F(2,3) and F(4,3): max rel err %.3g and %.3g (tolerances %.0e, %.0e)\n",
          cases, g_max[2], g_max[4], TOL2, TOL4);

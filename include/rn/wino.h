@@ -49,8 +49,10 @@ void rn_conv_set_wino_chunk(int tiles);
  * products instead of chunks and BLIS); on by default, RN_WINO_SMALL=0 or rn_conv_set_wino_small(0)
  * turns it off (A/B, tests). Set before planning workspaces. */
 void rn_conv_set_wino_small(int on);
-/* The chunked path's products: positions claimed one at a time by the threads (default; the same
- * bits as static shares) or static shares (RN_WINO_DYN=0 or rn_conv_set_wino_dynamic(0), A/B). */
+/* The chunked path's products: positions claimed one at a time by the threads; the small path's
+ * forward and dx: each thread's share of the groups of 48 tiles, and the others' from their end
+ * when its own are done (default; the same bits as static shares) or static shares (RN_WINO_DYN=0
+ * or rn_conv_set_wino_dynamic(0), A/B). */
 void rn_conv_set_wino_dynamic(int on);
 /* Prefetch ahead of the transforms along the tile rows: the inputs (x, dy), the outputs (for
  * writing) and dx's BN-sum inputs, two tiles ahead (on by default; RN_WINO_PFX=0 or

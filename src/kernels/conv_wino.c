@@ -140,10 +140,11 @@ static int chunk_tiles(const rn_conv_desc *d, int n) {
 
 /* Small channel counts (cin and cout <= 64, e.g. CIFAR's 16@32, 32@16, 64@8): BLIS's packing and
  * edge handling cost more than the products themselves there, and a chunk shared by the threads
- * leaves the cache between the passes. Instead each thread takes its own tiles in groups of SG
- * (V and M of a group: at most 36 x 48 x 64 floats = 442 KB each, in L2), multiplies them with
- * register-blocked AVX-512 loops (prod, dw_prod) and transforms them back while they are hot; no
- * barrier per chunk. dW: each thread sums into its own dU, added up at the end.
+ * leaves the cache between the passes. Instead each thread takes groups of SG tiles (V and M of
+ * a group: at most 36 x 48 x 64 floats = 442 KB each, in L2; forward and dx: a share per thread
+ * with work stealing, core_small), multiplies them with register-blocked AVX-512 loops (prod, dw_prod) and
+ * transforms them back while they are hot; no barrier per chunk. dW: each thread sums its static
+ * share of the tiles into its own dU, added up at the end.
  * RN_WINO_SMALL=0 or rn_conv_set_wino_small(0): the chunked BLIS path for them too (A/B). */
 #define SG 48 /* tiles per group: a multiple of every row block (16, 12, 8, 6) */
 static int g_small = -1;
@@ -193,15 +194,23 @@ static size_t base_workspace(const rn_conv_desc *d, int n, int threads) {
   return r;
 }
 
-/* After the base workspace (rounded up to 16 floats): per thread and image the epilogue's partial
- * channel sums (forward statistics or dx's BN sums: 2 x cmax doubles), added up at the end in
- * thread order. Both parts are non-increasing as n falls, so a plan for the batch serves any n. */
+/* The small path's epilogue sums go to one slot per group of SG tiles (group g: tiles [g SG,
+ * (g+1) SG), whichever thread runs it), [images the group touches][2][C] doubles; at most
+ * group_images of them. */
+static int64_t ngroups(const rn_conv_desc *d, int n) { return (ntiles(d, n) + SG - 1) / SG; }
+static int64_t group_images(const rn_conv_desc *d) { return (SG - 1) / ntiles(d, 1) + 2; }
+
+/* After the base workspace (rounded up to 16 floats): the epilogue's partial channel sums
+ * (forward statistics or dx's BN sums: 2 x cmax doubles per image): the chunked path's per thread
+ * and image, added up at the end in thread order; the small path's per group (above), added up in
+ * group order. Both parts are non-increasing as n falls, so a plan for the batch serves any n. */
 static size_t part_offset(const rn_conv_desc *d, int n, int threads) {
   return (base_workspace(d, n, threads) + 15) / 16 * 16;
 }
 size_t rn_conv_wino_workspace(const rn_conv_desc *d, int n, int threads) {
-  const size_t T = threads < 1 ? 1 : (size_t)threads;
-  return part_offset(d, n, threads) + T * (size_t)n * 2 * (size_t)cmax(d) * (sizeof(double) / sizeof(float));
+  const size_t T = threads < 1 ? 1 : (size_t)threads, pt = T * (size_t)n;
+  const size_t pg = (size_t)ngroups(d, n) * (size_t)group_images(d), parts = pt > pg ? pt : pg;
+  return part_offset(d, n, threads) + parts * 2 * (size_t)cmax(d) * (sizeof(double) / sizeof(float));
 }
 
 #ifdef __AVX512F__
@@ -222,11 +231,13 @@ typedef __m512 V16;
  *   into part (the direct kernel's stat_add: double, from the values stored);
  * - bn (dx): the BN backward sums of rn_bn_sums into part (as the direct kernel's dx epilogue);
  *   with bn->store_masked the masked gradient is stored (ep_value below).
- * part: this thread's [n][2][C] doubles (C = the output's channels), zeroed per call. */
+ * part: this thread's [n][2][C] doubles (C = the output's channels), zeroed per call; or (the
+ * small path) the current group's slot, whose first image is img0. */
 typedef struct {
   int stats;
   const rn_bn_sums *bn;
   double *part;
+  int64_t img0;
 } wep;
 
 /* One output vector v (final value) of channels [c0, c0+16) at p in the output tensor y: the
@@ -327,7 +338,7 @@ AI void in_prefetch(const float *const *row, int nrow, int R, int tx, int c1, in
 
 /* s[4] into this thread's sums of image img, channels [c0, c0+16) of C. */
 AI void ep_flush(const wep *ep, int C, int64_t img, int c0, const __m512d *s) {
-  double *p1 = ep->part + (size_t)img * 2 * C + c0, *p2 = p1 + C;
+  double *p1 = ep->part + (size_t)(img - ep->img0) * 2 * C + c0, *p2 = p1 + C;
   _mm512_storeu_pd(p1, _mm512_add_pd(_mm512_loadu_pd(p1), s[0]));
   _mm512_storeu_pd(p1 + 8, _mm512_add_pd(_mm512_loadu_pd(p1 + 8), s[1]));
   _mm512_storeu_pd(p2, _mm512_add_pd(_mm512_loadu_pd(p2), s[2]));
@@ -1035,21 +1046,60 @@ static void dw_prod(int cin, int cout, int rows, const float *e, const float *v,
   }
 }
 
-/* The small path's forward core (one thread, its own tiles [a, b)): as core, with U[xi] laid out
- * [cx][cy] (forward: the transpose of weights6's; dx: the forward kernel's, at flip_pos for
- * F(2,3)), V and M this thread's group buffers. */
+/* The small path's groups, with work stealing: thread t owns the groups [NG t / nt, NG (t+1) /
+ * nt), kept as front << 32 | end in sh[t]; it takes its own from the front and, when they are
+ * done, the other threads' from their end. Claiming all groups from one counter instead
+ * interleaved the threads' groups, and a layer's output then sat half in the other core's cache
+ * when the next layer (static shares) read it: CIFAR ResNet-56's step 1.116 of its time. */
+#define STEAL_MAXT 64
+static void steal_init(uint64_t *sh, int64_t NG, int t, int nt) {
+  if (sh) __atomic_store_n(&sh[t], (uint64_t)(NG * t / nt) << 32 | (uint64_t)(NG * (t + 1) / nt), __ATOMIC_RELAXED);
+}
+static int64_t take_group(uint64_t *r, int back) {
+  uint64_t v = __atomic_load_n(r, __ATOMIC_RELAXED);
+  for (;;) {
+    const uint32_t f = (uint32_t)(v >> 32), e = (uint32_t)v;
+    if (f >= e) return -1;
+    const uint64_t nv = back ? v - 1 : v + ((uint64_t)1 << 32);
+    if (__atomic_compare_exchange_n(r, &v, nv, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return back ? e - 1 : f;
+  }
+}
+/* Next group for thread t: its static share [*it, g1) in order, or (sh) as above. */
+static int64_t next_group(uint64_t *sh, int t, int nt, int64_t g1, int64_t *it) {
+  if (!sh) return *it < g1 ? (*it)++ : -1;
+  int64_t g = take_group(&sh[t], 0);
+  for (int k = 1; g < 0 && k < nt; k++) g = take_group(&sh[(t + k) % nt], 1);
+  return g;
+}
+
+/* The small path's forward core (one thread): as core, with U[xi] laid out [cx][cy] (forward: the
+ * transpose of weights6's; dx: the forward kernel's, at flip_pos for F(2,3)), V and M this thread's
+ * group buffers. The tiles go in groups of SG, a static share of the groups per thread or (sh
+ * non-NULL, rn_conv_set_wino_dynamic) with work stealing (steal_init), so a thread the host slows
+ * runs fewer; the epilogue's sums (ep) into each group's own slot from ep->part on (group_images
+ * images of cy channels each), so the bits do not depend on who ran which group. */
 static void core_small(int R, int cx, int cy, int H, int W, int n, const float *x, const float *U, int flip,
-                       float *y, int acc, float *V, float *M, int t, int nt, const rn_conv_pre *pre, const wep *ep) {
+                       float *y, int acc, float *V, float *M, int t, int nt, const rn_conv_pre *pre, const wep *ep,
+                       int64_t gi, uint64_t *sh) {
   const int P = (R + 2) * (R + 2), th = (H + R - 1) / R, tw = (W + R - 1) / R, RB = prod_rows(cy / 16);
-  const int64_t NT = (int64_t)n * th * tw, a = NT * t / nt, b = NT * (t + 1) / nt;
+  const int64_t NT = (int64_t)n * th * tw, NG = (NT + SG - 1) / SG, tpi = (int64_t)th * tw;
   const size_t vs = (size_t)SG * cx, ms = (size_t)SG * cy, us = (size_t)cx * cy;
   wcarry cw, *cr = carry_for(&cw, cx);
-  for (int64_t g0 = a; g0 < b; g0 += SG) {
-    const int tc = (int)(b - g0 < SG ? b - g0 : SG), rows = (tc + RB - 1) / RB * RB;
+  wep eg = {0, NULL, NULL, 0}, *epg = ep ? &eg : NULL;
+  int64_t it = NG * t / nt;
+  for (int64_t g; (g = next_group(sh, t, nt, NG * (t + 1) / nt, &it)) >= 0;) {
+    const int64_t g0 = g * SG;
+    const int tc = (int)(NT - g0 < SG ? NT - g0 : SG), rows = (tc + RB - 1) / RB * RB;
+    if (ep) {
+      eg = *ep;
+      eg.part = ep->part + (size_t)g * gi * 2 * cy;
+      eg.img0 = g0 / tpi;
+      memset(eg.part, 0, sizeof(double) * (size_t)((g0 + tc - 1) / tpi - eg.img0 + 1) * 2 * cy);
+    }
     for (int64_t id = g0; id < g0 + tc; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      const int hv = carry_ok(cr, id, a, r, tw);
+      const int hv = carry_ok(cr, id, g0, r, tw);
       if (R == 4) in_tile6(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre, cr, hv);
       else in_tile(x, cx, H, W, img, r / tw, r % tw, V + (size_t)(id - g0) * cx, vs, pre);
     }
@@ -1060,8 +1110,8 @@ static void core_small(int R, int cx, int cy, int H, int W, int n, const float *
     for (int64_t id = g0; id < g0 + tc; id++) {
       const int64_t img = id / ((int64_t)th * tw);
       const int r = (int)(id % ((int64_t)th * tw));
-      if (R == 4) out_tile6(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, ep);
-      else out_tile(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, ep);
+      if (R == 4) out_tile6(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, epg);
+      else out_tile(M + (size_t)(id - g0) * cy, ms, cy, y, H, W, img, r / tw, r % tw, acc, epg);
     }
   }
 }
@@ -1094,26 +1144,48 @@ static void part_reduce(const rn_conv_desc *d, int n, int T, const float *ws, in
     }
 }
 
+/* The small path's: after a barrier, out[i] (2C doubles per image) = the slots of the groups that
+ * touch image i added in group order (the same bits for any thread count); the threads split the
+ * images. */
+static void part_reduce_groups(const rn_conv_desc *d, int n, int T, const float *ws, int C, double *out, int t,
+                               int nt) {
+  const double *base = (const double *)(ws + part_offset(d, n, T));
+  const int64_t tpi = ntiles(d, 1), gi = group_images(d);
+  const size_t c2 = 2 * (size_t)C;
+  for (int i = n * t / nt; i < n * (t + 1) / nt; i++) {
+    const int64_t gf = i * tpi / SG, gl = ((i + 1) * tpi - 1) / SG;
+    double *o = out + (size_t)i * c2;
+    for (int64_t g = gf; g <= gl; g++) {
+      const double *p = base + ((size_t)g * gi + (size_t)(i - g * SG / tpi)) * c2;
+      if (g == gf) memcpy(o, p, sizeof(double) * c2);
+      else
+        for (size_t j = 0; j < c2; j++) o[j] += p[j];
+    }
+  }
+}
+
 static void forward_small(const rn_conv_desc *d, int n, const float *x, const float *w, float *y, float *ws,
                           int T, double *stats, const rn_conv_pre *pre) {
   const int cin = d->cin, cout = d->cout, R = rn_conv_wino_tile(d), P = npos(d);
   const size_t uf = (size_t)P * cin * cout, slots = T > 2 ? (size_t)T : 2;
   float *U = ws, *Ut = ws + uf, *buf = ws + slots * uf;
   const size_t gb = (size_t)P * SG * cmax(d);
+  uint64_t shb[STEAL_MAXT], *sh = dyn_on() && T <= STEAL_MAXT ? shb : NULL; /* next_group */
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    wep ep = {1, NULL, stats ? part_zero(d, n, T, ws, t, cout) : NULL};
+    wep ep = {1, NULL, (double *)(ws + part_offset(d, n, T)), 0};
+    steal_init(sh, ngroups(d, n), t, nt); /* before the barriers below */
     if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
     else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
 #pragma omp barrier
     transpose_u(U, cin, cout, P * t / nt, P * (t + 1) / nt, Ut);
 #pragma omp barrier
     core_small(R, cin, cout, d->h, d->w, n, x, Ut, 0, y, 0, buf + (size_t)t * 2 * gb, buf + ((size_t)t * 2 + 1) * gb,
-               t, nt, pre, stats ? &ep : NULL);
+               t, nt, pre, stats ? &ep : NULL, group_images(d), sh);
     if (stats) {
 #pragma omp barrier
-      part_reduce(d, n, T, ws, cout, stats, t, nt);
+      part_reduce_groups(d, n, T, ws, cout, stats, t, nt);
     }
   }
 }
@@ -1127,6 +1199,7 @@ static void backward_small(const rn_conv_desc *d, int n, const float *x, const f
   const size_t gb = (size_t)P * SG * cmax(d), vs = (size_t)SG * cin, es = (size_t)SG * cout, us = (size_t)cin * cout;
   float *buf = ws + slots * uf;
   const rn_conv_pre *pre = bn ? bn->pre : NULL;
+  uint64_t shb[STEAL_MAXT], *sh = dyn_on() && T <= STEAL_MAXT ? shb : NULL; /* next_group */
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -1164,14 +1237,16 @@ static void backward_small(const rn_conv_desc *d, int n, const float *x, const f
 #pragma omp barrier
     }
     if (dx) { /* U[xi][co][ci] is [cx][cy] for the dx core as it stands */
-      wep ep = {0, bn, bn ? part_zero(d, n, T, ws, t, cin) : NULL};
+      wep ep = {0, bn, (double *)(ws + part_offset(d, n, T)), 0};
+      steal_init(sh, ngroups(d, n), t, nt); /* before the barrier below */
       if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, ws, 1);
       else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, ws);
 #pragma omp barrier
-      core_small(R, cout, cin, H, W, n, dy, ws, 1, dx, acc, V, E, t, nt, NULL, bn ? &ep : NULL);
+      core_small(R, cout, cin, H, W, n, dy, ws, 1, dx, acc, V, E, t, nt, NULL, bn ? &ep : NULL, group_images(d),
+                 sh);
       if (bn) {
 #pragma omp barrier
-        part_reduce(d, n, T, ws, cin, bn->sums, t, nt);
+        part_reduce_groups(d, n, T, ws, cin, bn->sums, t, nt);
       }
     }
   }
@@ -1195,7 +1270,7 @@ void rn_conv_wino_forward_ep(const rn_conv_desc *d, int n, const float *x, const
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    wep ep = {1, NULL, stats ? part_zero(d, n, T, ws, t, cout) : NULL};
+    wep ep = {1, NULL, stats ? part_zero(d, n, T, ws, t, cout) : NULL, 0};
     if (uk) weights_pack_fwd(R, w, cin, cout, cout / 16 * t / nt, cout / 16 * (t + 1) / nt, U, ups);
     else if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 0);
     else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
@@ -1273,7 +1348,7 @@ void rn_conv_wino_backward_bn(const rn_conv_desc *d, int n, const float *x, cons
 #pragma omp barrier
     }
     if (dx) {
-      wep ep = {0, bn, bn ? part_zero(d, n, T, ws, t, cin) : NULL};
+      wep ep = {0, bn, bn ? part_zero(d, n, T, ws, t, cin) : NULL, 0};
       if (uk) weights_pack_dx(R, w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, ups);
       else if (R == 4) weights6(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U, 1);
       else weights_fwd(w, cin, cout, cout * t / nt, cout * (t + 1) / nt, U);
